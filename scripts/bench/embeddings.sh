@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Embedding benchmark, trident's engine over HTTP vs sentence-transformers, back to back on
+# the same MiniLM weights with the same thread count:
+#   * single short query (~12 words), concurrency 1: latency p50;
+#   * batches of 32 inputs x ~100 words: inputs/s.
+#   [THREADS=2] [DTYPE=auto|float32] [ROUNDS=2] scripts/bench/embeddings.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/trident/target}
+THREADS=${THREADS:-2}
+PY=${PEER_PYTHON:-$HOME/.cache/trident-peers/venv/bin/python}
+PEERS=${PEERS_DIR:-../shared/peers}
+WORK=${EMBED_BENCH_DIR:-/tmp/embed-bench}
+PORT=${EMBED_BENCH_PORT:-18012}
+mkdir -p "$WORK"
+. scripts/lib/bench.sh
+
+BIN=$(bench_binary "$WORK")
+cat > "$WORK/models.json" <<JSON
+{"models": {"embedding": {"path": "$PWD/models/embedding", "type": "embedding", "port": $PORT,
+                          "device": "cpu", "threads": $THREADS, "dtype": "${DTYPE:-auto}"}}}
+JSON
+bench_engine "$BIN" "$WORK/models.json" embedding "$PORT" "$WORK/engine.log"
+
+for round in $(seq "${ROUNDS:-2}"); do
+  echo "== round $round: trident (dtype $(curl -s http://127.0.0.1:$PORT/v1/models | grep -o '"dtype":"[a-z0-9]*"'), $THREADS threads)"
+  "$BIN" bench embeddings --url "http://127.0.0.1:$PORT" --model embedding \
+    --concurrency 1 --requests 300 --inputs-per-request 1 --words 12 --json
+  "$BIN" bench embeddings --url "http://127.0.0.1:$PORT" --model embedding \
+    --concurrency 2 --requests 16 --inputs-per-request 32 --words 100 --json
+  echo "== round $round: sentence-transformers ($THREADS threads)"
+  THREADS=$THREADS "$PY" "$PEERS/embed_peer.py" models/embedding --batch 32 --words 100 --n 512
+done

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Gateway overhead vs nginx, back to back, in front of the same backend (the mock engine
+# answering a small fixed JSON): p50 latency at concurrency 1 and requests/s at
+# concurrency 32, measured with wrk. Also times a cold start of `trident serve` with the
+# default CPU models to /ready. Needs nginx and wrk (apt-get install -y nginx-light wrk).
+#
+#   scripts/bench/proxy.sh [path/to/trident]   (default: the release build)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+bin=${1:-${CARGO_TARGET_DIR:-$HOME/.cache/trident/target}/release/trident}
+dur=${BENCH_SECONDS:-10}
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { for _ in $(seq 500); do curl -sf -o /dev/null "$1" && return 0; sleep 0.02; done; echo "not up: $1" >&2; return 1; }
+
+backend=$(free_port); nginx_port=$(free_port); gw_port=$(free_port)
+"$bin" mock-engine --port "$backend" --kind embedding --model bench --behaviour tokens=1 2>/dev/null &
+pids+=($!)
+wait_http "http://127.0.0.1:$backend/health"
+nginx_pid=$("${PEERS_DIR:-../shared/peers}/nginx_proxy.sh" "$nginx_port" "$backend")
+pids+=("$nginx_pid")
+cat >"$work/models.json" <<JSON
+{"models": {"bench": {"type": "embedding", "upstream": "http://127.0.0.1:$backend"}}}
+JSON
+"$bin" serve --config "$work/models.json" --host 127.0.0.1 --port "$gw_port" 2>"$work/serve.log" &
+pids+=($!)
+for _ in $(seq 500); do curl -sf -o /dev/null "http://127.0.0.1:$gw_port/ready" && break; sleep 0.02; done
+
+cat >"$work/post.lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = '{"model": "bench", "input": "hello world"}'
+wrk.headers["Content-Type"] = "application/json"
+LUA
+
+run() { # name url connections threads
+  local out
+  out=$(wrk -t"$4" -c"$3" -d"${dur}s" --latency -s "$work/post.lua" "$2/v1/embeddings")
+  local p50 rps
+  p50=$(awk '/ 50%/ {print $2}' <<<"$out")
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  local non2xx
+  non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
+  printf '%-8s c=%-3s p50=%-10s req/s=%-10s %s\n' "$1" "$3" "$p50" "$rps" "${non2xx:+non-2xx=$non2xx}"
+}
+# The machine is shared and noisy: nginx and trident alternate, each measured twice.
+echo "== concurrency 1 (p50 latency), ${dur}s each"
+run direct "http://127.0.0.1:$backend" 1 1
+for _ in 1 2; do
+  run nginx "http://127.0.0.1:$nginx_port" 1 1
+  run trident "http://127.0.0.1:$gw_port" 1 1
+done
+echo "== concurrency 32 (throughput), ${dur}s each"
+run direct "http://127.0.0.1:$backend" 32 2
+for _ in 1 2; do
+  run nginx "http://127.0.0.1:$nginx_port" 32 2
+  run trident "http://127.0.0.1:$gw_port" 32 2
+done
+
+echo "== cold start: trident serve with config/models.json to /ready"
+port=$(free_port)
+start=$(date +%s.%N)
+"$bin" serve --config config/models.json --host 127.0.0.1 --port "$port" --ephemeral-engine-ports 2>"$work/cold.log" &
+serve_pid=$!
+pids+=("$serve_pid")
+for _ in $(seq 3000); do curl -sf -o /dev/null "http://127.0.0.1:$port/ready" && break; sleep 0.01; done
+end=$(date +%s.%N)
+curl -sf "http://127.0.0.1:$port/ready" >/dev/null || { echo "not ready:"; tail -5 "$work/cold.log"; }
+echo "cold start to /ready: $(echo "$end - $start" | bc) s"
+kill "$serve_pid"; wait "$serve_pid" 2>/dev/null || true

@@ -1,0 +1,201 @@
+//! `POST /v1/embeddings`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::ApiError;
+
+/// Most inputs one request may carry.
+pub const MAX_INPUTS: usize = 2048;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct EmbeddingRequest {
+    pub model: String,
+    /// A string, an array of strings, an array of token ids, or an array of such arrays.
+    pub input: serde_json::Value,
+    #[serde(default)]
+    pub encoding_format: EncodingFormat,
+    #[serde(default)]
+    pub dimensions: Option<usize>,
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Truncate inputs longer than the model's maximum (default) or reject them.
+    #[serde(default = "default_true")]
+    pub truncate: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncodingFormat {
+    #[default]
+    Float,
+    Base64,
+}
+
+/// One input after shape validation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EmbeddingInput {
+    Text(String),
+    Tokens(Vec<u32>),
+}
+
+/// Validates the shape of `input` and splits it into inputs, checking the count before
+/// looking at (or tokenising) any element.
+pub fn parse_inputs(input: &serde_json::Value) -> Result<Vec<EmbeddingInput>, ApiError> {
+    use serde_json::Value;
+    let bad = |msg: String| ApiError::invalid_param("input", msg);
+    match input {
+        Value::String(s) => Ok(vec![EmbeddingInput::Text(s.clone())]),
+        Value::Array(items) => {
+            if items.is_empty() {
+                return Err(bad("'input' must not be an empty list".into()));
+            }
+            if items.iter().all(Value::is_number) {
+                return Ok(vec![EmbeddingInput::Tokens(token_ids(items, "input")?)]);
+            }
+            if items.len() > MAX_INPUTS {
+                return Err(bad(format!(
+                    "'input' has {} items; at most {MAX_INPUTS} are allowed per request",
+                    items.len()
+                )));
+            }
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| match item {
+                    Value::String(s) => Ok(EmbeddingInput::Text(s.clone())),
+                    Value::Array(ids) if !ids.is_empty() => Ok(EmbeddingInput::Tokens(token_ids(
+                        ids,
+                        &format!("input[{i}]"),
+                    )?)),
+                    Value::Array(_) => Err(bad(format!("'input[{i}]' is an empty token list"))),
+                    _ => Err(bad(format!(
+                        "'input[{i}]' must be a string or an array of token ids"
+                    ))),
+                })
+                .collect()
+        }
+        Value::Null => Err(bad("'input' is required".into())),
+        _ => Err(bad(
+            "'input' must be a string, an array of strings or an array of token ids".into(),
+        )),
+    }
+}
+
+fn token_ids(items: &[serde_json::Value], at: &str) -> Result<Vec<u32>, ApiError> {
+    items
+        .iter()
+        .map(|v| {
+            v.as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| {
+                    ApiError::invalid_param(
+                        "input",
+                        format!("'{at}' must hold non-negative integer token ids"),
+                    )
+                })
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EmbeddingResponse {
+    pub object: String,
+    pub data: Vec<EmbeddingData>,
+    pub model: String,
+    pub usage: Usage,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EmbeddingData {
+    pub object: String,
+    pub index: usize,
+    pub embedding: EmbeddingVector,
+}
+
+/// A vector as floats or as base64 of little-endian f32 bytes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EmbeddingVector {
+    Float(Vec<f32>),
+    Base64(String),
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub total_tokens: usize,
+}
+
+/// Truncates to `dims` (when given) and renormalises to unit length.
+pub fn apply_dimensions(mut v: Vec<f32>, dims: Option<usize>) -> Vec<f32> {
+    if let Some(d) = dims {
+        if d < v.len() {
+            v.truncate(d);
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            if norm > 0.0 {
+                v.iter_mut().for_each(|x| *x /= norm);
+            }
+        }
+    }
+    v
+}
+
+/// Encodes a vector in the requested format.
+pub fn encode_vector(v: Vec<f32>, format: EncodingFormat) -> EmbeddingVector {
+    use base64::Engine;
+    match format {
+        EncodingFormat::Float => EmbeddingVector::Float(v),
+        EncodingFormat::Base64 => {
+            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            EmbeddingVector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn input_shapes() {
+        assert_eq!(
+            parse_inputs(&json!("a")).unwrap(),
+            vec![EmbeddingInput::Text("a".into())]
+        );
+        assert_eq!(
+            parse_inputs(&json!([1, 2])).unwrap(),
+            vec![EmbeddingInput::Tokens(vec![1, 2])]
+        );
+        assert_eq!(parse_inputs(&json!([[1], "b"])).unwrap().len(), 2);
+        assert!(parse_inputs(&json!([])).is_err());
+        assert!(parse_inputs(&json!([-1])).is_err());
+        assert!(parse_inputs(&json!([null])).is_err());
+        assert!(parse_inputs(&json!({"a": 1})).is_err());
+        let many: Vec<String> = (0..10_000).map(|i| i.to_string()).collect();
+        let err = parse_inputs(&json!(many)).unwrap_err();
+        assert!(err.message.contains("2048"), "{}", err.message);
+    }
+
+    #[test]
+    fn dimensions_renormalise() {
+        let v = apply_dimensions(vec![3.0, 4.0, 12.0], Some(2));
+        assert!((v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6);
+        assert_eq!(apply_dimensions(vec![1.0, 0.0], None), vec![1.0, 0.0]);
+    }
+
+    #[test]
+    fn base64_is_little_endian_f32() {
+        use base64::Engine;
+        let EmbeddingVector::Base64(s) = encode_vector(vec![1.0, -2.5], EncodingFormat::Base64)
+        else {
+            panic!("expected base64");
+        };
+        let bytes = base64::engine::general_purpose::STANDARD.decode(s).unwrap();
+        assert_eq!(f32::from_le_bytes(bytes[4..8].try_into().unwrap()), -2.5);
+    }
+}

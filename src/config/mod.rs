@@ -1,0 +1,9 @@
+//! Configuration: the models file (`models.json`) and the layered appliance settings.
+
+pub mod models;
+pub mod settings;
+
+pub use models::{
+    CheckOptions, ConfigError, DeviceSetting, ModelEntry, ModelKind, ModelsFile, Problem,
+};
+pub use settings::{Balance, LogFormat, Secret, Settings};

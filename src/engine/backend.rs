@@ -1,0 +1,39 @@
+//! The boundary between the encoder engines and the model code: a trait the engine calls,
+//! implemented by `models::encoder::EncoderModel` (and by fakes in tests), so nothing
+//! above this line sees a tensor.
+
+/// Token ids and segment ids of one (query, document) pair: a plain type of the model
+/// layer, used as is so pairs cross the boundary without copies.
+pub use crate::models::encoder::PairTokens;
+use crate::models::ModelError;
+
+/// What an encoder engine needs to know about its model.
+#[derive(Debug, Clone)]
+pub struct EncoderMeta {
+    pub model_type: String,
+    /// Maximum tokens per input, specials included.
+    pub max_len: usize,
+    pub hidden_size: usize,
+    /// True for a `*ForSequenceClassification` cross-encoder.
+    pub cross_encoder: bool,
+    /// The dtype that actually runs.
+    pub dtype: String,
+}
+
+/// An encoder model as the engine sees it. Tokenisation methods are called from blocking
+/// worker threads concurrently with `embed`/`score` on the model thread.
+pub trait EncoderBackend: Send + Sync + 'static {
+    fn meta(&self) -> EncoderMeta;
+    /// Tokenizes one text with specials; truncates at `max_len` or fails when `truncate` is false.
+    fn encode_text(&self, text: &str, truncate: bool) -> Result<Vec<u32>, ModelError>;
+    /// Tokenizes a pair with the model's pair template, truncating only the document.
+    fn encode_pair(&self, query: &str, doc: &str) -> Result<PairTokens, ModelError>;
+    fn decode(&self, ids: &[u32]) -> Result<String, ModelError>;
+    fn token_strings(&self, ids: &[u32]) -> Vec<String>;
+    /// Largest valid token id + 1.
+    fn vocab_size(&self) -> usize;
+    /// Pooled (and normalised if configured) vectors, in input order.
+    fn embed(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, ModelError>;
+    /// Raw logits of the first label, in input order.
+    fn score(&self, batch: &[&PairTokens]) -> Result<Vec<f32>, ModelError>;
+}

@@ -1,0 +1,55 @@
+//! The boundary between the chat engine and the decoder model: a trait the scheduler calls,
+//! implemented by [`DecoderModel`] (below) and by a fake in the scheduler's tests, so the
+//! batching logic is exercised without weights and nothing above this line sees a tensor.
+
+use tokenizers::Tokenizer;
+
+use crate::models::decoder::{DecoderInfo, DecoderModel, SeqCache, StepItem};
+use crate::models::ModelError;
+
+/// One sequence's part of a forward step: the tokens it appends and its KV cache.
+pub struct BatchItem<'a, C> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut C,
+}
+
+/// A decoder as the chat engine sees it. It lives on the model thread only; handlers use a
+/// clone of its tokenizer.
+pub trait DecoderBackend {
+    /// The KV cache of one sequence.
+    type Cache;
+    fn info(&self) -> &DecoderInfo;
+    fn tokenizer(&self) -> &Tokenizer;
+    /// An empty cache for a new sequence.
+    fn new_sequence(&self) -> Self::Cache;
+    /// One forward step over several sequences; each item appends its tokens (a prefill
+    /// chunk or one decode token) and gets the logits of its last token, in item order.
+    fn step(&self, items: &mut [BatchItem<'_, Self::Cache>]) -> Result<Vec<Vec<f32>>, ModelError>;
+}
+
+impl DecoderBackend for DecoderModel {
+    type Cache = SeqCache;
+
+    fn info(&self) -> &DecoderInfo {
+        DecoderModel::info(self)
+    }
+
+    fn tokenizer(&self) -> &Tokenizer {
+        DecoderModel::tokenizer(self)
+    }
+
+    fn new_sequence(&self) -> SeqCache {
+        DecoderModel::new_sequence(self)
+    }
+
+    fn step(&self, items: &mut [BatchItem<'_, SeqCache>]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let mut steps: Vec<StepItem<'_>> = items
+            .iter_mut()
+            .map(|it| StepItem {
+                tokens: it.tokens,
+                cache: &mut *it.cache,
+            })
+            .collect();
+        DecoderModel::step(self, &mut steps)
+    }
+}

@@ -1,0 +1,317 @@
+//! Request checks of the text-generation endpoints: sampling values in range (errors name
+//! the parameter), prompts rendered and tokenised (on blocking threads), and the context
+//! length check that happens before anything is queued.
+
+use tokenizers::Tokenizer;
+
+use super::sampling::SamplingParams;
+use crate::api::types::completions::{SamplingFields, StopField};
+use crate::api::ApiError;
+use crate::models::decoder::DecoderInfo;
+
+/// Most stop strings per request.
+pub const MAX_STOP: usize = 4;
+
+/// Sampling settings of a request after validation.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub params: SamplingParams,
+    pub stop: Vec<String>,
+    /// `None`: up to the end of the context.
+    pub max_tokens: Option<usize>,
+    pub ignore_eos: bool,
+}
+
+fn range(
+    param: &str,
+    v: Option<f64>,
+    ok: impl Fn(f64) -> bool,
+    what: &str,
+) -> Result<Option<f32>, ApiError> {
+    match v {
+        Some(x) if !x.is_finite() || !ok(x) => Err(ApiError::invalid_param(
+            param,
+            format!("'{param}' must be {what} (got {x})"),
+        )),
+        other => Ok(other.map(|x| x as f32)),
+    }
+}
+
+/// Checks every sampling value; the first problem is reported with its parameter name.
+pub fn validate(f: &SamplingFields) -> Result<Generation, ApiError> {
+    if let Some(n) = f.n {
+        if n != 1 {
+            return Err(ApiError::invalid_param(
+                "n",
+                format!(
+                    "'n' must be 1 (got {n}); several choices per request are not supported yet"
+                ),
+            ));
+        }
+    }
+    let max_tokens = match f.max_tokens {
+        Some(m) if m < 1 => {
+            return Err(ApiError::invalid_param(
+                f.max_tokens_param,
+                format!("'{}' must be at least 1 (got {m})", f.max_tokens_param),
+            ))
+        }
+        Some(m) => Some(usize::try_from(m).unwrap_or(usize::MAX)),
+        None => None,
+    };
+    let temperature = range(
+        "temperature",
+        f.temperature,
+        |x| (0.0..=2.0).contains(&x),
+        "between 0 and 2",
+    )?;
+    let top_p = range("top_p", f.top_p, |x| x > 0.0 && x <= 1.0, "in (0, 1]")?;
+    let presence = range(
+        "presence_penalty",
+        f.presence_penalty,
+        |x| (-2.0..=2.0).contains(&x),
+        "between -2 and 2",
+    )?;
+    let frequency = range(
+        "frequency_penalty",
+        f.frequency_penalty,
+        |x| (-2.0..=2.0).contains(&x),
+        "between -2 and 2",
+    )?;
+    let repetition = range(
+        "repetition_penalty",
+        f.repetition_penalty,
+        |x| x > 0.0,
+        "greater than 0",
+    )?;
+    let top_k = match f.top_k {
+        Some(k) if k < -1 => {
+            return Err(ApiError::invalid_param(
+                "top_k",
+                format!("'top_k' must be -1 or 0 (disabled) or a positive number (got {k})"),
+            ))
+        }
+        Some(k) if k > 0 => usize::try_from(k).unwrap_or(usize::MAX),
+        _ => 0,
+    };
+    let stop = match &f.stop {
+        None => Vec::new(),
+        Some(StopField::One(s)) => vec![s.clone()],
+        Some(StopField::Many(v)) => v.clone(),
+    };
+    if stop.len() > MAX_STOP {
+        return Err(ApiError::invalid_param(
+            "stop",
+            format!(
+                "'stop' accepts at most {MAX_STOP} strings (got {})",
+                stop.len()
+            ),
+        ));
+    }
+    Ok(Generation {
+        params: SamplingParams {
+            temperature: temperature.unwrap_or(1.0),
+            top_p: top_p.unwrap_or(1.0),
+            top_k,
+            seed: f.seed.map(|s| s as u64),
+            presence_penalty: presence.unwrap_or(0.0),
+            frequency_penalty: frequency.unwrap_or(0.0),
+            repetition_penalty: repetition.unwrap_or(1.0),
+        },
+        stop,
+        max_tokens,
+        ignore_eos: f.ignore_eos,
+    })
+}
+
+/// Tokenises prompt text without the tokenizer's post-processor, adding the bos token
+/// when the model wants one and the text does not already start with it (chat templates
+/// usually write it themselves).
+pub fn encode(
+    tok: &Tokenizer,
+    info: &DecoderInfo,
+    text: &str,
+    add_special: bool,
+) -> Result<Vec<u32>, ApiError> {
+    let enc = tok.encode(text, false).map_err(|e| {
+        tracing::warn!(error = %e, "tokenisation failed");
+        ApiError::invalid("The prompt could not be tokenised")
+    })?;
+    let mut ids = enc.get_ids().to_vec();
+    if add_special && info.add_bos_token {
+        if let Some(bos) = info.bos_token_id {
+            if ids.first() != Some(&bos) {
+                ids.insert(0, bos);
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// The completion budget of a prompt: `max_tokens` when given, else the rest of the
+/// context. 400 `context_length_exceeded` when prompt + completion do not fit.
+pub fn completion_budget(
+    prompt_tokens: usize,
+    max_tokens: Option<usize>,
+    max_model_len: usize,
+    param: &str,
+) -> Result<usize, ApiError> {
+    let err = |msg: String| {
+        let mut e = ApiError::context_length(msg);
+        e.param = Some(param.to_string());
+        e
+    };
+    if prompt_tokens >= max_model_len {
+        return Err(err(format!(
+            "This model's maximum context length is {max_model_len} tokens; the prompt has {prompt_tokens} tokens, which leaves no room for a completion."
+        )));
+    }
+    match max_tokens {
+        None => Ok(max_model_len - prompt_tokens),
+        Some(m) if prompt_tokens.saturating_add(m) > max_model_len => Err(err(format!(
+            "This model's maximum context length is {max_model_len} tokens. However, you requested {} tokens ({prompt_tokens} in the prompt, {m} for the completion). Reduce the prompt or the completion length.",
+            prompt_tokens.saturating_add(m)
+        ))),
+        Some(m) => Ok(m),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields() -> SamplingFields {
+        SamplingFields {
+            max_tokens_param: "max_tokens",
+            ..SamplingFields::default()
+        }
+    }
+
+    fn param_of(f: SamplingFields) -> Option<String> {
+        validate(&f).unwrap_err().param
+    }
+
+    #[test]
+    fn out_of_range_values_name_their_parameter() {
+        let p = |p: &str| Some(p.to_string());
+        assert_eq!(
+            param_of(SamplingFields {
+                temperature: Some(2.5),
+                ..fields()
+            }),
+            p("temperature")
+        );
+        assert_eq!(
+            param_of(SamplingFields {
+                temperature: Some(-0.1),
+                ..fields()
+            }),
+            p("temperature")
+        );
+        assert_eq!(
+            param_of(SamplingFields {
+                top_p: Some(0.0),
+                ..fields()
+            }),
+            p("top_p")
+        );
+        assert_eq!(
+            param_of(SamplingFields {
+                top_p: Some(1.1),
+                ..fields()
+            }),
+            p("top_p")
+        );
+        assert_eq!(
+            param_of(SamplingFields {
+                top_k: Some(-2),
+                ..fields()
+            }),
+            p("top_k")
+        );
+        assert_eq!(
+            param_of(SamplingFields {
+                presence_penalty: Some(2.1),
+                ..fields()
+            }),
+            p("presence_penalty")
+        );
+        assert_eq!(
+            param_of(SamplingFields {
+                frequency_penalty: Some(-3.0),
+                ..fields()
+            }),
+            p("frequency_penalty")
+        );
+        assert_eq!(
+            param_of(SamplingFields {
+                repetition_penalty: Some(0.0),
+                ..fields()
+            }),
+            p("repetition_penalty")
+        );
+        assert_eq!(
+            param_of(SamplingFields {
+                n: Some(2),
+                ..fields()
+            }),
+            p("n")
+        );
+        assert_eq!(
+            param_of(SamplingFields {
+                max_tokens: Some(0),
+                ..fields()
+            }),
+            p("max_tokens")
+        );
+        assert_eq!(
+            param_of(SamplingFields {
+                max_tokens: Some(-1),
+                max_tokens_param: "max_completion_tokens",
+                ..fields()
+            }),
+            p("max_completion_tokens")
+        );
+        let five = StopField::Many((0..5).map(|i| i.to_string()).collect());
+        assert_eq!(
+            param_of(SamplingFields {
+                stop: Some(five),
+                ..fields()
+            }),
+            p("stop")
+        );
+    }
+
+    #[test]
+    fn valid_values_pass_through() {
+        let g = validate(&SamplingFields {
+            temperature: Some(0.0),
+            top_k: Some(-1),
+            top_p: Some(1.0),
+            seed: Some(42),
+            stop: Some(StopField::One("x".into())),
+            max_tokens: Some(5),
+            n: Some(1),
+            ..fields()
+        })
+        .unwrap();
+        assert_eq!(g.params.temperature, 0.0);
+        assert_eq!(g.params.top_k, 0);
+        assert_eq!(g.params.seed, Some(42));
+        assert_eq!(g.stop, vec!["x".to_string()]);
+        assert_eq!(g.max_tokens, Some(5));
+    }
+
+    #[test]
+    fn context_budget() {
+        assert_eq!(completion_budget(10, None, 100, "messages").unwrap(), 90);
+        assert_eq!(
+            completion_budget(10, Some(90), 100, "messages").unwrap(),
+            90
+        );
+        let e = completion_budget(10, Some(91), 100, "messages").unwrap_err();
+        assert_eq!(e.code, Some("context_length_exceeded"));
+        assert_eq!(e.status.as_u16(), 400);
+        assert!(completion_budget(100, None, 100, "prompt").is_err());
+    }
+}

@@ -1,0 +1,431 @@
+//! Continuous batching as a plain state struct (no locks, no async, unit-tested with a fake
+//! decoder): a FIFO of waiting requests and a set of running sequences, each with its own
+//! KV cache. Every [`Scheduler::step`] drops sequences whose client has gone, admits
+//! waiting requests while `max_num_seqs` and the KV budget (worst case: prompt +
+//! `max_tokens`) allow, gives every decoding sequence its one token, spends the rest of the
+//! token budget on prefill chunks (oldest first), runs one forward pass over all of them,
+//! then samples, detokenises, checks stop conditions and queues the events for each client.
+//! The model thread in `runner` owns it; handlers only see the event channel.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::backend::{BatchItem, DecoderBackend};
+use super::sampling::{Sampler, SamplingParams};
+use super::text::{Detokenizer, StopMatcher};
+
+/// Why a sequence ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    Stop,
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+/// What the model thread sends a handler, in order: text pieces, then one `Finished` or
+/// `Error`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Text(String),
+    Finished {
+        reason: FinishReason,
+        prompt_tokens: usize,
+        completion_tokens: usize,
+    },
+    Error(String),
+}
+
+/// A validated generation request.
+#[derive(Debug)]
+pub struct GenRequest {
+    pub prompt: Vec<u32>,
+    pub params: SamplingParams,
+    pub stop: Vec<String>,
+    /// Tokens to generate at most (≥ 1; prompt + max_tokens fits the context).
+    pub max_tokens: usize,
+    /// Generate past end-of-sequence tokens (benchmarks).
+    pub ignore_eos: bool,
+    pub events: mpsc::Sender<Event>,
+    pub enqueued: Instant,
+}
+
+impl GenRequest {
+    fn worst_case_tokens(&self) -> usize {
+        self.prompt.len() + self.max_tokens
+    }
+}
+
+/// Limits of the scheduler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchedulerConfig {
+    pub max_num_seqs: usize,
+    /// Tokens per forward step (decode tokens + prefill chunks).
+    pub max_batch_tokens: usize,
+    /// Tokens of KV cache the budget holds.
+    pub kv_budget_tokens: usize,
+}
+
+struct Seq<C> {
+    req: GenRequest,
+    /// Prompt followed by generated tokens.
+    tokens: Vec<u32>,
+    /// Tokens already in the cache.
+    cached: usize,
+    /// Tokens planned for this step.
+    chunk: usize,
+    cache: C,
+    sampler: Sampler,
+    detok: Detokenizer,
+    stop: StopMatcher,
+    generated: usize,
+    last_token_at: Option<Instant>,
+    outbox: VecDeque<Event>,
+    finished: bool,
+    gone: bool,
+}
+
+impl<C> Seq<C> {
+    fn send(&mut self, ev: Event) {
+        self.outbox.push_back(ev);
+    }
+}
+
+/// Delivers queued events without blocking; returns false when the client has gone.
+fn flush(tx: &mpsc::Sender<Event>, outbox: &mut VecDeque<Event>) -> bool {
+    while let Some(ev) = outbox.pop_front() {
+        match tx.try_send(ev) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(ev)) => {
+                outbox.push_front(ev);
+                return true;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+        }
+    }
+    true
+}
+
+/// What one step did, for metrics and tests.
+#[derive(Debug, Default, Clone)]
+pub struct StepStats {
+    /// Sequences in the forward pass.
+    pub batch_seqs: usize,
+    /// Tokens in the forward pass.
+    pub batch_tokens: usize,
+    /// Prefill tokens in the forward pass.
+    pub prefill_tokens: usize,
+    pub generated_tokens: usize,
+    pub ttft: Vec<Duration>,
+    pub itl: Vec<Duration>,
+    /// Time admitted requests waited.
+    pub queue_wait: Vec<Duration>,
+    /// Sequences dropped because their client went away.
+    pub disconnected: usize,
+    pub running: usize,
+    pub waiting: usize,
+    pub kv_usage: f64,
+    /// The forward pass failed (its sequences got an error event).
+    pub failed: Option<String>,
+}
+
+/// The scheduler state: waiting requests, running sequences, KV reservations.
+pub struct Scheduler<C> {
+    cfg: SchedulerConfig,
+    waiting: VecDeque<GenRequest>,
+    running: Vec<Seq<C>>,
+    /// Finished sequences whose last events the client has not taken yet.
+    draining: Vec<(mpsc::Sender<Event>, VecDeque<Event>)>,
+    reserved: usize,
+}
+
+impl<C> Scheduler<C> {
+    pub fn new(cfg: SchedulerConfig) -> Self {
+        Scheduler {
+            cfg: SchedulerConfig {
+                max_num_seqs: cfg.max_num_seqs.max(1),
+                max_batch_tokens: cfg.max_batch_tokens.max(cfg.max_num_seqs).max(1),
+                kv_budget_tokens: cfg.kv_budget_tokens,
+            },
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            draining: Vec::new(),
+            reserved: 0,
+        }
+    }
+
+    pub fn config(&self) -> SchedulerConfig {
+        self.cfg
+    }
+
+    /// Queues a request (the handle bounds the queue). An empty prompt cannot be run and
+    /// is answered with an error at once.
+    pub fn add(&mut self, req: GenRequest) {
+        if req.prompt.is_empty() {
+            let _ = req
+                .events
+                .try_send(Event::Error("The prompt is empty".into()));
+            return;
+        }
+        self.waiting.push_back(req);
+    }
+
+    pub fn waiting_len(&self) -> usize {
+        self.waiting.len()
+    }
+
+    pub fn running_len(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Fraction of the KV budget reserved by running sequences.
+    pub fn kv_usage(&self) -> f64 {
+        if self.cfg.kv_budget_tokens == 0 {
+            return 0.0;
+        }
+        self.reserved as f64 / self.cfg.kv_budget_tokens as f64
+    }
+
+    /// True when sequences wait or run (a step would do model work).
+    pub fn has_work(&self) -> bool {
+        !self.waiting.is_empty() || !self.running.is_empty()
+    }
+
+    /// True when there is nothing to run and nothing to deliver.
+    pub fn is_idle(&self) -> bool {
+        self.waiting.is_empty() && self.running.is_empty() && self.draining.is_empty()
+    }
+
+    /// Drops waiting requests and running sequences whose client has gone.
+    fn drop_disconnected(&mut self) -> usize {
+        let before = self.waiting.len() + self.running.len();
+        self.waiting.retain(|r| !r.events.is_closed());
+        let mut freed = 0;
+        self.running.retain(|s| {
+            let keep = !s.gone && !s.req.events.is_closed();
+            if !keep {
+                freed += s.req.worst_case_tokens();
+            }
+            keep
+        });
+        self.reserved -= freed;
+        self.draining
+            .retain_mut(|(tx, q)| flush(tx, q) && !q.is_empty());
+        before - self.waiting.len() - self.running.len()
+    }
+
+    /// Moves waiting requests into the running set, oldest first, while they fit.
+    fn admit<B: DecoderBackend<Cache = C>>(&mut self, backend: &B, stats: &mut StepStats) {
+        while self.running.len() < self.cfg.max_num_seqs {
+            let Some(front) = self.waiting.front() else {
+                break;
+            };
+            let need = front.worst_case_tokens();
+            if self.reserved + need > self.cfg.kv_budget_tokens {
+                break;
+            }
+            let req = self
+                .waiting
+                .pop_front()
+                .expect("front exists. This is a bug.");
+            self.reserved += need;
+            stats.queue_wait.push(req.enqueued.elapsed());
+            self.running.push(Seq {
+                tokens: req.prompt.clone(),
+                cached: 0,
+                chunk: 0,
+                cache: backend.new_sequence(),
+                sampler: Sampler::new(req.params.clone(), &req.prompt),
+                detok: Detokenizer::new(&req.prompt),
+                stop: StopMatcher::new(req.stop.clone()),
+                generated: 0,
+                last_token_at: None,
+                outbox: VecDeque::new(),
+                finished: false,
+                gone: false,
+                req,
+            });
+        }
+    }
+
+    /// Plans the step: one token per decoding sequence, then prefill chunks oldest first.
+    fn plan(&mut self) {
+        let mut budget = self.cfg.max_batch_tokens;
+        for s in self.running.iter_mut() {
+            s.chunk = 0;
+            if s.tokens.len() - s.cached == 1 && s.generated > 0 {
+                s.chunk = 1;
+                budget = budget.saturating_sub(1);
+            }
+        }
+        for s in self.running.iter_mut() {
+            if budget == 0 {
+                break;
+            }
+            if s.chunk == 0 {
+                s.chunk = (s.tokens.len() - s.cached).min(budget);
+                budget -= s.chunk;
+            }
+        }
+    }
+
+    /// Runs one scheduling step and forward pass.
+    pub fn step<B: DecoderBackend<Cache = C>>(&mut self, backend: &B) -> StepStats {
+        let mut stats = StepStats {
+            disconnected: self.drop_disconnected(),
+            ..StepStats::default()
+        };
+        self.admit(backend, &mut stats);
+        self.plan();
+        let mut items: Vec<BatchItem<'_, C>> = self
+            .running
+            .iter_mut()
+            .filter(|s| s.chunk > 0)
+            .map(|s| {
+                let Seq {
+                    tokens,
+                    cached,
+                    chunk,
+                    cache,
+                    ..
+                } = s;
+                BatchItem {
+                    tokens: &tokens[*cached..*cached + *chunk],
+                    cache,
+                }
+            })
+            .collect();
+        stats.batch_seqs = items.len();
+        stats.batch_tokens = items.iter().map(|i| i.tokens.len()).sum();
+        let result = if items.is_empty() {
+            Ok(Vec::new())
+        } else {
+            backend.step(&mut items)
+        };
+        drop(items);
+        match result {
+            Ok(logits) => self.consume(backend, logits, &mut stats),
+            Err(e) => {
+                let msg = e.to_string();
+                for s in self.running.iter_mut().filter(|s| s.chunk > 0) {
+                    s.send(Event::Error("The model failed while generating".into()));
+                    s.finished = true;
+                }
+                stats.failed = Some(msg);
+            }
+        }
+        stats.disconnected += self.retire();
+        stats.running = self.running.len();
+        stats.waiting = self.waiting.len();
+        stats.kv_usage = self.kv_usage();
+        stats
+    }
+
+    /// Samples the next token of every sequence whose prompt is now fully cached.
+    fn consume<B: DecoderBackend<Cache = C>>(
+        &mut self,
+        backend: &B,
+        logits: Vec<Vec<f32>>,
+        stats: &mut StepStats,
+    ) {
+        let tok = backend.tokenizer();
+        let eos = &backend.info().eos_token_ids;
+        let now = Instant::now();
+        let batched = self.running.iter_mut().filter(|s| s.chunk > 0);
+        for (s, mut l) in batched.zip(logits) {
+            if s.generated == 0 {
+                stats.prefill_tokens += s.chunk;
+            }
+            s.cached += s.chunk;
+            if s.cached < s.tokens.len() {
+                continue; // mid-prompt chunk: its logits are not needed
+            }
+            let id = s.sampler.sample(&mut l);
+            s.generated += 1;
+            stats.generated_tokens += 1;
+            match s.last_token_at {
+                None => stats.ttft.push(now.duration_since(s.req.enqueued)),
+                Some(t) => stats.itl.push(now.duration_since(t)),
+            }
+            s.last_token_at = Some(now);
+            if !s.req.ignore_eos && eos.contains(&id) {
+                let rest = s.detok.flush(tok);
+                let (text, _) = s.stop.push(&rest);
+                let text = text + &s.stop.flush();
+                finish(s, text, FinishReason::Stop);
+                continue;
+            }
+            s.tokens.push(id);
+            let piece = s.detok.push(tok, id);
+            let (text, stopped) = s.stop.push(&piece);
+            if stopped {
+                finish(s, text, FinishReason::Stop);
+            } else if s.generated >= s.req.max_tokens {
+                let (more, stopped) = s.stop.push(&s.detok.flush(tok));
+                let text = if stopped {
+                    text + &more
+                } else {
+                    text + &more + &s.stop.flush()
+                };
+                let reason = if stopped {
+                    FinishReason::Stop
+                } else {
+                    FinishReason::Length
+                };
+                finish(s, text, reason);
+            } else if !text.is_empty() {
+                s.send(Event::Text(text));
+            }
+        }
+    }
+
+    /// Delivers queued events and removes finished or abandoned sequences; returns how
+    /// many were abandoned.
+    fn retire(&mut self) -> usize {
+        let mut freed = 0;
+        let mut gone = 0;
+        let mut draining = Vec::new();
+        self.running.retain_mut(|s| {
+            if !flush(&s.req.events, &mut s.outbox) {
+                s.gone = true;
+            }
+            let keep = !s.finished && !s.gone;
+            if !keep {
+                freed += s.req.worst_case_tokens();
+                gone += usize::from(s.gone);
+                if !s.gone && !s.outbox.is_empty() {
+                    draining.push((s.req.events.clone(), std::mem::take(&mut s.outbox)));
+                }
+            }
+            keep
+        });
+        self.reserved -= freed;
+        self.draining.extend(draining);
+        gone
+    }
+}
+
+fn finish<C>(s: &mut Seq<C>, text: String, reason: FinishReason) {
+    if !text.is_empty() {
+        s.send(Event::Text(text));
+    }
+    s.send(Event::Finished {
+        reason,
+        prompt_tokens: s.req.prompt.len(),
+        completion_tokens: s.generated,
+    });
+    s.finished = true;
+}
+
+#[cfg(test)]
+#[path = "scheduler_tests.rs"]
+mod tests;

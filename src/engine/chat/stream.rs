@@ -1,0 +1,234 @@
+//! Shaping generation events into OpenAI responses: the collected (non-stream) answer and
+//! the SSE stream (chat: role delta first, content deltas, a final chunk with
+//! `finish_reason`, an optional usage chunk, then `data: [DONE]`; a failure after the
+//! stream began ends it with a `data: {"error":…}` event).
+
+use std::convert::Infallible;
+
+use axum::response::sse::{Event as SseEvent, Sse};
+use futures::stream::{self, Stream, StreamExt};
+use tokio::sync::mpsc;
+
+use super::scheduler::{Event, FinishReason};
+use crate::api::types::chat::{ChatCompletionChunk, ChunkChoice, Delta};
+use crate::api::types::completions::{CompletionChoice, CompletionResponse, Usage};
+use crate::api::ApiError;
+
+/// Which endpoint's shapes to produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Chat,
+    Completion,
+}
+
+/// Identity of one response.
+#[derive(Debug, Clone)]
+pub struct ResponseMeta {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+    pub shape: Shape,
+    pub include_usage: bool,
+}
+
+/// A finished generation.
+#[derive(Debug, Clone)]
+pub struct Collected {
+    pub text: String,
+    pub finish_reason: FinishReason,
+    pub usage: Usage,
+}
+
+fn engine_error(msg: &str) -> ApiError {
+    tracing::error!(error = %msg, "generation failed");
+    ApiError::internal("The model failed while generating")
+}
+
+/// Reads events until the sequence ends.
+pub async fn collect(mut rx: mpsc::Receiver<Event>) -> Result<Collected, ApiError> {
+    let mut text = String::new();
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            Event::Text(t) => text.push_str(&t),
+            Event::Finished {
+                reason,
+                prompt_tokens,
+                completion_tokens,
+            } => {
+                return Ok(Collected {
+                    text,
+                    finish_reason: reason,
+                    usage: Usage::new(prompt_tokens, completion_tokens),
+                })
+            }
+            Event::Error(e) => return Err(engine_error(&e)),
+        }
+    }
+    Err(ApiError::unavailable("The engine stopped while generating"))
+}
+
+impl ResponseMeta {
+    fn chunk(
+        &self,
+        delta: Option<Delta>,
+        finish: Option<FinishReason>,
+        text: Option<String>,
+    ) -> String {
+        match self.shape {
+            Shape::Chat => serde_json::to_string(&ChatCompletionChunk {
+                id: self.id.clone(),
+                object: "chat.completion.chunk".into(),
+                created: self.created,
+                model: self.model.clone(),
+                choices: vec![ChunkChoice {
+                    index: 0,
+                    delta: delta.unwrap_or_default(),
+                    finish_reason: finish.map(|f| f.as_str().to_string()),
+                    logprobs: None,
+                }],
+                usage: None,
+            }),
+            Shape::Completion => serde_json::to_string(&CompletionResponse {
+                id: self.id.clone(),
+                object: "text_completion".into(),
+                created: self.created,
+                model: self.model.clone(),
+                choices: vec![CompletionChoice {
+                    index: 0,
+                    text: text.unwrap_or_default(),
+                    finish_reason: finish.map(|f| f.as_str().to_string()),
+                    logprobs: None,
+                }],
+                usage: None,
+            }),
+        }
+        .expect("response chunks serialise. This is a bug.")
+    }
+
+    fn text_chunk(&self, t: String) -> String {
+        match self.shape {
+            Shape::Chat => self.chunk(
+                Some(Delta {
+                    role: None,
+                    content: Some(t),
+                }),
+                None,
+                None,
+            ),
+            Shape::Completion => self.chunk(None, None, Some(t)),
+        }
+    }
+
+    fn usage_chunk(&self, usage: Usage) -> String {
+        let v = serde_json::json!({
+            "id": self.id,
+            "object": match self.shape { Shape::Chat => "chat.completion.chunk", Shape::Completion => "text_completion" },
+            "created": self.created,
+            "model": self.model,
+            "choices": [],
+            "usage": usage,
+        });
+        v.to_string()
+    }
+
+    /// The SSE events answering one generation event; `true` when the stream is over.
+    fn on_event(&self, ev: Option<Event>) -> (Vec<String>, bool) {
+        match ev {
+            Some(Event::Text(t)) => (vec![self.text_chunk(t)], false),
+            Some(Event::Finished {
+                reason,
+                prompt_tokens,
+                completion_tokens,
+            }) => {
+                let mut out = vec![self.chunk(Some(Delta::default()), Some(reason), None)];
+                if self.include_usage {
+                    out.push(self.usage_chunk(Usage::new(prompt_tokens, completion_tokens)));
+                }
+                out.push("[DONE]".to_string());
+                (out, true)
+            }
+            Some(Event::Error(e)) => (vec![engine_error(&e).to_json()], true),
+            None => (
+                vec![ApiError::unavailable("The engine stopped while generating").to_json()],
+                true,
+            ),
+        }
+    }
+}
+
+/// The SSE response of a streamed generation. Dropping it (client gone) drops `rx`, which
+/// the model thread notices before its next step.
+pub fn sse(
+    rx: mpsc::Receiver<Event>,
+    meta: ResponseMeta,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let first = match meta.shape {
+        Shape::Chat => vec![meta.chunk(
+            Some(Delta {
+                role: Some("assistant".into()),
+                content: Some(String::new()),
+            }),
+            None,
+            None,
+        )],
+        Shape::Completion => Vec::new(),
+    };
+    let head = stream::iter(first);
+    let body = stream::unfold(Some((rx, meta)), |state| async move {
+        let (mut rx, meta) = state?;
+        let (out, done) = meta.on_event(rx.recv().await);
+        let next = if done { None } else { Some((rx, meta)) };
+        Some((stream::iter(out), next))
+    })
+    .flatten();
+    Sse::new(
+        head.chain(body)
+            .map(|data| Ok(SseEvent::default().data(data))),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(shape: Shape, include_usage: bool) -> ResponseMeta {
+        ResponseMeta {
+            id: "x".into(),
+            created: 1,
+            model: "m".into(),
+            shape,
+            include_usage,
+        }
+    }
+
+    #[test]
+    fn finish_adds_usage_then_done_and_errors_end_the_stream() {
+        let m = meta(Shape::Chat, true);
+        let (out, done) = m.on_event(Some(Event::Finished {
+            reason: FinishReason::Length,
+            prompt_tokens: 3,
+            completion_tokens: 2,
+        }));
+        assert!(done);
+        assert_eq!(out.len(), 3);
+        let last: serde_json::Value = serde_json::from_str(&out[0]).unwrap();
+        assert_eq!(last["choices"][0]["finish_reason"], "length");
+        let usage: serde_json::Value = serde_json::from_str(&out[1]).unwrap();
+        assert_eq!(usage["usage"]["total_tokens"], 5);
+        assert_eq!(usage["choices"], serde_json::json!([]));
+        assert_eq!(out[2], "[DONE]");
+        let (out, done) =
+            meta(Shape::Completion, false).on_event(Some(Event::Error("boom".into())));
+        assert!(done);
+        assert_eq!(out.len(), 1);
+        let err: serde_json::Value = serde_json::from_str(&out[0]).unwrap();
+        assert_eq!(err["error"]["type"], "server_error");
+        assert!(!out[0].contains("boom"), "internal detail leaked");
+        let (out, _) = meta(Shape::Completion, false).on_event(Some(Event::Text("hi".into())));
+        let c: serde_json::Value = serde_json::from_str(&out[0]).unwrap();
+        assert_eq!(
+            (c["object"].as_str(), c["choices"][0]["text"].as_str()),
+            (Some("text_completion"), Some("hi"))
+        );
+    }
+}

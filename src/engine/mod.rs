@@ -1,0 +1,206 @@
+//! One engine process: `trident engine --config models.json --model <id>`.
+//!
+//! The engine binds its port first (so the supervisor sees it `loading`), loads the model
+//! on a blocking thread, runs one warm-up forward pass, and only then reports `ready` on
+//! `/health`. Kind-specific routes live in `embed`, `rerank` and `chat`; the shared routes,
+//! fallbacks and metrics middleware in `common`. Models are reached only through
+//! `backend::EncoderBackend` (encoders) and the chat module's scheduler.
+
+pub mod backend;
+pub mod chat;
+pub mod common;
+pub mod embed;
+pub mod encoder_queue;
+mod loader;
+pub mod rerank;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::config::{CheckOptions, ConfigError, ModelKind, ModelsFile, Settings};
+use crate::metrics::Metrics;
+use common::{CardFacts, EngineCommon, ModelStatus};
+use encoder_queue::{BatchLimits, EncoderQueue, QueueMetrics};
+
+/// Errors that stop an engine from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("model {0:?} is not in the models file")]
+    UnknownModel(String),
+    #[error("model {0:?} has no port (set \"port\" in models.json or pass --port)")]
+    NoPort(String),
+    #[error("model {0:?} is served by an upstream, not a local engine")]
+    Upstream(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+}
+
+/// What `trident engine` was asked to run.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    pub models_file: PathBuf,
+    pub model_id: String,
+    /// Overrides the entry's port.
+    pub port: Option<u16>,
+    /// Replica index: the port is `port + replica` unless overridden.
+    pub replica: usize,
+    pub settings: Settings,
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then lets in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Resolves the engine's model entry and port from the options.
+pub fn resolve(
+    opts: &EngineOptions,
+) -> Result<(ModelsFile, crate::config::ModelEntry, u16), EngineError> {
+    let file = ModelsFile::load(&opts.models_file, CheckOptions { check_paths: false })?;
+    let entry = file
+        .models
+        .get(&opts.model_id)
+        .cloned()
+        .ok_or_else(|| EngineError::UnknownModel(opts.model_id.clone()))?;
+    if entry.upstream.is_some() {
+        return Err(EngineError::Upstream(opts.model_id.clone()));
+    }
+    let port = match opts.port {
+        Some(p) => p,
+        None => entry
+            .port
+            .and_then(|p| p.checked_add(opts.replica as u16))
+            .ok_or_else(|| EngineError::NoPort(opts.model_id.clone()))?,
+    };
+    Ok((file, entry, port))
+}
+
+/// Runs one engine until `shutdown` completes.
+pub async fn run(
+    opts: EngineOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), EngineError> {
+    let (_file, entry, port) = resolve(&opts)?;
+    let addr = format!("{}:{port}", opts.settings.host);
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(|source| EngineError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
+    let app = build(&opts.model_id, &entry, &opts.settings, Metrics::new());
+    tracing::info!(model = %opts.model_id, kind = entry.kind.as_str(), %addr, "engine listening");
+    serve(listener, app, shutdown)
+        .await
+        .map_err(EngineError::Serve)
+}
+
+/// Builds the engine's router and starts loading its model in the background.
+pub fn build(
+    id: &str,
+    entry: &crate::config::ModelEntry,
+    settings: &Settings,
+    metrics: Metrics,
+) -> Router {
+    let common = EngineCommon::new(id, entry.kind, entry.aliases.clone(), metrics.clone());
+    common.set_status(ModelStatus::Loading, None);
+    let routes = match entry.kind {
+        ModelKind::Embedding | ModelKind::Rerank => {
+            let runtime = Arc::new(OnceLock::new());
+            let state = embed::EncoderState {
+                common: common.clone(),
+                runtime: runtime.clone(),
+            };
+            start_encoder(entry.clone(), state.clone());
+            if entry.kind == ModelKind::Rerank {
+                rerank::routes(state)
+            } else {
+                embed::routes(state)
+            }
+        }
+        ModelKind::Chat => {
+            let state = chat::ChatState::new(common.clone());
+            chat::start(entry.clone(), state.clone());
+            chat::routes(state)
+        }
+    };
+    common::finish_router(routes, common, settings.max_body_bytes)
+}
+
+fn start_encoder(entry: crate::config::ModelEntry, state: embed::EncoderState) {
+    std::thread::Builder::new()
+        .name("encoder-load".into())
+        .spawn(move || {
+            let common = state.common.clone();
+            match loader::load_encoder(&entry) {
+                Ok(backend) => {
+                    let meta = backend.meta();
+                    // A real forward pass before declaring readiness.
+                    let warm = if meta.cross_encoder {
+                        backend
+                            .encode_pair("warm-up", "warm-up")
+                            .and_then(|pair| backend.score(&[&pair]).map(|_| ()))
+                    } else {
+                        backend
+                            .encode_text("warm-up", true)
+                            .and_then(|ids| backend.embed(&[&ids]).map(|_| ()))
+                    };
+                    if let Err(e) = warm {
+                        tracing::error!(error = %e, "warm-up forward pass failed");
+                        common.set_status(ModelStatus::Failed(format!("warm-up failed: {e}")), None);
+                        return;
+                    }
+                    let limits = BatchLimits {
+                        max_batch_tokens: entry.max_batch_tokens.unwrap_or(16_384),
+                        max_batch_size: 64,
+                    };
+                    let queue = EncoderQueue::start(
+                        backend.clone(),
+                        entry.max_queue.unwrap_or(8192),
+                        limits,
+                        QueueMetrics {
+                            metrics: common.metrics.clone(),
+                            model: common.id.to_string(),
+                            kind: common.kind.as_str(),
+                        },
+                    );
+                    let facts = CardFacts {
+                        max_model_len: Some(meta.max_len),
+                        rerank_mode: (common.kind == ModelKind::Rerank).then(|| {
+                            if meta.cross_encoder {
+                                "cross-encoder".to_string()
+                            } else {
+                                "bi-encoder (cosine)".to_string()
+                            }
+                        }),
+                        dtype: Some(meta.dtype.clone()),
+                    };
+                    let _ = state.runtime.set(embed::EncoderRuntime { backend, queue });
+                    common.set_status(ModelStatus::Ready, Some(facts));
+                    tracing::info!(model = %common.id, dtype = %meta.dtype, max_len = meta.max_len, "model ready");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "model failed to load");
+                    common.set_status(ModelStatus::Failed(e.to_string()), None);
+                }
+            }
+        })
+        .expect("spawning the loader thread. This is a bug.");
+}

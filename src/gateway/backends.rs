@@ -1,0 +1,478 @@
+//! The routing table shared by the supervisor and the gateway: every served model with its
+//! replicas (local engine processes or a remote `upstream`).
+//!
+//! The supervisor owns each replica's lifecycle (state, pid, restarts, last error, log
+//! tail); the gateway reads it to route and updates the balancing fields (outstanding
+//! requests, latency EWMA, consecutive failures and ejection). Lifecycle and ejection state
+//! sit behind small per-replica mutexes held only for a copy; hot counters are atomics.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::api::types::models::ModelCard;
+use crate::config::{DeviceSetting, ModelEntry, ModelKind, ModelsFile};
+
+/// Lines of engine output kept per replica for `/ready` and `/system/info`.
+pub const LOG_TAIL_LINES: usize = 50;
+
+/// Lifecycle of one replica as the supervisor sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicaState {
+    /// Spawned (or probing a remote), not yet answering a forward pass.
+    Starting,
+    Ready,
+    /// Was ready, stopped answering its health probe.
+    Unhealthy,
+    /// Exited; waiting for the backoff before the next start.
+    Restarting,
+    /// Gave up: crash loop, load failure past the limit, or a refused plan.
+    Failed,
+    /// Stopped by the supervisor (shutdown).
+    Stopped,
+}
+
+/// Mutable lifecycle facts of a replica (copied out for reports).
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplicaLife {
+    pub state: ReplicaState,
+    pub pid: Option<u32>,
+    pub restarts: u32,
+    pub last_error: Option<String>,
+    /// The engine's own `/v1/models` card, fetched when it became ready.
+    #[serde(skip)]
+    pub card: Option<ModelCard>,
+}
+
+/// Ejection bookkeeping (outlier detection) of a replica.
+#[derive(Debug, Default)]
+struct Health {
+    consecutive_failures: u32,
+    ejections: u32,
+    ejected_until: Option<Instant>,
+}
+
+/// One backend of a model: a local engine process or a remote server.
+#[derive(Debug)]
+pub struct Replica {
+    pub model: Arc<str>,
+    pub index: usize,
+    /// `http://host:port` without a trailing slash.
+    pub base_url: String,
+    pub port: Option<u16>,
+    /// `cpu`, `cuda:0,1` or `remote`.
+    pub device: String,
+    pub remote: bool,
+    ready: AtomicBool,
+    pub outstanding: AtomicUsize,
+    /// Latency EWMA in microseconds (0 = no sample yet).
+    ewma_us: AtomicU64,
+    life: Mutex<ReplicaLife>,
+    health: Mutex<Health>,
+    tail: Mutex<VecDeque<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these short locks leaves plain data; keep using it.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Consecutive transport failures that eject a replica.
+pub const EJECT_AFTER_FAILURES: u32 = 3;
+const EJECT_BASE: Duration = Duration::from_secs(1);
+const EJECT_MAX: Duration = Duration::from_secs(30);
+/// Weight of a new latency sample in the EWMA.
+const EWMA_ALPHA: f64 = 0.3;
+
+impl Replica {
+    pub fn new(
+        model: &str,
+        index: usize,
+        base_url: String,
+        port: Option<u16>,
+        device: String,
+    ) -> Self {
+        let remote = port.is_none();
+        Replica {
+            model: model.into(),
+            index,
+            base_url: base_url.trim_end_matches('/').to_string(),
+            port,
+            device,
+            remote,
+            ready: AtomicBool::new(false),
+            outstanding: AtomicUsize::new(0),
+            ewma_us: AtomicU64::new(0),
+            life: Mutex::new(ReplicaLife {
+                state: ReplicaState::Starting,
+                pid: None,
+                restarts: 0,
+                last_error: None,
+                card: None,
+            }),
+            health: Mutex::new(Health::default()),
+            tail: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// True when the replica answers requests (ready, whatever its ejection).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn life(&self) -> ReplicaLife {
+        lock(&self.life).clone()
+    }
+
+    pub fn state(&self) -> ReplicaState {
+        lock(&self.life).state
+    }
+
+    /// Sets the lifecycle state (and the fast `ready` flag).
+    pub fn set_state(&self, state: ReplicaState) {
+        let mut l = lock(&self.life);
+        l.state = state;
+        self.ready
+            .store(state == ReplicaState::Ready, Ordering::Release);
+        if state == ReplicaState::Ready {
+            // A fresh start forgets old transport failures.
+            *lock(&self.health) = Health::default();
+        }
+    }
+
+    pub fn update(&self, f: impl FnOnce(&mut ReplicaLife)) {
+        f(&mut lock(&self.life));
+    }
+
+    /// Appends one output line of the engine to the tail.
+    pub fn push_log(&self, line: String) {
+        let mut t = lock(&self.tail);
+        if t.len() == LOG_TAIL_LINES {
+            t.pop_front();
+        }
+        t.push_back(line);
+    }
+
+    pub fn log_tail(&self, n: usize) -> Vec<String> {
+        let t = lock(&self.tail);
+        t.iter().skip(t.len().saturating_sub(n)).cloned().collect()
+    }
+
+    /// The most telling recent line: the last one that mentions an error, else the last.
+    pub fn last_error_line(&self) -> Option<String> {
+        let t = lock(&self.tail);
+        t.iter()
+            .rev()
+            .find(|l| {
+                let l = l.to_ascii_lowercase();
+                l.contains("error") || l.contains("panic")
+            })
+            .or_else(|| t.back())
+            .cloned()
+    }
+
+    /// True while an ejection is in force.
+    pub fn is_ejected(&self, now: Instant) -> bool {
+        lock(&self.health).ejected_until.is_some_and(|t| t > now)
+    }
+
+    /// Records a successful exchange and its latency.
+    pub fn record_success(&self, latency: Duration) {
+        {
+            let mut h = lock(&self.health);
+            h.consecutive_failures = 0;
+            h.ejections = 0;
+        }
+        let sample = latency.as_micros().min(u64::MAX as u128) as f64;
+        let old = self.ewma_us.load(Ordering::Relaxed) as f64;
+        let new = if old == 0.0 {
+            sample
+        } else {
+            old + EWMA_ALPHA * (sample - old)
+        };
+        self.ewma_us.store(new.max(1.0) as u64, Ordering::Relaxed);
+    }
+
+    /// Latency EWMA in microseconds (0 before the first sample).
+    pub fn ewma_us(&self) -> u64 {
+        self.ewma_us.load(Ordering::Relaxed)
+    }
+
+    /// Records a transport failure; returns true when it ejected the replica. `others` says
+    /// whether another replica of the model is healthy (the last one is never ejected).
+    pub fn record_failure(&self, now: Instant, others_healthy: bool) -> bool {
+        let mut h = lock(&self.health);
+        h.consecutive_failures += 1;
+        if h.consecutive_failures < EJECT_AFTER_FAILURES || !others_healthy {
+            return false;
+        }
+        if h.ejected_until.is_some_and(|t| t > now) {
+            return false;
+        }
+        let factor = 1u32 << h.ejections.min(5);
+        let span = (EJECT_BASE * factor).min(EJECT_MAX);
+        h.ejections += 1;
+        h.consecutive_failures = 0;
+        h.ejected_until = Some(now + span);
+        true
+    }
+}
+
+/// One served model and its replicas.
+#[derive(Debug)]
+pub struct ModelBackend {
+    pub id: Arc<str>,
+    pub kind: ModelKind,
+    pub entry: ModelEntry,
+    pub replicas: Vec<Arc<Replica>>,
+    /// Round-robin cursor.
+    pub cursor: AtomicUsize,
+}
+
+/// The aggregate state of a model shown in `/ready` and `/v1/models`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelState {
+    Loading,
+    Ready,
+    Degraded,
+    Failed,
+}
+
+impl ModelState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelState::Loading => "loading",
+            ModelState::Ready => "ready",
+            ModelState::Degraded => "degraded",
+            ModelState::Failed => "failed",
+        }
+    }
+}
+
+impl ModelBackend {
+    pub fn replicas_ready(&self) -> usize {
+        self.replicas.iter().filter(|r| r.is_ready()).count()
+    }
+
+    /// ready = every replica ready; degraded = some; failed = every replica gave up.
+    pub fn state(&self) -> ModelState {
+        let ready = self.replicas_ready();
+        if ready == self.replicas.len() {
+            ModelState::Ready
+        } else if ready > 0 {
+            ModelState::Degraded
+        } else if self
+            .replicas
+            .iter()
+            .all(|r| r.state() == ReplicaState::Failed)
+        {
+            ModelState::Failed
+        } else {
+            ModelState::Loading
+        }
+    }
+
+    /// The newest error among the replicas.
+    pub fn last_error(&self) -> Option<String> {
+        self.replicas.iter().rev().find_map(|r| r.life().last_error)
+    }
+
+    /// The engine's own card (from any replica that reported one).
+    pub fn engine_card(&self) -> Option<ModelCard> {
+        self.replicas.iter().find_map(|r| r.life().card)
+    }
+}
+
+/// Every served model, looked up by id or alias.
+#[derive(Debug)]
+pub struct Backends {
+    pub models: Vec<Arc<ModelBackend>>,
+    by_name: HashMap<String, usize>,
+}
+
+/// Where the supervisor puts a local replica.
+pub type PortFor<'a> = dyn Fn(&str, usize) -> u16 + 'a;
+
+/// The device string of a local entry.
+pub fn device_of(entry: &ModelEntry) -> String {
+    let gpus = effective_gpus(entry);
+    if gpus.is_empty() {
+        "cpu".into()
+    } else {
+        format!(
+            "cuda:{}",
+            gpus.iter()
+                .map(|g| g.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        )
+    }
+}
+
+/// The GPUs an entry runs on: its `gpus`, or GPU 0 for `device: cuda` without a list.
+pub fn effective_gpus(entry: &ModelEntry) -> Vec<usize> {
+    match entry.device {
+        DeviceSetting::Cpu => Vec::new(),
+        DeviceSetting::Cuda if entry.gpus.is_empty() => vec![0],
+        _ => entry.gpus.clone(),
+    }
+}
+
+/// Strips a trailing `/` and `/v1` from an upstream URL (paths are appended as received).
+pub fn upstream_base(url: &str) -> String {
+    let u = url.trim_end_matches('/');
+    u.strip_suffix("/v1").unwrap_or(u).to_string()
+}
+
+impl Backends {
+    /// Builds the table; `port_for(id, replica)` gives each local replica's port.
+    pub fn new(file: &ModelsFile, host: &str, port_for: &PortFor<'_>) -> Backends {
+        let mut models = Vec::new();
+        let mut by_name = HashMap::new();
+        for (i, (id, entry)) in file.models.iter().enumerate() {
+            let replicas = match &entry.upstream {
+                Some(url) => vec![Arc::new(Replica::new(
+                    id,
+                    0,
+                    upstream_base(url),
+                    None,
+                    "remote".into(),
+                ))],
+                None => (0..entry.replicas.max(1))
+                    .map(|r| {
+                        let port = port_for(id, r);
+                        Arc::new(Replica::new(
+                            id,
+                            r,
+                            format!("http://{host}:{port}"),
+                            Some(port),
+                            device_of(entry),
+                        ))
+                    })
+                    .collect(),
+            };
+            by_name.insert(id.clone(), i);
+            for a in &entry.aliases {
+                by_name.insert(a.clone(), i);
+            }
+            models.push(Arc::new(ModelBackend {
+                id: id.as_str().into(),
+                kind: entry.kind,
+                entry: entry.clone(),
+                replicas,
+                cursor: AtomicUsize::new(0),
+            }));
+        }
+        Backends { models, by_name }
+    }
+
+    /// The model with this id or alias.
+    pub fn find(&self, name: &str) -> Option<&Arc<ModelBackend>> {
+        self.by_name.get(name).map(|&i| &self.models[i])
+    }
+
+    /// The only model of a kind (`None` = any kind), if there is exactly one.
+    pub fn sole(&self, kind: Option<ModelKind>) -> Option<&Arc<ModelBackend>> {
+        let mut it = self
+            .models
+            .iter()
+            .filter(|m| kind.is_none_or(|k| m.kind == k));
+        match (it.next(), it.next()) {
+            (Some(m), None) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// Every replica of every model.
+    pub fn replicas(&self) -> impl Iterator<Item = &Arc<Replica>> {
+        self.models.iter().flat_map(|m| m.replicas.iter())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replica() -> Replica {
+        Replica::new("m", 0, "http://127.0.0.1:1/".into(), Some(1), "cpu".into())
+    }
+
+    #[test]
+    fn ejection_needs_consecutive_failures_and_another_healthy_replica() {
+        let r = replica();
+        let now = Instant::now();
+        assert!(!r.record_failure(now, true));
+        assert!(!r.record_failure(now, true));
+        // The third failure ejects, but not when it is the last healthy replica.
+        assert!(!r.record_failure(now, false));
+        assert!(!r.is_ejected(now));
+        assert!(r.record_failure(now, true));
+        assert!(r.is_ejected(now));
+        assert!(!r.is_ejected(now + Duration::from_millis(1001)));
+    }
+
+    #[test]
+    fn ejection_time_grows_and_is_capped() {
+        let r = replica();
+        let mut now = Instant::now();
+        let mut spans = Vec::new();
+        for _ in 0..8 {
+            for _ in 0..EJECT_AFTER_FAILURES {
+                r.record_failure(now, true);
+            }
+            let until = lock(&r.health).ejected_until.unwrap();
+            spans.push(until - now);
+            now = until + Duration::from_millis(1);
+        }
+        assert_eq!(spans[0], Duration::from_secs(1));
+        assert_eq!(spans[1], Duration::from_secs(2));
+        assert_eq!(spans[2], Duration::from_secs(4));
+        assert_eq!(*spans.last().unwrap(), EJECT_MAX);
+        // A success forgets the history.
+        r.record_success(Duration::from_millis(1));
+        for _ in 0..EJECT_AFTER_FAILURES {
+            r.record_failure(now, true);
+        }
+        assert_eq!(lock(&r.health).ejected_until.unwrap() - now, EJECT_BASE);
+    }
+
+    #[test]
+    fn ewma_moves_toward_samples() {
+        let r = replica();
+        r.record_success(Duration::from_millis(10));
+        assert_eq!(r.ewma_us(), 10_000);
+        r.record_success(Duration::from_millis(20));
+        assert_eq!(r.ewma_us(), 13_000);
+    }
+
+    #[test]
+    fn model_state_from_replicas_and_last_error_line() {
+        let file = ModelsFile::parse(
+            r#"{"models": {"e": {"path": "/x", "type": "embedding", "port": 9000, "replicas": 2, "aliases": ["a"]}}}"#,
+            Default::default(),
+        )
+        .unwrap();
+        let b = Backends::new(&file, "127.0.0.1", &|_, r| 9000 + r as u16);
+        let m = b.find("a").unwrap();
+        assert_eq!(m.replicas[1].base_url, "http://127.0.0.1:9001");
+        assert_eq!(m.state(), ModelState::Loading);
+        m.replicas[0].set_state(ReplicaState::Ready);
+        assert_eq!(m.state(), ModelState::Degraded);
+        m.replicas[1].set_state(ReplicaState::Ready);
+        assert_eq!(m.state(), ModelState::Ready);
+        for r in &m.replicas {
+            r.set_state(ReplicaState::Failed);
+        }
+        assert_eq!(m.state(), ModelState::Failed);
+        let r = &m.replicas[0];
+        r.push_log("ERROR cannot open weights".into());
+        r.push_log("exiting".into());
+        assert_eq!(r.last_error_line().unwrap(), "ERROR cannot open weights");
+        assert_eq!(upstream_base("http://h:1/v1/"), "http://h:1");
+    }
+}

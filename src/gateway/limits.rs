@@ -1,0 +1,222 @@
+//! Request limits of the gateway: body size and body read time, request ids, per-model
+//! concurrency with a bounded wait queue (429 + `Retry-After` past it), the in-flight
+//! counter that draining waits on, and the draining switch itself.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+use super::GatewayState;
+use crate::api::ApiError;
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Per-model admission: `max` requests in flight, at most `max_waiting` waiting for a slot.
+#[derive(Debug)]
+pub struct ModelLimiter {
+    sem: Arc<Semaphore>,
+    max_waiting: usize,
+    waiting: AtomicUsize,
+}
+
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl ModelLimiter {
+    pub fn new(max: usize, max_waiting: usize) -> Self {
+        ModelLimiter {
+            sem: Arc::new(Semaphore::new(max)),
+            max_waiting,
+            waiting: AtomicUsize::new(0),
+        }
+    }
+
+    /// A slot, waiting for one if the queue has room; 429 otherwise.
+    pub async fn acquire(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        if let Ok(p) = self.sem.clone().try_acquire_owned() {
+            return Ok(p);
+        }
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(ApiError::overloaded(1));
+        }
+        let _w = Waiting(&self.waiting);
+        self.sem
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::unavailable("The gateway is shutting down"))
+    }
+}
+
+/// Counts requests in flight (streams until their last byte) and lets draining wait for 0.
+#[derive(Debug, Default)]
+pub struct Inflight {
+    count: AtomicUsize,
+    idle: Notify,
+    draining: AtomicBool,
+}
+
+/// Held while a request is in flight.
+#[derive(Debug)]
+pub struct InflightGuard(Arc<Inflight>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl Inflight {
+    pub fn enter(self: &Arc<Self>) -> InflightGuard {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        InflightGuard(self.clone())
+    }
+
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Waits until nothing is in flight or `timeout` passed; true when idle.
+    pub async fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.idle.notified();
+            if self.count() == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.count() == 0;
+            }
+        }
+    }
+}
+
+/// Middleware: while draining, new requests get 503; otherwise the request counts as in
+/// flight until its response body ends (the proxy moves the guard into the body).
+pub async fn track_inflight(
+    State(s): State<GatewayState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    if s.inflight.is_draining() {
+        return ApiError::unavailable("The server is shutting down").into_response();
+    }
+    let guard = Arc::new(s.inflight.enter());
+    req.extensions_mut().insert(guard.clone());
+    next.run(req).await
+}
+
+/// Middleware: reads the whole body within `body_read_timeout_secs` and `max_body_bytes`
+/// (413 / 408 envelopes), so a client that trickles its body cannot hold a slot.
+pub async fn read_body(State(s): State<GatewayState>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let limit = s.settings.max_body_bytes;
+    let timeout = Duration::from_secs(s.settings.body_read_timeout_secs.max(1));
+    let read = axum::body::to_bytes(body, limit);
+    let bytes = match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            return if too_large {
+                ApiError::too_large(limit).into_response()
+            } else {
+                ApiError::invalid("Could not read the request body").into_response()
+            };
+        }
+        Err(_) => {
+            let mut e =
+                ApiError::invalid("Timed out reading the request body").with_code("timeout");
+            e.status = axum::http::StatusCode::REQUEST_TIMEOUT;
+            return e.into_response();
+        }
+    };
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+/// The request id of a request (set by [`request_id`]).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub HeaderValue);
+
+fn acceptable_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
+}
+
+/// Middleware: keeps a sane incoming `x-request-id` or makes one; echoes it on the response.
+pub async fn request_id(mut req: Request, next: Next) -> Response {
+    let id = match req.headers().get(&X_REQUEST_ID) {
+        Some(v) if acceptable_id(v) => v.clone(),
+        _ => {
+            let n: u128 = rand::random();
+            let v = HeaderValue::from_str(&format!("{n:032x}"))
+                .expect("hex is a valid header value. This is a bug.");
+            req.headers_mut().insert(X_REQUEST_ID.clone(), v.clone());
+            v
+        }
+    };
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut resp = next.run(req).await;
+    resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn limiter_queues_then_rejects() {
+        let l = Arc::new(ModelLimiter::new(1, 1));
+        let first = l.acquire().await.unwrap();
+        let l2 = l.clone();
+        let waiter = tokio::spawn(async move { l2.acquire().await.map(|_| ()) });
+        tokio::task::yield_now().await;
+        while l.waiting.load(Ordering::Acquire) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let third = l.acquire().await.unwrap_err();
+        assert_eq!(third.status.as_u16(), 429);
+        assert_eq!(third.retry_after, Some(1));
+        drop(first);
+        waiter.await.unwrap().unwrap();
+        assert_eq!(l.waiting.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test]
+    async fn inflight_waits_for_the_last_guard() {
+        let f = Arc::new(Inflight::default());
+        let g = f.enter();
+        assert!(!f.wait_idle(Duration::from_millis(10)).await);
+        let f2 = f.clone();
+        let waiter = tokio::spawn(async move { f2.wait_idle(Duration::from_secs(30)).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(g);
+        assert!(waiter.await.unwrap());
+        assert_eq!(f.count(), 0);
+    }
+}

@@ -1,0 +1,307 @@
+//! The gateway on :8000: one OpenAI-compatible surface in front of every engine.
+//!
+//! Layers, outermost first: request id → envelope for framework rejections → CORS (only
+//! when origins are configured) → API key → draining/in-flight tracking → body read limits
+//! → routes. API routes are proxied by `proxy` to a replica chosen by `balance` from the
+//! table in `backends` (which the supervisor keeps up to date); `status` and
+//! `metrics_merge` answer the gateway's own endpoints. [`serve`] runs the router on a
+//! hyper-util connection builder so slow header senders are cut off.
+
+pub mod auth;
+pub mod backends;
+pub mod balance;
+pub mod limits;
+pub mod metrics_merge;
+pub mod proxy;
+pub mod status;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::http::{HeaderValue, Method};
+use axum::middleware;
+use axum::routing::{get, post};
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use crate::api;
+use crate::config::{ModelKind, Settings};
+use crate::metrics::Metrics;
+use auth::ApiKeys;
+use backends::Backends;
+use balance::RetryBudget;
+use limits::{Inflight, ModelLimiter};
+use proxy::RouteSpec;
+pub use status::{GpuFacts, SystemFacts};
+
+/// Everything the gateway's handlers share.
+pub struct Shared {
+    pub backends: Arc<Backends>,
+    pub settings: Settings,
+    pub metrics: Metrics,
+    /// Probes, scrapes and other control traffic.
+    pub client: reqwest::Client,
+    /// The proxy's own lean HTTP/1 client (pooled keep-alive connections to engines).
+    pub upstream: UpstreamClient,
+    pub keys: ApiKeys,
+    pub inflight: Arc<Inflight>,
+    pub limiters: HashMap<String, Arc<ModelLimiter>>,
+    pub retry_budget: RetryBudget,
+    pub facts: SystemFacts,
+}
+
+/// The client that carries proxied requests.
+pub type UpstreamClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    axum::body::Body,
+>;
+
+fn upstream_client() -> UpstreamClient {
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(2)));
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(512)
+        .pool_timer(TokioTimer::new())
+        .build(http)
+}
+
+/// Cheaply cloned handle on [`Shared`].
+#[derive(Clone)]
+pub struct GatewayState(Arc<Shared>);
+
+impl Deref for GatewayState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl GatewayState {
+    pub fn new(backends: Arc<Backends>, settings: Settings, facts: SystemFacts) -> Self {
+        let limiters = backends
+            .models
+            .iter()
+            .filter_map(|m| {
+                let max = m.entry.max_concurrent_requests?;
+                Some((m.id.to_string(), Arc::new(ModelLimiter::new(max, max))))
+            })
+            .collect();
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(2))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(512)
+            .build()
+            .expect("the HTTP client builds with static options. This is a bug.");
+        GatewayState(Arc::new(Shared {
+            backends,
+            keys: ApiKeys::new(&settings.api_keys),
+            settings,
+            metrics: Metrics::new(),
+            client,
+            upstream: upstream_client(),
+            inflight: Arc::new(Inflight::default()),
+            limiters,
+            retry_budget: RetryBudget::default(),
+            facts,
+        }))
+    }
+
+    /// Counts a rejected request (`model` empty when unknown: unknown names never become labels).
+    pub fn reject(&self, model: &str, why: &str) {
+        let kind = self
+            .backends
+            .find(model)
+            .map(|m| m.kind.as_str())
+            .unwrap_or("gateway");
+        self.metrics
+            .rejected
+            .with_label_values(&[model, kind, why])
+            .inc();
+    }
+
+    /// Enters draining: `/ready` says so and new requests get 503.
+    pub fn start_draining(&self) {
+        self.inflight.start_draining();
+    }
+}
+
+/// The API routes and the model kinds they serve.
+pub const API_ROUTES: &[RouteSpec] = &[
+    RouteSpec {
+        path: "/v1/chat/completions",
+        kind: Some(ModelKind::Chat),
+    },
+    RouteSpec {
+        path: "/v1/completions",
+        kind: Some(ModelKind::Chat),
+    },
+    RouteSpec {
+        path: "/v1/embeddings",
+        kind: Some(ModelKind::Embedding),
+    },
+    RouteSpec {
+        path: "/v1/rerank",
+        kind: Some(ModelKind::Rerank),
+    },
+    RouteSpec {
+        path: "/v2/rerank",
+        kind: Some(ModelKind::Rerank),
+    },
+    RouteSpec {
+        path: "/rerank",
+        kind: Some(ModelKind::Rerank),
+    },
+    RouteSpec {
+        path: "/v1/score",
+        kind: Some(ModelKind::Rerank),
+    },
+    RouteSpec {
+        path: "/tokenize",
+        kind: None,
+    },
+    RouteSpec {
+        path: "/detokenize",
+        kind: None,
+    },
+];
+
+/// Builds the gateway's router.
+pub fn router(state: GatewayState) -> Router {
+    let mut proxied = Router::new();
+    for spec in API_ROUTES {
+        let spec = *spec;
+        proxied = proxied.route(
+            spec.path,
+            post(
+                move |axum::extract::State(s): axum::extract::State<GatewayState>, req: Request| {
+                    proxy::forward(s, spec, req)
+                },
+            ),
+        );
+    }
+    let proxied = proxied
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::read_body,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::track_inflight,
+        ));
+    let mut app = Router::new()
+        .route("/health", get(status::health))
+        .route("/ready", get(status::ready))
+        .route("/v1/models", get(status::models))
+        .route("/system/info", get(status::system_info))
+        .route("/metrics", get(metrics_merge::metrics))
+        .merge(proxied)
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ));
+    if let Some(cors) = cors(&state.settings) {
+        app = app.layer(cors);
+    }
+    app.layer(middleware::from_fn_with_state(
+        api::BodyLimit(state.settings.max_body_bytes),
+        api::envelope_errors,
+    ))
+    .layer(middleware::from_fn(limits::request_id))
+    .with_state(state)
+}
+
+fn cors(settings: &Settings) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+    if settings.cors_origins.is_empty() {
+        return None;
+    }
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers(Any)
+        .max_age(Duration::from_secs(600));
+    if settings.cors_origins.iter().any(|o| o == "*") {
+        return Some(layer.allow_origin(Any));
+    }
+    let origins: Vec<HeaderValue> = settings
+        .cors_origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    Some(layer.allow_origin(AllowOrigin::list(origins)))
+}
+
+/// Time open connections get to finish once `serve`'s shutdown fired.
+const CONNECTION_GRACE: Duration = Duration::from_secs(1);
+
+/// Serves the gateway on `listener` until `shutdown` completes, then stops accepting and
+/// gives open connections [`CONNECTION_GRACE`] to finish. Draining (503 for new requests,
+/// waiting for in-flight ones) is the caller's job before `shutdown` fires.
+pub async fn serve(
+    listener: TcpListener,
+    state: GatewayState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let header_timeout = Duration::from_secs(state.settings.header_read_timeout_secs.max(1));
+    let app = router(state);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let stop = CancellationToken::new();
+    let stop_on = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stop_on.cancel();
+    });
+    loop {
+        let (socket, _peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => break,
+        };
+        let _ = socket.set_nodelay(true);
+        let svc = TowerToHyperService::new(
+            app.clone()
+                .map_request(|r: Request<hyper::body::Incoming>| r.map(axum::body::Body::new)),
+        );
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(socket), svc);
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(CONNECTION_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the grace period; closing them");
+    }
+    Ok(())
+}

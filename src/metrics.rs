@@ -1,0 +1,292 @@
+//! Metric names and the registry: one schema for every engine kind and the gateway.
+//!
+//! Names carry the `trident_` prefix and base units; labels are low-cardinality (`model`,
+//! `kind`, `route` templates, status codes, fixed reasons). A model name never becomes a
+//! label unless it is a configured model id. Engines expose these on their `/metrics`; the
+//! gateway adds its own and re-exports every engine's (DESIGN §5). The Grafana dashboards
+//! and tests refer to the constants below.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub const REQUESTS_TOTAL: &str = "trident_requests_total";
+pub const REQUEST_DURATION_SECONDS: &str = "trident_request_duration_seconds";
+pub const QUEUE_DEPTH: &str = "trident_queue_depth";
+pub const QUEUE_WAIT_SECONDS: &str = "trident_queue_wait_seconds";
+pub const BATCH_SIZE: &str = "trident_batch_size";
+pub const BATCH_TOKENS: &str = "trident_batch_tokens";
+pub const PROMPT_TOKENS_TOTAL: &str = "trident_prompt_tokens_total";
+pub const GENERATED_TOKENS_TOTAL: &str = "trident_generated_tokens_total";
+pub const TIME_TO_FIRST_TOKEN_SECONDS: &str = "trident_time_to_first_token_seconds";
+pub const INTER_TOKEN_LATENCY_SECONDS: &str = "trident_inter_token_latency_seconds";
+pub const RUNNING_SEQUENCES: &str = "trident_running_sequences";
+pub const WAITING_SEQUENCES: &str = "trident_waiting_sequences";
+pub const KV_CACHE_USAGE_RATIO: &str = "trident_kv_cache_usage_ratio";
+pub const ENGINE_RESTARTS_TOTAL: &str = "trident_engine_restarts_total";
+pub const UPSTREAM_RETRIES_TOTAL: &str = "trident_upstream_retries_total";
+pub const UPSTREAM_EJECTIONS_TOTAL: &str = "trident_upstream_ejections_total";
+pub const REJECTED_REQUESTS_TOTAL: &str = "trident_rejected_requests_total";
+pub const MODEL_READY: &str = "trident_model_ready";
+
+/// Every metric name, for dashboards and tests.
+pub const ALL: &[&str] = &[
+    REQUESTS_TOTAL,
+    REQUEST_DURATION_SECONDS,
+    QUEUE_DEPTH,
+    QUEUE_WAIT_SECONDS,
+    BATCH_SIZE,
+    BATCH_TOKENS,
+    PROMPT_TOKENS_TOTAL,
+    GENERATED_TOKENS_TOTAL,
+    TIME_TO_FIRST_TOKEN_SECONDS,
+    INTER_TOKEN_LATENCY_SECONDS,
+    RUNNING_SEQUENCES,
+    WAITING_SEQUENCES,
+    KV_CACHE_USAGE_RATIO,
+    ENGINE_RESTARTS_TOTAL,
+    UPSTREAM_RETRIES_TOTAL,
+    UPSTREAM_EJECTIONS_TOTAL,
+    REJECTED_REQUESTS_TOTAL,
+    MODEL_READY,
+];
+
+/// Reasons for `trident_rejected_requests_total{reason}`.
+pub mod reason {
+    pub const QUEUE_FULL: &str = "queue_full";
+    pub const INVALID: &str = "invalid";
+    pub const TOO_LONG: &str = "too_long";
+    pub const UNAUTHORIZED: &str = "unauthorized";
+    pub const MODEL_NOT_FOUND: &str = "model_not_found";
+    pub const UNAVAILABLE: &str = "unavailable";
+    pub const DISCONNECTED: &str = "disconnected";
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
+];
+const COUNT_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+const TOKEN_BUCKETS: &[f64] = &[
+    16.0, 64.0, 256.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 32768.0,
+];
+
+/// The metric families of one process.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub queue_depth: IntGaugeVec,
+    pub queue_wait: HistogramVec,
+    pub batch_size: HistogramVec,
+    pub batch_tokens: HistogramVec,
+    pub prompt_tokens: IntCounterVec,
+    pub generated_tokens: IntCounterVec,
+    pub ttft: HistogramVec,
+    pub itl: HistogramVec,
+    pub running: IntGaugeVec,
+    pub waiting: IntGaugeVec,
+    pub kv_usage: prometheus::GaugeVec,
+    pub restarts: IntCounterVec,
+    pub retries: IntCounterVec,
+    pub ejections: IntCounterVec,
+    pub rejected: IntCounterVec,
+    pub ready: IntGaugeVec,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .expect("metric definition is valid. This is a bug.");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once. This is a bug.");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)
+        .expect("metric definition is valid. This is a bug.");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once. This is a bug.");
+    g
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str], b: &[f64]) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(b.to_vec()), labels)
+        .expect("metric definition is valid. This is a bug.");
+    r.register(Box::new(h.clone()))
+        .expect("metric registered once. This is a bug.");
+    h
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let mk = ["model", "kind"];
+        let kv_usage = prometheus::GaugeVec::new(
+            Opts::new(
+                KV_CACHE_USAGE_RATIO,
+                "Fraction of the KV cache budget in use",
+            ),
+            &["model"],
+        )
+        .expect("metric definition is valid. This is a bug.");
+        r.register(Box::new(kv_usage.clone()))
+            .expect("metric registered once. This is a bug.");
+        Metrics {
+            requests: counter(
+                &r,
+                REQUESTS_TOTAL,
+                "Requests answered, by route and status",
+                &["model", "kind", "route", "status"],
+            ),
+            request_duration: histogram(
+                &r,
+                REQUEST_DURATION_SECONDS,
+                "Request duration",
+                &["model", "kind", "route"],
+                LATENCY_BUCKETS,
+            ),
+            queue_depth: gauge(&r, QUEUE_DEPTH, "Inputs waiting in the engine queue", &mk),
+            queue_wait: histogram(
+                &r,
+                QUEUE_WAIT_SECONDS,
+                "Time an input waited before its batch ran",
+                &mk,
+                LATENCY_BUCKETS,
+            ),
+            batch_size: histogram(
+                &r,
+                BATCH_SIZE,
+                "Inputs (or sequences) per model batch",
+                &mk,
+                COUNT_BUCKETS,
+            ),
+            batch_tokens: histogram(
+                &r,
+                BATCH_TOKENS,
+                "Tokens per model batch (padded for encoders)",
+                &mk,
+                TOKEN_BUCKETS,
+            ),
+            prompt_tokens: counter(
+                &r,
+                PROMPT_TOKENS_TOTAL,
+                "Prompt/input tokens processed",
+                &mk,
+            ),
+            generated_tokens: counter(&r, GENERATED_TOKENS_TOTAL, "Tokens generated", &mk),
+            ttft: histogram(
+                &r,
+                TIME_TO_FIRST_TOKEN_SECONDS,
+                "Time to first token",
+                &["model"],
+                LATENCY_BUCKETS,
+            ),
+            itl: histogram(
+                &r,
+                INTER_TOKEN_LATENCY_SECONDS,
+                "Time between streamed tokens",
+                &["model"],
+                LATENCY_BUCKETS,
+            ),
+            running: gauge(&r, RUNNING_SEQUENCES, "Sequences decoding", &["model"]),
+            waiting: gauge(
+                &r,
+                WAITING_SEQUENCES,
+                "Sequences waiting for admission",
+                &["model"],
+            ),
+            kv_usage,
+            restarts: counter(
+                &r,
+                ENGINE_RESTARTS_TOTAL,
+                "Engine process restarts",
+                &["model"],
+            ),
+            retries: counter(
+                &r,
+                UPSTREAM_RETRIES_TOTAL,
+                "Requests retried on another replica",
+                &["model"],
+            ),
+            ejections: counter(
+                &r,
+                UPSTREAM_EJECTIONS_TOTAL,
+                "Replica ejections after consecutive failures",
+                &["model"],
+            ),
+            rejected: counter(
+                &r,
+                REJECTED_REQUESTS_TOTAL,
+                "Requests rejected, by reason",
+                &["model", "kind", "reason"],
+            ),
+            ready: gauge(
+                &r,
+                MODEL_READY,
+                "1 when the model answered a forward pass and serves",
+                &["model", "kind"],
+            ),
+            registry: r,
+        }
+    }
+
+    /// Prometheus text exposition of every family.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding of gathered metrics cannot fail. This is a bug.");
+        String::from_utf8(buf).expect("prometheus text is UTF-8. This is a bug.")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_named_metric_is_exported_once_touched() {
+        let m = Metrics::new();
+        m.requests
+            .with_label_values(&["m", "embedding", "/v1/embeddings", "200"])
+            .inc();
+        m.request_duration
+            .with_label_values(&["m", "embedding", "/v1/embeddings"])
+            .observe(0.01);
+        m.queue_depth.with_label_values(&["m", "embedding"]).set(0);
+        m.queue_wait
+            .with_label_values(&["m", "embedding"])
+            .observe(0.0);
+        m.batch_size
+            .with_label_values(&["m", "embedding"])
+            .observe(1.0);
+        m.batch_tokens
+            .with_label_values(&["m", "embedding"])
+            .observe(1.0);
+        m.prompt_tokens.with_label_values(&["m", "embedding"]).inc();
+        m.generated_tokens.with_label_values(&["m", "chat"]).inc();
+        m.ttft.with_label_values(&["m"]).observe(0.1);
+        m.itl.with_label_values(&["m"]).observe(0.1);
+        m.running.with_label_values(&["m"]).set(1);
+        m.waiting.with_label_values(&["m"]).set(1);
+        m.kv_usage.with_label_values(&["m"]).set(0.5);
+        m.restarts.with_label_values(&["m"]).inc();
+        m.retries.with_label_values(&["m"]).inc();
+        m.ejections.with_label_values(&["m"]).inc();
+        m.rejected
+            .with_label_values(&["m", "chat", reason::QUEUE_FULL])
+            .inc();
+        m.ready.with_label_values(&["m", "chat"]).set(1);
+        let text = m.render();
+        for name in ALL {
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! Fused CPU kernels for the encoder forward pass (see `models::bert`).
+//!
+//! Everything here works on plain `f32` slices in row-major layout. Element-wise kernels
+//! are written so that LLVM vectorises them; each public entry point is compiled twice,
+//! once for AVX-512 (selected at run time) and once for the baseline target, so the
+//! binary stays portable. Dense layers use weights pre-packed at load: f32 panels with an
+//! AVX-512 FMA tile ([`packed_f32`]) or bf16 panels with AVX512_BF16 ([`bf16`]); the
+//! `gemm` crate (the one candle uses) serves attention and CPUs without AVX-512.
+
+pub mod bf16;
+pub mod linear;
+pub mod math;
+pub mod packed_f32;
+
+use std::sync::OnceLock;
+
+/// Whether the running CPU has the AVX-512 subset the vectorised kernels are built for.
+pub fn has_avx512() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+                && std::arch::is_x86_feature_detected!("fma")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
+/// Defines `pub fn $name(args)` that runs `$body` compiled for AVX-512 when the CPU has
+/// it and for the baseline target otherwise.
+macro_rules! multiversion {
+    ($(#[$m:meta])* pub fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $body:block) => {
+        $(#[$m])*
+        pub fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn imp($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+            unsafe fn avx512($($arg: $ty),*) {
+                imp($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            if $crate::models::kernels::has_avx512() {
+                // SAFETY: the CPU supports every feature enabled on `avx512`.
+                return unsafe { avx512($($arg),*) };
+            }
+            imp($($arg),*)
+        }
+    };
+}
+pub(crate) use multiversion;

@@ -1,0 +1,451 @@
+//! The one decoder implementation behind Llama (incl. Llama-3 rope scaling), Qwen2 (q/k/v
+//! biases) and Qwen3 (per-head q/k RMSNorm): a pre-norm transformer with grouped-query
+//! attention, rotary positions and a SwiGLU MLP. The variants differ only in
+//! [`DecoderConfig`] and in which weights are present; loading lives in [`gguf`] (ggml
+//! checkpoints) and [`st`] (Hugging Face safetensors).
+//!
+//! A step runs the tokens of all sequences through every linear layer as one matrix (see
+//! [`super::quant::QLinear`]); attention runs per sequence against its own [`KvCache`].
+//! Reference: `transformers/models/llama/modeling_llama.py` and `qwen3/modeling_qwen3.py`.
+
+pub mod gguf;
+pub mod st;
+
+use std::sync::Mutex;
+
+use rayon::prelude::*;
+
+use super::quant::act::Q8Act;
+use super::quant::QLinear;
+use super::ModelError;
+
+/// How rotary embeddings pair the dimensions of a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Dimension `i` pairs with `i + d/2` (Hugging Face checkpoints, GGUF qwen2/qwen3).
+    Neox,
+    /// Dimension `2i` pairs with `2i + 1` (GGUF llama, whose q/k rows are permuted for it).
+    Interleaved,
+}
+
+/// The shape and numerics of a decoder, whatever the checkpoint format.
+#[derive(Debug, Clone)]
+pub struct DecoderConfig {
+    pub model_type: String,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    pub max_position_embeddings: usize,
+    pub rms_norm_eps: f32,
+    pub rope_style: RopeStyle,
+    /// Inverse frequency of each rotated pair (length `head_dim / 2`), scaling included.
+    pub inv_freq: Vec<f32>,
+}
+
+/// Llama-3 style rope scaling parameters (`rope_scaling` with `rope_type: "llama3"`).
+#[derive(Debug, Clone, Copy)]
+pub struct Llama3Scaling {
+    pub factor: f32,
+    pub low_freq_factor: f32,
+    pub high_freq_factor: f32,
+    pub original_max_position_embeddings: f32,
+}
+
+/// `theta^(-2i/d)` for each pair, optionally with Llama-3 frequency scaling.
+pub fn inv_freq(theta: f32, head_dim: usize, scaling: Option<Llama3Scaling>) -> Vec<f32> {
+    (0..head_dim / 2)
+        .map(|i| {
+            let f = 1.0 / (theta as f64).powf(2.0 * i as f64 / head_dim as f64);
+            let Some(s) = scaling else { return f as f32 };
+            let low_wavelen = s.original_max_position_embeddings as f64 / s.low_freq_factor as f64;
+            let high_wavelen =
+                s.original_max_position_embeddings as f64 / s.high_freq_factor as f64;
+            let wavelen = 2.0 * std::f64::consts::PI / f;
+            let scaled = if wavelen > low_wavelen {
+                f / s.factor as f64
+            } else if wavelen < high_wavelen {
+                f
+            } else {
+                let smooth = (s.original_max_position_embeddings as f64 / wavelen
+                    - s.low_freq_factor as f64)
+                    / (s.high_freq_factor as f64 - s.low_freq_factor as f64);
+                (1.0 - smooth) * f / s.factor as f64 + smooth * f
+            };
+            scaled as f32
+        })
+        .collect()
+}
+
+/// Weights of one transformer block.
+#[derive(Debug)]
+pub struct Layer {
+    pub attn_norm: Vec<f32>,
+    /// q, k and v projections stacked (rows: q then k then v).
+    pub qkv: QLinear,
+    pub q_norm: Option<Vec<f32>>,
+    pub k_norm: Option<Vec<f32>>,
+    pub o: QLinear,
+    pub ffn_norm: Vec<f32>,
+    /// gate and up projections stacked (rows: gate then up).
+    pub gate_up: QLinear,
+    pub down: QLinear,
+}
+
+/// Keys and values of one sequence: per layer, `len × kv_heads × head_dim` f32.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    pub len: usize,
+    pub k: Vec<Vec<f32>>,
+    pub v: Vec<Vec<f32>>,
+}
+
+/// Buffers reused from step to step.
+#[derive(Default)]
+struct Scratch {
+    x: Vec<f32>,
+    h: Vec<f32>,
+    qkv: Vec<f32>,
+    attn: Vec<f32>,
+    o: Vec<f32>,
+    gu: Vec<f32>,
+    mlp: Vec<f32>,
+    act: Q8Act,
+}
+
+/// A loaded decoder.
+pub struct Llama {
+    pub cfg: DecoderConfig,
+    pub embed: QLinear,
+    pub layers: Vec<Layer>,
+    pub norm: Vec<f32>,
+    pub lm_head: QLinear,
+    scratch: Mutex<Scratch>,
+    /// The step's threads: the caller's work runs on a worker, so nested parallel loops
+    /// never wait on a thread outside the pool.
+    pool: Option<rayon::ThreadPool>,
+}
+
+/// One sequence's part of a step.
+pub struct SeqStep<'a> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut KvCache,
+}
+
+/// Dot product with eight independent partial sums, so it vectorises.
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    for (xr, or) in x.chunks_exact(w.len()).zip(out.chunks_exact_mut(w.len())) {
+        let ms = dot(xr, xr) / w.len() as f32;
+        let r = 1.0 / (ms + eps).sqrt();
+        for ((o, v), g) in or.iter_mut().zip(xr).zip(w) {
+            *o = v * r * g;
+        }
+    }
+}
+
+fn rms_norm_inplace(x: &mut [f32], w: &[f32], eps: f32) {
+    let ms = dot(x, x) / w.len() as f32;
+    let r = 1.0 / (ms + eps).sqrt();
+    for (v, g) in x.iter_mut().zip(w) {
+        *v *= r * g;
+    }
+}
+
+fn rope(x: &mut [f32], cos: &[f32], sin: &[f32], style: RopeStyle) {
+    let half = x.len() / 2;
+    match style {
+        RopeStyle::Neox => {
+            for i in 0..half {
+                let (a, b) = (x[i], x[i + half]);
+                x[i] = a * cos[i] - b * sin[i];
+                x[i + half] = a * sin[i] + b * cos[i];
+            }
+        }
+        RopeStyle::Interleaved => {
+            for i in 0..half {
+                let (a, b) = (x[2 * i], x[2 * i + 1]);
+                x[2 * i] = a * cos[i] - b * sin[i];
+                x[2 * i + 1] = a * sin[i] + b * cos[i];
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: attention tasks write disjoint (token, head) slices of the output, see `attention`.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl Llama {
+    /// Assembles a model from loaded parts.
+    pub fn new(
+        cfg: DecoderConfig,
+        embed: QLinear,
+        layers: Vec<Layer>,
+        norm: Vec<f32>,
+        lm_head: QLinear,
+    ) -> Self {
+        // Same size as the global pool (`RAYON_NUM_THREADS`, else one per core).
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(rayon::current_num_threads())
+            .thread_name(|i| format!("decoder-{i}"))
+            .build()
+            .ok();
+        Llama {
+            cfg,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            scratch: Mutex::new(Scratch::default()),
+            pool,
+        }
+    }
+
+    /// An empty cache with one slot per layer.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache {
+            len: 0,
+            k: vec![Vec::new(); self.cfg.num_layers],
+            v: vec![Vec::new(); self.cfg.num_layers],
+        }
+    }
+
+    /// Checks a step's input without touching any cache.
+    fn validate(&self, items: &[SeqStep<'_>]) -> Result<(), ModelError> {
+        for (i, it) in items.iter().enumerate() {
+            if it.tokens.is_empty() {
+                return Err(ModelError::Input(format!(
+                    "sequence {i} of the step has no tokens"
+                )));
+            }
+            if let Some(t) = it
+                .tokens
+                .iter()
+                .find(|&&t| t as usize >= self.cfg.vocab_size)
+            {
+                return Err(ModelError::Input(format!(
+                    "token id {t} is outside the vocabulary ({} tokens)",
+                    self.cfg.vocab_size
+                )));
+            }
+            let end = it.cache.len + it.tokens.len();
+            if end > self.cfg.max_position_embeddings {
+                return Err(ModelError::Input(format!(
+                    "sequence of {end} tokens exceeds the model's {} positions",
+                    self.cfg.max_position_embeddings
+                )));
+            }
+            if it.cache.k.len() != self.cfg.num_layers {
+                return Err(ModelError::Input("cache belongs to another model".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends each item's tokens to its cache and returns the logits of its last token.
+    pub fn step(&self, items: &mut [SeqStep<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
+        self.validate(items)?;
+        match &self.pool {
+            Some(pool) => pool.install(|| self.step_inner(items)),
+            None => self.step_inner(items),
+        }
+    }
+
+    fn step_inner(&self, items: &mut [SeqStep<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let c = &self.cfg;
+        let (hd, nh, nkv) = (c.head_dim, c.num_heads, c.num_kv_heads);
+        let (qd, kvd, hs, is) = (nh * hd, nkv * hd, c.hidden_size, c.intermediate_size);
+        let n: usize = items.iter().map(|it| it.tokens.len()).sum();
+        let mut guard = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        let s = &mut *guard;
+        s.x.resize(n * hs, 0.0);
+        s.h.resize(n * hs, 0.0);
+        s.qkv.resize(n * (qd + 2 * kvd), 0.0);
+        s.attn.resize(n * qd, 0.0);
+        s.o.resize(n * hs, 0.0);
+        s.gu.resize(n * 2 * is, 0.0);
+        s.mlp.resize(n * is, 0.0);
+
+        // Embeddings, positions and rope tables of every token of the step.
+        let mut positions = Vec::with_capacity(n);
+        let mut row = 0;
+        for it in items.iter() {
+            for (j, &t) in it.tokens.iter().enumerate() {
+                self.embed
+                    .dequant_row(t as usize, &mut s.x[row * hs..(row + 1) * hs])?;
+                positions.push(it.cache.len + j);
+                row += 1;
+            }
+        }
+        let half = hd / 2;
+        let mut cos = vec![0f32; n * half];
+        let mut sin = vec![0f32; n * half];
+        for (r, &p) in positions.iter().enumerate() {
+            for (i, f) in c.inv_freq.iter().enumerate() {
+                let (sv, cv) = (p as f32 * f).sin_cos();
+                cos[r * half + i] = cv;
+                sin[r * half + i] = sv;
+            }
+        }
+
+        for (li, layer) in self.layers.iter().enumerate() {
+            rms_norm(&s.x, &layer.attn_norm, c.rms_norm_eps, &mut s.h);
+            layer.qkv.forward(&s.h, n, &mut s.act, &mut s.qkv)?;
+            let w = qd + 2 * kvd;
+            for r in 0..n {
+                let rowq = &mut s.qkv[r * w..(r + 1) * w];
+                let (cs, sn) = (
+                    &cos[r * half..(r + 1) * half],
+                    &sin[r * half..(r + 1) * half],
+                );
+                for h in 0..nh + nkv {
+                    let head = &mut rowq[h * hd..(h + 1) * hd];
+                    let norm = if h < nh { &layer.q_norm } else { &layer.k_norm };
+                    if let Some(nw) = norm {
+                        rms_norm_inplace(head, nw, c.rms_norm_eps);
+                    }
+                    rope(head, cs, sn, c.rope_style);
+                }
+            }
+            // Append this step's keys and values, then attend.
+            let mut off = 0;
+            for it in items.iter_mut() {
+                let (kc, vc) = (&mut it.cache.k[li], &mut it.cache.v[li]);
+                for r in off..off + it.tokens.len() {
+                    kc.extend_from_slice(&s.qkv[r * w + qd..r * w + qd + kvd]);
+                    vc.extend_from_slice(&s.qkv[r * w + qd + kvd..(r + 1) * w]);
+                }
+                off += it.tokens.len();
+            }
+            self.attention(items, li, &s.qkv, &mut s.attn);
+            layer.o.forward(&s.attn, n, &mut s.act, &mut s.o)?;
+            for (x, o) in s.x.iter_mut().zip(&s.o) {
+                *x += o;
+            }
+            rms_norm(&s.x, &layer.ffn_norm, c.rms_norm_eps, &mut s.h);
+            layer.gate_up.forward(&s.h, n, &mut s.act, &mut s.gu)?;
+            for (gu, m) in s.gu.chunks_exact(2 * is).zip(s.mlp.chunks_exact_mut(is)) {
+                let (g, u) = gu.split_at(is);
+                for ((m, g), u) in m.iter_mut().zip(g).zip(u) {
+                    *m = g / (1.0 + (-g).exp()) * u;
+                }
+            }
+            layer.down.forward(&s.mlp, n, &mut s.act, &mut s.o)?;
+            for (x, o) in s.x.iter_mut().zip(&s.o) {
+                *x += o;
+            }
+        }
+        for it in items.iter_mut() {
+            it.cache.len += it.tokens.len();
+        }
+
+        // Final norm and lm_head on the last token of each sequence only.
+        let m = items.len();
+        let mut last = vec![0f32; m * hs];
+        let mut off = 0;
+        for (i, it) in items.iter().enumerate() {
+            off += it.tokens.len();
+            rms_norm(
+                &s.x[(off - 1) * hs..off * hs],
+                &self.norm,
+                c.rms_norm_eps,
+                &mut last[i * hs..(i + 1) * hs],
+            );
+        }
+        let mut logits = vec![0f32; m * c.vocab_size];
+        self.lm_head.forward(&last, m, &mut s.act, &mut logits)?;
+        Ok(logits
+            .chunks_exact(c.vocab_size)
+            .map(<[f32]>::to_vec)
+            .collect())
+    }
+
+    /// Causal attention of every (sequence, head) of the step against the sequence's cache,
+    /// which already holds this step's keys and values.
+    fn attention(&self, items: &[SeqStep<'_>], li: usize, qkv: &[f32], out: &mut [f32]) {
+        let c = &self.cfg;
+        let (hd, nh, nkv) = (c.head_dim, c.num_heads, c.num_kv_heads);
+        let (qd, kvd) = (nh * hd, nkv * hd);
+        let w = qd + 2 * kvd;
+        let group = nh / nkv;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut units = Vec::with_capacity(items.len() * nh);
+        let mut off = 0;
+        for it in items {
+            for h in 0..nh {
+                units.push((
+                    off,
+                    it.tokens.len(),
+                    it.cache.len,
+                    &it.cache.k[li],
+                    &it.cache.v[li],
+                    h,
+                ));
+            }
+            off += it.tokens.len();
+        }
+        let ptr = SharedOut(out.as_mut_ptr());
+        units.par_iter().for_each(|&(off, len, start, kc, vc, h)| {
+            let p = ptr;
+            let g = h / group;
+            let mut scores = Vec::with_capacity(start + len);
+            let mut acc = vec![0f32; hd];
+            for t in 0..len {
+                let r = off + t;
+                let q = &qkv[r * w + h * hd..r * w + (h + 1) * hd];
+                let ctx = start + t + 1;
+                scores.clear();
+                let mut max = f32::NEG_INFINITY;
+                for j in 0..ctx {
+                    let k = &kc[j * kvd + g * hd..j * kvd + (g + 1) * hd];
+                    let sc = dot(q, k) * scale;
+                    max = max.max(sc);
+                    scores.push(sc);
+                }
+                let mut sum = 0f32;
+                for sc in scores.iter_mut() {
+                    *sc = (*sc - max).exp();
+                    sum += *sc;
+                }
+                acc.iter_mut().for_each(|a| *a = 0.0);
+                for (j, sc) in scores.iter().enumerate() {
+                    let v = &vc[j * kvd + g * hd..j * kvd + (g + 1) * hd];
+                    for (a, b) in acc.iter_mut().zip(v) {
+                        *a += sc * b;
+                    }
+                }
+                let inv = 1.0 / sum;
+                for (i, a) in acc.iter().enumerate() {
+                    // SAFETY: (token r, head h) is written by this task only; in bounds.
+                    unsafe { *p.0.add(r * qd + h * hd + i) = a * inv };
+                }
+            }
+        });
+    }
+}

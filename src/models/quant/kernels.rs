@@ -1,0 +1,462 @@
+//! Dot products of one quantised weight row with up to four [`Q8Act`](super::act::Q8Act)
+//! rows, for the ggml block formats that have a fast path here, `Q4_1` and `Q8_0`.
+//!
+//! Rows are repacked at load ([`pack_q4_1`], [`pack_q8_0`]) from ggml's array of blocks into
+//! arrays of values then scales, so the kernels load 16 scales with one instruction:
+//! * `Q4_1` row: `nb × 16` bytes of nibbles (element `j` in the low nibble of byte `j`,
+//!   element `j + 16` in the high one), `nb` f16 scales `d`, `nb` f16 minima `m`;
+//!   value = d·q + m;
+//! * `Q8_0` row: `nb × 32` bytes `q + 128` (offset binary), `nb` f16 scales; value = d·q.
+//!
+//! Both are thus "unsigned bytes × scale + minimum" (Q8_0's minimum is −128·d), which is what
+//! `vpdpbusd` (unsigned × signed bytes) wants. Kernels: portable scalar, AVX2, and AVX-512
+//! VNNI on two blocks per 512-bit register. [`Isa::detect`] picks one at run time; the tests
+//! compare every level the machine supports with the dequantised dot product.
+
+use super::act::QK;
+
+/// One activation row as seen by the kernels: quantised values, block scales, scaled sums.
+#[derive(Clone, Copy)]
+pub struct ActRow<'a> {
+    pub qs: &'a [i8],
+    pub d: &'a [f32],
+    pub s: &'a [f32],
+}
+
+/// Instruction-set level used by the kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    Scalar,
+    Avx2,
+    Avx512Vnni,
+}
+
+impl Isa {
+    /// The best level this CPU supports (`TRIDENT_ISA=scalar|avx2` lowers it).
+    pub fn detect() -> Isa {
+        let cap = std::env::var("TRIDENT_ISA").unwrap_or_default();
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c");
+            let vnni = avx2
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512vnni");
+            if cap == "scalar" {
+                return Isa::Scalar;
+            }
+            if vnni && cap != "avx2" {
+                return Isa::Avx512Vnni;
+            }
+            if avx2 {
+                return Isa::Avx2;
+            }
+        }
+        let _ = cap;
+        Isa::Scalar
+    }
+}
+
+/// Bytes per block of `Q4_1` (ggml and packed alike).
+pub const Q4_1_BYTES: usize = 20;
+/// Bytes per block of `Q8_0` (ggml and packed alike).
+pub const Q8_0_BYTES: usize = 34;
+
+#[inline]
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    half::f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
+}
+
+/// Repacks ggml `Q4_1` rows (each `row_bytes` long) into the kernel layout.
+pub fn pack_q4_1(ggml: &[u8], row_bytes: usize) -> Vec<u8> {
+    let nb = row_bytes / Q4_1_BYTES;
+    let mut out = vec![0u8; ggml.len()];
+    for (src, dst) in ggml
+        .chunks_exact(row_bytes)
+        .zip(out.chunks_exact_mut(row_bytes))
+    {
+        for (b, blk) in src.chunks_exact(Q4_1_BYTES).enumerate() {
+            dst[b * 16..(b + 1) * 16].copy_from_slice(&blk[4..20]);
+            dst[nb * 16 + 2 * b..nb * 16 + 2 * b + 2].copy_from_slice(&blk[0..2]);
+            dst[nb * 18 + 2 * b..nb * 18 + 2 * b + 2].copy_from_slice(&blk[2..4]);
+        }
+    }
+    out
+}
+
+/// Repacks ggml `Q8_0` rows (each `row_bytes` long) into the kernel layout.
+pub fn pack_q8_0(ggml: &[u8], row_bytes: usize) -> Vec<u8> {
+    let nb = row_bytes / Q8_0_BYTES;
+    let mut out = vec![0u8; ggml.len()];
+    for (src, dst) in ggml
+        .chunks_exact(row_bytes)
+        .zip(out.chunks_exact_mut(row_bytes))
+    {
+        for (b, blk) in src.chunks_exact(Q8_0_BYTES).enumerate() {
+            for j in 0..QK {
+                dst[b * QK + j] = blk[2 + j] ^ 0x80;
+            }
+            dst[nb * QK + 2 * b..nb * QK + 2 * b + 2].copy_from_slice(&blk[0..2]);
+        }
+    }
+    out
+}
+
+/// Dequantises one packed `Q4_1` row into `out`.
+pub fn dequant_q4_1(row: &[u8], out: &mut [f32]) {
+    let nb = row.len() / Q4_1_BYTES;
+    for (b, o) in out.chunks_exact_mut(QK).enumerate().take(nb) {
+        let (d, m) = (f16_at(row, nb * 16 + 2 * b), f16_at(row, nb * 18 + 2 * b));
+        for j in 0..16 {
+            let q = row[b * 16 + j];
+            o[j] = d * (q & 0xF) as f32 + m;
+            o[j + 16] = d * (q >> 4) as f32 + m;
+        }
+    }
+}
+
+/// Dequantises one packed `Q8_0` row into `out`.
+pub fn dequant_q8_0(row: &[u8], out: &mut [f32]) {
+    let nb = row.len() / Q8_0_BYTES;
+    for (b, o) in out.chunks_exact_mut(QK).enumerate().take(nb) {
+        let d = f16_at(row, nb * QK + 2 * b);
+        for j in 0..QK {
+            o[j] = d * (row[b * QK + j] as i32 - 128) as f32;
+        }
+    }
+}
+
+/// Portable kernel for both formats (`Q8` selects the format).
+fn scalar<const N: usize, const Q8: bool>(row: &[u8], xs: &[ActRow<'_>; N], out: &mut [f32; N]) {
+    let (bb, nb) = if Q8 {
+        (QK, row.len() / Q8_0_BYTES)
+    } else {
+        (16, row.len() / Q4_1_BYTES)
+    };
+    for (n, x) in xs.iter().enumerate() {
+        let mut acc = 0f32;
+        for b in 0..nb {
+            let d = f16_at(row, nb * bb + 2 * b);
+            let m = if Q8 {
+                -128.0 * d
+            } else {
+                f16_at(row, nb * 18 + 2 * b)
+            };
+            let q = &x.qs[b * QK..(b + 1) * QK];
+            let w = &row[b * bb..(b + 1) * bb];
+            let mut isum = 0i32;
+            if Q8 {
+                for j in 0..QK {
+                    isum += w[j] as i32 * q[j] as i32;
+                }
+            } else {
+                for j in 0..16 {
+                    isum +=
+                        (w[j] & 0xF) as i32 * q[j] as i32 + (w[j] >> 4) as i32 * q[j + 16] as i32;
+                }
+            }
+            acc += d * x.d[b] * isum as f32 + m * x.s[b];
+        }
+        out[n] = acc;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{ActRow, Q4_1_BYTES, Q8_0_BYTES, QK};
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+    }
+
+    #[inline(always)]
+    unsafe fn f16(p: *const u8) -> f32 {
+        let bits = (p as *const u16).read_unaligned();
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    }
+
+    /// AVX2, one block at a time (`maddubs` cannot take Q8_0's offset bytes without
+    /// saturating, so Q8_0 goes back to signed bytes and the sign trick).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn avx2<const N: usize, const Q8: bool>(
+        row: &[u8],
+        xs: &[ActRow<'_>; N],
+        out: &mut [f32; N],
+    ) {
+        let (bb, nb) = if Q8 {
+            (QK, row.len() / Q8_0_BYTES)
+        } else {
+            (16, row.len() / Q4_1_BYTES)
+        };
+        let p = row.as_ptr();
+        let m4 = _mm_set1_epi8(0xF);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut accm = [0f32; N];
+        for b in 0..nb {
+            let d = f16(p.add(nb * bb + 2 * b));
+            let m = if Q8 { 0.0 } else { f16(p.add(nb * 18 + 2 * b)) };
+            let w = if Q8 {
+                _mm256_xor_si256(
+                    _mm256_loadu_si256(p.add(b * QK) as *const __m256i),
+                    _mm256_set1_epi8(-128),
+                )
+            } else {
+                let q = _mm_loadu_si128(p.add(b * 16) as *const __m128i);
+                let lo = _mm_and_si128(q, m4);
+                let hi = _mm_and_si128(_mm_srli_epi16(q, 4), m4);
+                _mm256_set_m128i(hi, lo)
+            };
+            let aw = if Q8 { _mm256_sign_epi8(w, w) } else { w };
+            for n in 0..N {
+                let x = &xs[n];
+                let mut xv = _mm256_loadu_si256(x.qs.as_ptr().add(b * QK) as *const __m256i);
+                if Q8 {
+                    xv = _mm256_sign_epi8(xv, w);
+                }
+                let p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, xv), ones);
+                let sc = _mm256_set1_ps(d * *x.d.get_unchecked(b));
+                acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), sc, acc[n]);
+                if !Q8 {
+                    accm[n] += m * *x.s.get_unchecked(b);
+                }
+            }
+        }
+        for n in 0..N {
+            out[n] = hsum(acc[n]) + accm[n];
+        }
+    }
+
+    /// AVX-512 VNNI, two blocks per register and sixteen scales per load.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn avx512<const N: usize, const Q8: bool>(
+        row: &[u8],
+        xs: &[ActRow<'_>; N],
+        out: &mut [f32; N],
+    ) {
+        let (bb, nb) = if Q8 {
+            (QK, row.len() / Q8_0_BYTES)
+        } else {
+            (16, row.len() / Q4_1_BYTES)
+        };
+        let qs = row.as_ptr();
+        let dp = qs.add(nb * bb) as *const i16;
+        let mp = dp.add(nb);
+        let m4 = _mm256_set1_epi8(0xF);
+        // Lanes 0-7 take the scale of the pair's first block, lanes 8-15 of its second.
+        let pair_idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+        let mut acc = [_mm512_setzero_ps(); N];
+        let mut accm = [_mm512_setzero_ps(); N];
+        let mut g = 0;
+        while g < nb {
+            let r = (nb - g).min(16);
+            let m16 = ((1u32 << r) - 1) as __mmask16;
+            let dw = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m16, dp.add(g)));
+            let mw = if Q8 {
+                _mm512_mul_ps(dw, _mm512_set1_ps(-128.0))
+            } else {
+                _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m16, mp.add(g)))
+            };
+            let mut sc = [_mm512_setzero_ps(); N];
+            for n in 0..N {
+                let x = &xs[n];
+                sc[n] = _mm512_mul_ps(dw, _mm512_maskz_loadu_ps(m16, x.d.as_ptr().add(g)));
+                accm[n] =
+                    _mm512_fmadd_ps(mw, _mm512_maskz_loadu_ps(m16, x.s.as_ptr().add(g)), accm[n]);
+            }
+            for p in 0..r.div_ceil(2) {
+                let b = g + 2 * p;
+                let two = b + 1 < nb;
+                let xmask: __mmask64 = if two { !0 } else { (1u64 << 32) - 1 };
+                let w = if Q8 {
+                    _mm512_maskz_loadu_epi8(xmask, qs.add(b * QK) as *const i8)
+                } else {
+                    let wm: __mmask32 = if two { !0 } else { 0xFFFF };
+                    let w32 = _mm256_maskz_loadu_epi8(wm, qs.add(b * 16) as *const i8);
+                    let lo = _mm256_and_si256(w32, m4);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16(w32, 4), m4);
+                    // [lo0, lo1, hi0, hi1] → [lo0, hi0, lo1, hi1]: block order of the activations.
+                    let z = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+                    _mm512_shuffle_i64x2(z, z, 0xD8)
+                };
+                let idx = _mm512_add_epi32(pair_idx, _mm512_set1_epi32(2 * p as i32));
+                for n in 0..N {
+                    let xv = _mm512_maskz_loadu_epi8(xmask, xs[n].qs.as_ptr().add(b * QK));
+                    let d32 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, xv);
+                    let s = _mm512_permutexvar_ps(idx, sc[n]);
+                    acc[n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d32), s, acc[n]);
+                }
+            }
+            g += 16;
+        }
+        for n in 0..N {
+            out[n] = _mm512_reduce_add_ps(_mm512_add_ps(acc[n], accm[n]));
+        }
+    }
+}
+
+#[inline]
+fn dispatch<const N: usize, const Q8: bool>(
+    isa: Isa,
+    row: &[u8],
+    xs: &[ActRow<'_>; N],
+    out: &mut [f32; N],
+) {
+    match isa {
+        // SAFETY: `Isa::detect` returned this level only when the CPU has these features;
+        // row and activation lengths agree (checked by the caller, `QLinear::forward`).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::avx2::<N, Q8>(row, xs, out) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => unsafe { x86::avx512::<N, Q8>(row, xs, out) },
+        _ => scalar::<N, Q8>(row, xs, out),
+    }
+}
+
+/// `out[n] = row · xs[n]` for a packed `Q4_1` row.
+#[inline]
+pub fn dot_q4_1<const N: usize>(isa: Isa, row: &[u8], xs: &[ActRow<'_>; N], out: &mut [f32; N]) {
+    dispatch::<N, false>(isa, row, xs, out)
+}
+
+/// `out[n] = row · xs[n]` for a packed `Q8_0` row.
+#[inline]
+pub fn dot_q8_0<const N: usize>(isa: Isa, row: &[u8], xs: &[ActRow<'_>; N], out: &mut [f32; N]) {
+    dispatch::<N, true>(isa, row, xs, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::act::Q8Act;
+    use super::*;
+
+    fn rand_bytes(n: usize, seed: u64) -> Vec<u8> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (s >> 33) as u8
+            })
+            .collect()
+    }
+
+    fn set_f16(b: &mut [u8], i: usize, v: f32) {
+        b[i..i + 2].copy_from_slice(&half::f16::from_f32(v).to_bits().to_le_bytes());
+    }
+
+    /// ggml-layout dequantisation, written independently of the packed layout.
+    fn ggml_dequant(fmt: &str, bytes: &[u8]) -> Vec<f32> {
+        let mut out = Vec::new();
+        if fmt == "q4_1" {
+            for blk in bytes.chunks_exact(Q4_1_BYTES) {
+                let (d, m) = (f16_at(blk, 0), f16_at(blk, 2));
+                let lo: Vec<f32> = (0..16).map(|j| d * (blk[4 + j] & 0xF) as f32 + m).collect();
+                let hi: Vec<f32> = (0..16).map(|j| d * (blk[4 + j] >> 4) as f32 + m).collect();
+                out.extend(lo);
+                out.extend(hi);
+            }
+        } else {
+            for blk in bytes.chunks_exact(Q8_0_BYTES) {
+                out.extend((0..QK).map(|j| f16_at(blk, 0) * (blk[2 + j] as i8) as f32));
+            }
+        }
+        out
+    }
+
+    fn check(isa: Isa, cols: usize) {
+        let nb = cols / QK;
+        let mut q4 = rand_bytes(nb * Q4_1_BYTES, 1);
+        let mut q8 = rand_bytes(nb * Q8_0_BYTES, 2);
+        for b in 0..nb {
+            set_f16(&mut q4, b * Q4_1_BYTES, 0.01 * (b as f32 + 1.0));
+            set_f16(&mut q4, b * Q4_1_BYTES + 2, -0.05 * b as f32);
+            set_f16(&mut q8, b * Q8_0_BYTES, 0.02 * (b as f32 + 1.0));
+        }
+        let x: Vec<f32> = (0..4 * cols)
+            .map(|i| ((i * 7919 % 23) as f32 - 11.0) * 0.1)
+            .collect();
+        let mut a = Q8Act::default();
+        a.quantize(&x, 4, cols);
+        let rows: Vec<ActRow> = (0..4)
+            .map(|r| {
+                let (qs, d, s) = a.row(r);
+                ActRow { qs, d, s }
+            })
+            .collect();
+        let xs4 = [rows[0], rows[1], rows[2], rows[3]];
+        for fmt in ["q4_1", "q8_0"] {
+            let (raw, packed) = if fmt == "q4_1" {
+                (&q4, pack_q4_1(&q4, q4.len()))
+            } else {
+                (&q8, pack_q8_0(&q8, q8.len()))
+            };
+            let w = ggml_dequant(fmt, raw);
+            let mut back = vec![0f32; cols];
+            if fmt == "q4_1" {
+                dequant_q4_1(&packed, &mut back);
+            } else {
+                dequant_q8_0(&packed, &mut back);
+            }
+            assert_eq!(back, w, "{fmt}: packed dequantisation");
+            let mut got4 = [0f32; 4];
+            let mut got1 = [0f32; 1];
+            if fmt == "q4_1" {
+                dot_q4_1(isa, &packed, &xs4, &mut got4);
+                dot_q4_1(isa, &packed, &[rows[2]], &mut got1);
+            } else {
+                dot_q8_0(isa, &packed, &xs4, &mut got4);
+                dot_q8_0(isa, &packed, &[rows[2]], &mut got1);
+            }
+            for r in 0..4 {
+                // The kernels must equal the dot product of the dequantised operands.
+                let (q, d, _) = a.row(r);
+                let exact: f32 = (0..cols).map(|i| w[i] * q[i] as f32 * d[i / QK]).sum();
+                let scale: f32 = (0..cols)
+                    .map(|i| (w[i] * q[i] as f32 * d[i / QK]).abs())
+                    .sum();
+                assert!(
+                    (got4[r] - exact).abs() <= 1e-4 * scale.max(1.0),
+                    "{isa:?} {fmt} {cols} row {r}: {} vs {exact}",
+                    got4[r]
+                );
+                let full: f32 = w.iter().zip(&x[r * cols..]).map(|(a, b)| a * b).sum();
+                assert!(
+                    (got4[r] - full).abs() <= 0.02 * scale.max(1.0),
+                    "{fmt} row {r}: {} vs {full}",
+                    got4[r]
+                );
+            }
+            assert!(
+                (got1[0] - got4[2]).abs() <= 1e-5 * got4[2].abs().max(1.0),
+                "{isa:?} {fmt}: N=1 vs N=4"
+            );
+        }
+    }
+
+    #[test]
+    fn kernels_match_dequantised_dot_products() {
+        let best = Isa::detect();
+        let mut levels = vec![Isa::Scalar];
+        if best != Isa::Scalar {
+            levels.push(Isa::Avx2);
+        }
+        if best == Isa::Avx512Vnni {
+            levels.push(Isa::Avx512Vnni);
+        }
+        // Block counts: one, odd, a full group of 16, and 16 + a partial group.
+        for isa in levels {
+            for cols in [32, 96, 512, 576, 1536] {
+                check(isa, cols);
+            }
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! The life of one replica: spawn → probe `/health` until the engine answered its warm-up
+//! forward pass (or `startup_timeout` passes, or it reports `failed`) → watch it (exit,
+//! health) → on exit restart with backoff, or give up after a crash loop. Remote upstreams
+//! get a probe-only loop. Every loop stops on its `CancellationToken`, stopping its child
+//! (SIGTERM, then SIGKILL after the grace period).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::process::Child;
+use tokio_util::sync::CancellationToken;
+
+use super::backoff::{Backoff, RestartPolicy};
+use super::spawn::{self, EngineCommand};
+use crate::api::types::models::{ModelCard, ModelList};
+use crate::gateway::backends::{ModelBackend, Replica, ReplicaState};
+use crate::metrics::Metrics;
+
+/// What an engine task needs.
+#[derive(Clone)]
+pub struct EngineTask {
+    pub cmd: Arc<EngineCommand>,
+    pub model: Arc<ModelBackend>,
+    pub replica: Arc<Replica>,
+    pub client: reqwest::Client,
+    pub metrics: Metrics,
+    pub policy: RestartPolicy,
+    pub startup_timeout: Duration,
+    pub stop_grace: Duration,
+    /// Replicas that must be ready (or failed) before this one starts (shared GPUs).
+    pub start_after: Vec<Arc<Replica>>,
+}
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+const WATCH_INTERVAL: Duration = Duration::from_secs(2);
+const UNHEALTHY_AFTER: u32 = 3;
+
+enum Probe {
+    Ready,
+    Loading,
+    Failed(String),
+    Unreachable,
+}
+
+async fn probe(client: &reqwest::Client, base: &str) -> Probe {
+    let resp = match client
+        .get(format!("{base}/health"))
+        .timeout(PROBE_TIMEOUT)
+        .send()
+        .await
+    {
+        Ok(r) => r,
+        Err(_) => return Probe::Unreachable,
+    };
+    if resp.status().is_success() {
+        return Probe::Ready;
+    }
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    if body["status"] == "failed" {
+        let msg = body["error"]
+            .as_str()
+            .unwrap_or("the engine reported a failure");
+        Probe::Failed(msg.to_string())
+    } else {
+        Probe::Loading
+    }
+}
+
+async fn fetch_card(client: &reqwest::Client, base: &str) -> Option<ModelCard> {
+    let list: ModelList = client
+        .get(format!("{base}/v1/models"))
+        .timeout(PROBE_TIMEOUT)
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    list.data.into_iter().next()
+}
+
+/// How one run of the engine ended.
+enum RunEnd {
+    Cancelled,
+    /// The process exited or was stopped after a failure; `ready_for` is how long it served.
+    Crashed {
+        reason: Option<String>,
+        ready_for: Duration,
+    },
+}
+
+/// Runs one local replica until `cancel` fires or it is given up.
+pub async fn engine_task(t: EngineTask, cancel: CancellationToken) {
+    let r = &t.replica;
+    let tag = if t.model.replicas.len() > 1 {
+        format!("{}#{}", t.model.id, r.index)
+    } else {
+        t.model.id.to_string()
+    };
+    for other in &t.start_after {
+        while !matches!(other.state(), ReplicaState::Ready | ReplicaState::Failed) {
+            tokio::select! {
+                _ = cancel.cancelled() => return r.set_state(ReplicaState::Stopped),
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    }
+    let mut backoff = Backoff::new(t.policy);
+    loop {
+        r.set_state(ReplicaState::Starting);
+        let end = match spawn::spawn(&t.cmd, &t.model, r) {
+            Ok(mut child) => {
+                r.update(|l| l.pid = child.id());
+                if let Some(out) = child.stdout.take() {
+                    spawn::forward_output(out, r.clone(), tag.clone());
+                }
+                if let Some(err) = child.stderr.take() {
+                    spawn::forward_output(err, r.clone(), tag.clone());
+                }
+                tracing::info!(model = %t.model.id, replica = r.index, pid = child.id(), "engine started");
+                let end = watch(&t, &mut child, &cancel).await;
+                spawn::stop(&mut child, t.stop_grace).await;
+                r.update(|l| l.pid = None);
+                end
+            }
+            Err(e) => RunEnd::Crashed {
+                reason: Some(format!("could not start the engine: {e}")),
+                ready_for: Duration::ZERO,
+            },
+        };
+        let RunEnd::Crashed { reason, ready_for } = end else {
+            r.set_state(ReplicaState::Stopped);
+            return;
+        };
+        // Let the output forwarders catch the last lines before reading the tail.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let reason = reason.or_else(|| r.last_error_line());
+        r.update(|l| l.last_error = reason.clone());
+        match backoff.on_crash(Instant::now(), ready_for) {
+            None => {
+                tracing::error!(model = %t.model.id, replica = r.index, error = reason.as_deref().unwrap_or(""), "engine keeps crashing; giving up");
+                r.set_state(ReplicaState::Failed);
+                return;
+            }
+            Some(delay) => {
+                tracing::warn!(model = %t.model.id, replica = r.index, error = reason.as_deref().unwrap_or(""), delay_ms = delay.as_millis() as u64, "engine exited; restarting");
+                r.set_state(ReplicaState::Restarting);
+                tokio::select! {
+                    _ = cancel.cancelled() => {
+                        r.set_state(ReplicaState::Stopped);
+                        return;
+                    }
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                t.metrics.restarts.with_label_values(&[&t.model.id]).inc();
+                r.update(|l| l.restarts += 1);
+            }
+        }
+    }
+}
+
+/// Probes a running engine until it exits, fails or `cancel` fires.
+async fn watch(t: &EngineTask, child: &mut Child, cancel: &CancellationToken) -> RunEnd {
+    let r = &t.replica;
+    let started = Instant::now();
+    let mut ready_at: Option<Instant> = None;
+    let mut misses = 0u32;
+    let mut interval = Duration::from_millis(25);
+    loop {
+        tokio::select! {
+            status = child.wait() => {
+                let ready_for = ready_at.map(|t| t.elapsed()).unwrap_or_default();
+                r.set_state(ReplicaState::Restarting);
+                let code = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                tracing::warn!(model = %t.model.id, replica = r.index, status = %code, "engine exited");
+                return RunEnd::Crashed { reason: None, ready_for };
+            }
+            _ = cancel.cancelled() => return RunEnd::Cancelled,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        match probe(&t.client, &r.base_url).await {
+            Probe::Ready => {
+                misses = 0;
+                if ready_at.is_none() {
+                    let card = fetch_card(&t.client, &r.base_url).await;
+                    r.update(|l| {
+                        l.card = card;
+                        l.last_error = None;
+                    });
+                    ready_at = Some(Instant::now());
+                    tracing::info!(model = %t.model.id, replica = r.index, secs = started.elapsed().as_secs_f64(), "engine ready");
+                }
+                if r.state() != ReplicaState::Ready {
+                    r.set_state(ReplicaState::Ready);
+                }
+                interval = WATCH_INTERVAL;
+            }
+            Probe::Failed(msg) => {
+                r.set_state(ReplicaState::Restarting);
+                tracing::error!(model = %t.model.id, replica = r.index, error = %msg, "engine failed to load");
+                return RunEnd::Crashed {
+                    reason: Some(msg),
+                    ready_for: Duration::ZERO,
+                };
+            }
+            Probe::Loading | Probe::Unreachable if ready_at.is_none() => {
+                if started.elapsed() > t.startup_timeout {
+                    r.set_state(ReplicaState::Restarting);
+                    return RunEnd::Crashed {
+                        reason: Some(format!(
+                            "the engine was not ready within the startup timeout of {} s",
+                            t.startup_timeout.as_secs()
+                        )),
+                        ready_for: Duration::ZERO,
+                    };
+                }
+                // Poll quickly: every millisecond here is cold-start time.
+                interval = Duration::from_millis(25);
+            }
+            Probe::Loading | Probe::Unreachable => {
+                misses += 1;
+                if misses >= UNHEALTHY_AFTER && r.state() == ReplicaState::Ready {
+                    tracing::warn!(model = %t.model.id, replica = r.index, "engine stopped answering its health probe");
+                    r.set_state(ReplicaState::Unhealthy);
+                }
+                interval = Duration::from_millis(500);
+            }
+        }
+    }
+}
+
+/// Probes a remote upstream: ready while `/health` (or `/v1/models`) answers 200.
+pub async fn upstream_task(
+    client: reqwest::Client,
+    model: Arc<ModelBackend>,
+    cancel: CancellationToken,
+) {
+    let r = &model.replicas[0];
+    let mut misses = 0u32;
+    loop {
+        let ok = match client
+            .get(format!("{}/health", r.base_url))
+            .timeout(PROBE_TIMEOUT)
+            .send()
+            .await
+        {
+            Ok(resp) if resp.status().is_success() => true,
+            Ok(resp) if resp.status() == reqwest::StatusCode::NOT_FOUND => client
+                .get(format!("{}/v1/models", r.base_url))
+                .timeout(PROBE_TIMEOUT)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success()),
+            _ => false,
+        };
+        if ok {
+            misses = 0;
+            if !r.is_ready() {
+                tracing::info!(model = %model.id, "upstream ready");
+                r.update(|l| l.last_error = None);
+                r.set_state(ReplicaState::Ready);
+            }
+        } else {
+            misses += 1;
+            if r.is_ready() && misses >= UNHEALTHY_AFTER {
+                r.set_state(ReplicaState::Unhealthy);
+            }
+            if !r.is_ready() {
+                r.update(|l| l.last_error = Some("the upstream does not answer /health".into()));
+            }
+        }
+        let wait = if r.is_ready() {
+            WATCH_INTERVAL
+        } else {
+            Duration::from_millis(200)
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => {
+                r.set_state(ReplicaState::Stopped);
+                return;
+            }
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}

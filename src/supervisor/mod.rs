@@ -1,0 +1,352 @@
+//! `trident serve`: the supervisor and the gateway in one process.
+//!
+//! Start-up: load `models.json` (paths checked) → refuse taken engine ports → check the GPU
+//! plan → build the routing table → start one `engine_task` per local replica (smallest
+//! models first; models sharing a GPU one after another) and an `upstream_task` per remote
+//! → serve the gateway. Shutdown (the `shutdown` future, SIGTERM in production): draining
+//! (`/ready` 503, new requests 503), in-flight requests get `drain_timeout_secs`, then the
+//! gateway stops and every engine gets SIGTERM and, after a grace period, SIGKILL.
+
+pub mod backoff;
+pub mod engine_task;
+pub mod gpu;
+pub mod preflight;
+pub mod spawn;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{CheckOptions, ConfigError, ModelsFile, Problem, Settings};
+use crate::gateway::backends::{effective_gpus, Backends};
+use crate::gateway::{self, GatewayState, SystemFacts};
+pub use backoff::RestartPolicy;
+use engine_task::{engine_task, upstream_task, EngineTask};
+use spawn::EngineCommand;
+
+/// Errors that stop `trident serve` before or while serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot start the engines:\n{}", list(.0))]
+    Preflight(Vec<Problem>),
+    #[error("the GPU plan cannot be met:\n{}", list(.0))]
+    GpuPlan(Vec<Problem>),
+    #[error("gateway port {port} on {host} cannot be used: {source}")]
+    GatewayPort {
+        host: String,
+        port: u16,
+        source: std::io::Error,
+    },
+    #[error("cannot find the trident executable: {0}")]
+    Exe(std::io::Error),
+    #[error("gateway server error: {0}")]
+    Serve(std::io::Error),
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// How engine ports are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EnginePorts {
+    /// The entry's `port` (+ replica index).
+    #[default]
+    Config,
+    /// Free ports picked at start (tests).
+    Ephemeral,
+}
+
+/// What `trident serve` runs.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub models_file: PathBuf,
+    pub settings: Settings,
+    /// Passed on to engines.
+    pub settings_file: Option<PathBuf>,
+    pub log_format: Option<String>,
+    /// The `trident` executable (default: this one).
+    pub exe: Option<PathBuf>,
+    /// Engine subcommand words (`["engine"]`).
+    pub engine_subcommand: Vec<String>,
+    pub engine_env: Vec<(String, String)>,
+    pub engine_ports: EnginePorts,
+    pub restart: RestartPolicy,
+    /// SIGTERM → SIGKILL grace for engines.
+    pub engine_stop_grace: Duration,
+}
+
+impl ServeOptions {
+    pub fn new(models_file: PathBuf, settings: Settings) -> Self {
+        ServeOptions {
+            models_file,
+            settings,
+            settings_file: None,
+            log_format: None,
+            exe: None,
+            engine_subcommand: vec!["engine".into()],
+            engine_env: Vec::new(),
+            engine_ports: EnginePorts::Config,
+            restart: RestartPolicy::default(),
+            engine_stop_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Binds the gateway's listener; a taken port is an error naming it.
+pub async fn bind_gateway(host: &str, port: u16) -> Result<TcpListener, ServeError> {
+    TcpListener::bind((host, port))
+        .await
+        .map_err(|source| ServeError::GatewayPort {
+            host: host.to_string(),
+            port,
+            source,
+        })
+}
+
+/// Everything checked and built before the first engine starts.
+struct Plan {
+    file: ModelsFile,
+    backends: Arc<Backends>,
+    facts: SystemFacts,
+}
+
+fn plan(opts: &ServeOptions) -> Result<Plan, ServeError> {
+    let file = ModelsFile::load(&opts.models_file, CheckOptions { check_paths: true })?;
+    let mut ports: HashMap<(String, usize), u16> = HashMap::new();
+    match opts.engine_ports {
+        EnginePorts::Config => {
+            let taken = preflight::taken_ports(&file, "127.0.0.1");
+            if !taken.is_empty() {
+                return Err(ServeError::Preflight(taken));
+            }
+        }
+        EnginePorts::Ephemeral => {
+            for (id, e) in file.models.iter().filter(|(_, e)| e.upstream.is_none()) {
+                for r in 0..e.replicas.max(1) {
+                    let p = preflight::free_port().map_err(|e| {
+                        ServeError::Preflight(vec![Problem {
+                            path: format!("models.{id}.port"),
+                            message: format!("no free port: {e}"),
+                        }])
+                    })?;
+                    ports.insert((id.clone(), r), p);
+                }
+            }
+        }
+    }
+    let detected = gpu::detect();
+    let problems = gpu::check_plan(&file, &detected);
+    if !problems.is_empty() {
+        return Err(ServeError::GpuPlan(problems));
+    }
+    let port_for = |id: &str, r: usize| -> u16 {
+        ports.get(&(id.to_string(), r)).copied().unwrap_or_else(|| {
+            let base = file.models.get(id).and_then(|e| e.port).unwrap_or(0);
+            base.saturating_add(r as u16)
+        })
+    };
+    let backends = Arc::new(Backends::new(&file, "127.0.0.1", &port_for));
+    let (gpus, gpu_note) = match detected {
+        Ok(g) => (g, None),
+        Err(why) => (Vec::new(), Some(why)),
+    };
+    Ok(Plan {
+        file,
+        backends,
+        facts: SystemFacts { gpus, gpu_note },
+    })
+}
+
+/// Runs the supervisor and the gateway on `listener` until `shutdown` completes, then
+/// drains and stops every engine.
+pub async fn run(
+    opts: ServeOptions,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let started = Instant::now();
+    let plan = plan(&opts)?;
+    let exe = match &opts.exe {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().map_err(ServeError::Exe)?,
+    };
+    let state = GatewayState::new(plan.backends.clone(), opts.settings.clone(), plan.facts);
+    let cmd = Arc::new(EngineCommand {
+        exe,
+        subcommand: opts.engine_subcommand.clone(),
+        models_file: opts.models_file.clone(),
+        settings_file: opts.settings_file.clone(),
+        log_format: opts.log_format.clone(),
+        env: opts.engine_env.clone(),
+    });
+    let engines_stop = CancellationToken::new();
+    let mut engines = JoinSet::new();
+    // Models sharing a GPU start one after another so each sees the memory left to it.
+    let mut on_gpu: HashMap<usize, Vec<Arc<gateway::backends::Replica>>> = HashMap::new();
+    for id in preflight::start_order(&plan.file) {
+        let Some(model) = plan.backends.find(&id).cloned() else {
+            continue;
+        };
+        if model.entry.upstream.is_some() {
+            engines.spawn(upstream_task(
+                state.client.clone(),
+                model,
+                engines_stop.clone(),
+            ));
+            continue;
+        }
+        let gpus = effective_gpus(&model.entry);
+        for replica in &model.replicas {
+            let start_after: Vec<_> = gpus
+                .iter()
+                .flat_map(|g| on_gpu.get(g).cloned().unwrap_or_default())
+                .collect();
+            for g in &gpus {
+                on_gpu.entry(*g).or_default().push(replica.clone());
+            }
+            let task = EngineTask {
+                cmd: cmd.clone(),
+                model: model.clone(),
+                replica: replica.clone(),
+                client: state.client.clone(),
+                metrics: state.metrics.clone(),
+                policy: opts.restart,
+                startup_timeout: Duration::from_secs(opts.settings.startup_timeout_secs),
+                stop_grace: opts.engine_stop_grace,
+                start_after,
+            };
+            engines.spawn(engine_task(task, engines_stop.clone()));
+        }
+    }
+    tokio::spawn(log_when_ready(state.clone(), started));
+    let gateway_stop = CancellationToken::new();
+    let server = tokio::spawn(gateway::serve(
+        listener,
+        state.clone(),
+        gateway_stop.clone().cancelled_owned(),
+    ));
+    let mut server = server;
+    let served = tokio::select! {
+        _ = shutdown => None,
+        r = &mut server => Some(r),
+    };
+    if served.is_none() {
+        let drain = Duration::from_secs(opts.settings.drain_timeout_secs);
+        tracing::info!(
+            in_flight = state.inflight.count(),
+            drain_secs = drain.as_secs(),
+            "draining"
+        );
+        state.start_draining();
+        if !state.inflight.wait_idle(drain).await {
+            tracing::warn!(
+                in_flight = state.inflight.count(),
+                "drain timeout; closing the remaining requests"
+            );
+        }
+        gateway_stop.cancel();
+    }
+    let result = match served {
+        Some(r) => r,
+        None => server.await,
+    };
+    tracing::info!("stopping engines");
+    engines_stop.cancel();
+    while engines.join_next().await.is_some() {}
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(ServeError::Serve(e)),
+        Err(e) => Err(ServeError::Serve(std::io::Error::other(e))),
+    }
+}
+
+/// Logs once when every model serves (the cold-start figure); gives up when one failed.
+async fn log_when_ready(state: GatewayState, started: Instant) {
+    use crate::gateway::backends::ModelState;
+    loop {
+        let models = &state.backends.models;
+        if models.iter().all(|m| m.replicas_ready() > 0) {
+            tracing::info!(secs = started.elapsed().as_secs_f64(), "all models ready");
+            return;
+        }
+        if models.iter().any(|m| m.state() == ModelState::Failed) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `trident serve` flags (the settings layer supplies the rest).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// The models file.
+    #[arg(long, default_value = "config/models.json", env = "TRIDENT_MODELS")]
+    pub config: PathBuf,
+    /// Gateway port (overrides settings; 0 picks a free one).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Gateway bind address (overrides settings).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Accepted API key (repeatable; replaces TRIDENT_API_KEYS and settings keys).
+    #[arg(long = "api-key")]
+    pub api_keys: Vec<String>,
+    /// Write the gateway's bound address to this file once listening.
+    #[arg(long, hide = true)]
+    pub addr_file: Option<PathBuf>,
+    /// Engine subcommand (tests: mock-engine).
+    #[arg(long, hide = true, default_value = "engine")]
+    pub engine_subcommand: String,
+    /// Let the OS pick engine ports instead of the configured ones.
+    #[arg(long, hide = true)]
+    pub ephemeral_engine_ports: bool,
+    /// First restart delay in milliseconds (default 1000; doubles to 60x).
+    #[arg(long, hide = true)]
+    pub restart_backoff_ms: Option<u64>,
+    /// Engine SIGTERM → SIGKILL grace in milliseconds.
+    #[arg(long, hide = true, default_value_t = 10_000)]
+    pub engine_stop_grace_ms: u64,
+}
+
+/// Runs `trident serve` until SIGTERM/Ctrl-C.
+pub async fn run_cli(
+    args: &ServeArgs,
+    settings: Settings,
+    settings_file: Option<PathBuf>,
+    log_format: Option<String>,
+) -> Result<(), ServeError> {
+    let listener = bind_gateway(&settings.host, settings.port).await?;
+    let addr = listener.local_addr().map_err(ServeError::Serve)?;
+    tracing::info!(%addr, "gateway listening");
+    if let Some(path) = &args.addr_file {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, addr.to_string())
+            .and_then(|_| std::fs::rename(&tmp, path))
+            .map_err(ServeError::Serve)?;
+    }
+    let mut opts = ServeOptions::new(args.config.clone(), settings);
+    opts.settings_file = settings_file;
+    opts.log_format = log_format;
+    opts.engine_subcommand = vec![args.engine_subcommand.clone()];
+    if args.ephemeral_engine_ports {
+        opts.engine_ports = EnginePorts::Ephemeral;
+    }
+    if let Some(ms) = args.restart_backoff_ms {
+        opts.restart = RestartPolicy::with_initial(Duration::from_millis(ms.max(1)));
+    }
+    opts.engine_stop_grace = Duration::from_millis(args.engine_stop_grace_ms);
+    run(opts, listener, crate::shutdown_signal()).await
+}

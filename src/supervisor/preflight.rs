@@ -1,0 +1,100 @@
+//! Checks before anything is spawned, so a bad setup is one clear error instead of a crash
+//! loop: engine ports that are already taken, and the start order (smallest models first).
+//! Missing model paths are reported by `ModelsFile::load` with path checks on.
+
+use std::net::TcpListener;
+use std::path::Path;
+
+use crate::config::{ModelsFile, Problem};
+
+/// Every local replica port that cannot be bound on `host`.
+pub fn taken_ports(file: &ModelsFile, host: &str) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for (id, e) in file.models.iter().filter(|(_, e)| e.upstream.is_none()) {
+        let Some(base) = e.port else { continue };
+        for r in 0..e.replicas.max(1) {
+            let Some(port) = base.checked_add(r as u16) else {
+                continue;
+            };
+            if let Err(err) = TcpListener::bind((host, port)) {
+                problems.push(Problem {
+                    path: format!("models.{id}.port"),
+                    message: format!(
+                        "port {port} (model {id:?}, replica {r}) cannot be used: {err}"
+                    ),
+                });
+            }
+        }
+    }
+    problems
+}
+
+/// Asks the OS for a free loopback port (tests; a tiny race until the engine binds it).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
+}
+
+/// Bytes under a model path (a file, or a directory tree up to a few levels, following
+/// the symlinks of a Hugging Face cache).
+pub fn model_size(path: &Path) -> u64 {
+    fn walk(p: &Path, depth: usize) -> u64 {
+        let Ok(meta) = std::fs::metadata(p) else {
+            return 0;
+        };
+        if meta.is_file() {
+            return meta.len();
+        }
+        if depth == 0 || !meta.is_dir() {
+            return 0;
+        }
+        std::fs::read_dir(p)
+            .map(|rd| rd.flatten().map(|e| walk(&e.path(), depth - 1)).sum())
+            .unwrap_or(0)
+    }
+    walk(path, 6)
+}
+
+/// Model ids in start order: smallest on disk first (remote upstreams cost nothing).
+pub fn start_order(file: &ModelsFile) -> Vec<String> {
+    let mut ids: Vec<(u64, &String)> = file
+        .models
+        .iter()
+        .map(|(id, e)| {
+            let size = match (&e.upstream, &e.path) {
+                (None, Some(p)) => model_size(p),
+                _ => 0,
+            };
+            (size, id)
+        })
+        .collect();
+    ids.sort();
+    ids.into_iter().map(|(_, id)| id.clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn taken_ports_are_named_and_order_is_by_size() {
+        let busy = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let port = busy.local_addr().unwrap().port();
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big");
+        std::fs::create_dir(&big).unwrap();
+        std::fs::write(big.join("w"), vec![0u8; 4096]).unwrap();
+        let small = dir.path().join("small.gguf");
+        std::fs::write(&small, vec![0u8; 16]).unwrap();
+        let text = format!(
+            r#"{{"models": {{"a": {{"path": {big:?}, "type": "embedding", "port": {port}}},
+                "b": {{"path": {small:?}, "type": "chat", "port": {free}}}}}}}"#,
+            free = free_port().unwrap()
+        );
+        let file = ModelsFile::parse(&text, Default::default()).unwrap();
+        let p = taken_ports(&file, "127.0.0.1");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].path, "models.a.port");
+        assert!(p[0].message.contains(&port.to_string()));
+        assert_eq!(start_order(&file), ["b", "a"]);
+    }
+}

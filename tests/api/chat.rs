@@ -1,0 +1,575 @@
+//! The chat engine on the real SmolLM2-135M-Instruct Q4_1 GGUF: greedy answers, streaming
+//! equals non-streaming, concurrent streams equal solo answers, stop strings, max_tokens,
+//! seeds, errors, client disconnects, tokenize/detokenize, and the official `openai`
+//! Python client (when installed). Without the model file the tests print a notice and
+//! pass vacuously (`scripts/fetch-models.sh` provides it).
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::sync::OnceCell;
+
+use crate::common::chat::{metric_value, root, sse_data, start_engine, Engine};
+
+const GGUF: &str = "models/chat/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+fn models_json() -> String {
+    json!({"models": {"chat": {"path": GGUF, "type": "chat", "port": 1, "max_model_len": 2048,
+        "max_num_seqs": 16, "device": "cpu", "aliases": ["smollm2"]}}})
+    .to_string()
+}
+
+fn have_model() -> bool {
+    let ok = root().join(GGUF).exists();
+    if !ok {
+        eprintln!("SKIPPED: {GGUF} not found (run scripts/fetch-models.sh)");
+    }
+    ok
+}
+
+static CHAT: OnceCell<Engine> = OnceCell::const_new();
+
+/// The engine shared by the tests of this module.
+async fn engine() -> Option<&'static Engine> {
+    if !have_model() {
+        return None;
+    }
+    Some(
+        CHAT.get_or_init(|| async {
+            start_engine(&models_json(), "chat", Duration::from_secs(120)).await
+        })
+        .await,
+    )
+}
+
+fn question(q: &str) -> Value {
+    json!([{"role": "user", "content": q}])
+}
+
+async fn post(base: &str, path: &str, body: Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    let status = r.status().as_u16();
+    (status, r.json().await.expect("JSON body"))
+}
+
+/// Non-streamed chat completion: (content, finish_reason, usage).
+async fn chat(base: &str, mut body: Value) -> (String, String, Value) {
+    body["stream"] = json!(false);
+    let (status, v) = post(base, "/v1/chat/completions", body).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["object"], "chat.completion");
+    let c = &v["choices"][0];
+    assert_eq!(c["message"]["role"], "assistant");
+    (
+        c["message"]["content"]
+            .as_str()
+            .expect("content")
+            .to_string(),
+        c["finish_reason"]
+            .as_str()
+            .expect("finish_reason")
+            .to_string(),
+        v["usage"].clone(),
+    )
+}
+
+/// Streamed chat completion with usage: (content, finish_reason, usage).
+async fn chat_stream(base: &str, mut body: Value) -> (String, String, Value) {
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let r = reqwest::Client::new()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let events = sse_data(&r.text().await.expect("body"));
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).expect("chunk JSON"))
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let mut text = String::new();
+    let mut finish = None;
+    let mut usage = Value::Null;
+    for c in &chunks {
+        assert_eq!(c["object"], "chat.completion.chunk");
+        assert_eq!(c["id"], chunks[0]["id"]);
+        if let Some(choice) = c["choices"].get(0) {
+            assert!(finish.is_none(), "content after the finish chunk");
+            if let Some(t) = choice["delta"]["content"].as_str() {
+                text.push_str(t);
+            }
+            if let Some(f) = choice["finish_reason"].as_str() {
+                finish = Some(f.to_string());
+            }
+        } else {
+            usage = c["usage"].clone();
+        }
+    }
+    (text, finish.expect("a finish chunk"), usage)
+}
+
+fn greedy(q: &str, max_tokens: usize) -> Value {
+    json!({"model": "chat", "messages": question(q), "temperature": 0, "max_tokens": max_tokens})
+}
+
+#[tokio::test]
+async fn greedy_answer_to_two_plus_two_contains_4() {
+    let Some(e) = engine().await else { return };
+    let (text, finish, usage) = chat(&e.base, greedy("What is 2+2?", 48)).await;
+    assert!(text.contains('4'), "{text:?}");
+    assert_eq!(finish, "stop");
+    let (p, c) = (
+        usage["prompt_tokens"].as_u64().unwrap(),
+        usage["completion_tokens"].as_u64().unwrap(),
+    );
+    assert!(p > 5 && c > 0 && c <= 48);
+    assert_eq!(usage["total_tokens"].as_u64().unwrap(), p + c);
+    // The prompt count matches /tokenize on the same messages.
+    let (status, t) = post(
+        &e.base,
+        "/tokenize",
+        json!({"messages": question("What is 2+2?")}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(t["count"].as_u64().unwrap(), p);
+    assert_eq!(t["max_model_len"], 2048);
+    // The request shows up in the chat metrics.
+    let text = reqwest::get(format!("{}/metrics", e.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "trident_time_to_first_token_seconds_count",
+        "trident_inter_token_latency_seconds_count",
+        "trident_generated_tokens_total",
+        "trident_prompt_tokens_total",
+        "trident_batch_size_count",
+    ] {
+        let v = metric_value(&text, name, &["model=\"chat\""]).unwrap_or(0.0);
+        assert!(v >= 1.0, "{name} = {v}");
+    }
+    for name in [
+        "trident_running_sequences",
+        "trident_waiting_sequences",
+        "trident_kv_cache_usage_ratio",
+    ] {
+        assert!(
+            metric_value(&text, name, &["model=\"chat\""]).is_some(),
+            "{name} missing"
+        );
+    }
+    let models: Value = reqwest::get(format!("{}/v1/models", e.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["data"][0]["max_model_len"], 2048);
+    assert_eq!(models["data"][0]["type"], "chat");
+}
+
+#[tokio::test]
+async fn greedy_streaming_text_equals_non_streaming_text() {
+    let Some(e) = engine().await else { return };
+    let body = greedy("Name three colours of the rainbow.", 40);
+    let (a, fa, ua) = chat(&e.base, body.clone()).await;
+    let (b, fb, ub) = chat_stream(&e.base, body).await;
+    assert!(!a.is_empty());
+    assert_eq!(a, b);
+    assert_eq!(fa, fb);
+    assert_eq!(ua, ub);
+}
+
+#[tokio::test]
+async fn eight_concurrent_greedy_streams_equal_their_solo_answers() {
+    let Some(e) = engine().await else { return };
+    let questions = [
+        "What is the capital of France?",
+        "Write one sentence about cats.",
+        "What is 3 times 5?",
+        "Say hello in Spanish.",
+    ];
+    let mut solo = Vec::new();
+    for q in questions {
+        solo.push(chat(&e.base, greedy(q, 24)).await.0);
+    }
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let base = e.base.clone();
+            let q = questions[i % questions.len()];
+            tokio::spawn(async move { chat_stream(&base, greedy(q, 24)).await.0 })
+        })
+        .collect();
+    for (i, t) in tasks.into_iter().enumerate() {
+        assert_eq!(t.await.unwrap(), solo[i % questions.len()], "stream {i}");
+    }
+    eprintln!("8 concurrent streams took {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn stop_strings_and_max_tokens_are_honoured() {
+    let Some(e) = engine().await else { return };
+    let q = "Describe the sea in two sentences.";
+    let (full, _, _) = chat(&e.base, greedy(q, 40)).await;
+    let chars: Vec<(usize, char)> = full.char_indices().collect();
+    assert!(chars.len() > 20, "{full:?}");
+    // A stop string that straddles a word boundary (so very likely two tokens), taken
+    // from the answer itself; the text stops right before its first occurrence.
+    let stop = full
+        .match_indices(' ')
+        .filter(|(i, _)| *i >= 8)
+        .find_map(|(i, _)| full.get(i - 2..i + 3))
+        .expect("a stop string around a space");
+    let cut = full.find(stop).unwrap();
+    let mut body = greedy(q, 40);
+    body["stop"] = json!(["zzzz-not-there", stop]);
+    let (text, finish, _) = chat(&e.base, body.clone()).await;
+    assert_eq!(text, full[..cut]);
+    assert_eq!(finish, "stop");
+    let (streamed, finish, _) = chat_stream(&e.base, body).await;
+    assert_eq!(streamed, full[..cut]);
+    assert_eq!(finish, "stop");
+    // max_tokens: the text is a prefix of the long answer and the reason is length.
+    let (short, finish, usage) = chat(&e.base, greedy(q, 3)).await;
+    assert_eq!(finish, "length");
+    assert_eq!(usage["completion_tokens"], 3);
+    assert!(
+        full.starts_with(&short) && short.len() < full.len(),
+        "{short:?}"
+    );
+    let mut body = greedy(q, 1000);
+    body.as_object_mut().unwrap().remove("max_tokens");
+    body["max_completion_tokens"] = json!(2);
+    let (_, finish, usage) = chat(&e.base, body).await;
+    assert_eq!(
+        (finish.as_str(), usage["completion_tokens"].as_u64()),
+        ("length", Some(2))
+    );
+}
+
+#[tokio::test]
+async fn same_seed_same_text() {
+    let Some(e) = engine().await else { return };
+    let body = |seed: u64| {
+        json!({"messages": question("Tell me a short story."), "temperature": 1.0,
+               "top_p": 0.95, "seed": seed, "max_tokens": 24})
+    };
+    let a = chat(&e.base, body(7)).await.0;
+    let b = chat(&e.base, body(7)).await.0;
+    assert_eq!(a, b);
+    let mut differs = false;
+    for seed in [8, 9, 10] {
+        differs |= chat(&e.base, body(seed)).await.0 != a;
+    }
+    assert!(differs, "three other seeds all gave {a:?}");
+}
+
+#[tokio::test]
+async fn completions_endpoint_streams_the_same_text() {
+    let Some(e) = engine().await else { return };
+    let body = json!({"model": "smollm2", "prompt": "The capital of France is", "temperature": 0, "max_tokens": 12});
+    let (status, v) = post(&e.base, "/v1/completions", body.clone()).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["object"], "text_completion");
+    assert_eq!(v["model"], "smollm2");
+    let text = v["choices"][0]["text"].as_str().unwrap().to_string();
+    assert!(!text.is_empty());
+    let mut sbody = body;
+    sbody["stream"] = json!(true);
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/completions", e.base))
+        .json(&sbody)
+        .send()
+        .await
+        .unwrap();
+    let events = sse_data(&r.text().await.unwrap());
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let streamed: String = events[..events.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .filter_map(|c| c["choices"][0]["text"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(streamed, text);
+}
+
+#[tokio::test]
+async fn tokenize_and_detokenize_round_trip() {
+    let Some(e) = engine().await else { return };
+    let (status, t) = post(
+        &e.base,
+        "/tokenize",
+        json!({"prompt": "Hello world, héllo 世界!", "return_token_strs": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{t}");
+    let tokens = t["tokens"].clone();
+    assert_eq!(
+        t["count"].as_u64().unwrap() as usize,
+        tokens.as_array().unwrap().len()
+    );
+    assert_eq!(
+        t["token_strs"].as_array().unwrap().len(),
+        tokens.as_array().unwrap().len()
+    );
+    let (status, d) = post(&e.base, "/detokenize", json!({"tokens": tokens})).await;
+    assert_eq!(status, 200);
+    assert_eq!(d["prompt"], "Hello world, héllo 世界!");
+    let (status, d) = post(&e.base, "/detokenize", json!({"tokens": [1, 99999999]})).await;
+    assert_eq!(
+        (status, d["error"]["param"].as_str()),
+        (400, Some("tokens"))
+    );
+    let (status, _) = post(&e.base, "/tokenize", json!({})).await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn invalid_requests_are_400_naming_the_parameter() {
+    let Some(e) = engine().await else { return };
+    let base = |extra: Value| {
+        let mut b = json!({"messages": question("hi"), "max_tokens": 4});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        b
+    };
+    let cases = [
+        (json!({"messages": []}), "messages"),
+        (
+            json!({"messages": [{"role": "wizard", "content": "x"}]}),
+            "messages[0].role",
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": 5}]}),
+            "messages[0].content",
+        ),
+        (json!({"temperature": 2.5}), "temperature"),
+        (json!({"top_p": 0}), "top_p"),
+        (json!({"top_k": -3}), "top_k"),
+        (json!({"presence_penalty": 3}), "presence_penalty"),
+        (json!({"frequency_penalty": -2.5}), "frequency_penalty"),
+        (json!({"repetition_penalty": 0}), "repetition_penalty"),
+        (json!({"max_tokens": 0}), "max_tokens"),
+        (json!({"max_tokens": -5}), "max_tokens"),
+        (json!({"n": 2}), "n"),
+        (json!({"stop": ["a", "b", "c", "d", "e"]}), "stop"),
+        (json!({"temperature": "hot"}), "temperature"),
+    ];
+    for (extra, param) in cases {
+        let (status, v) = post(&e.base, "/v1/chat/completions", base(extra.clone())).await;
+        assert_eq!(status, 400, "{extra} → {v}");
+        assert_eq!(v["error"]["param"], param, "{extra} → {v}");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+    }
+    // Prompt + max_tokens beyond max_model_len (2048): context_length_exceeded, not queued.
+    let (status, v) = post(
+        &e.base,
+        "/v1/chat/completions",
+        base(json!({"max_tokens": 2040})),
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("context_length_exceeded")),
+        "{v}"
+    );
+    let long = "word ".repeat(3000);
+    let (status, v) = post(
+        &e.base,
+        "/v1/completions",
+        json!({"prompt": long, "max_tokens": 1}),
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("context_length_exceeded")),
+        "{v}"
+    );
+    let (status, v) = post(
+        &e.base,
+        "/v1/chat/completions",
+        base(json!({"model": "nope"})),
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (404, Some("model_not_found"))
+    );
+}
+
+#[tokio::test]
+async fn disconnected_client_frees_its_sequence() {
+    if !have_model() {
+        return;
+    }
+    // An engine of its own, so the running-sequences gauge is this test's alone.
+    let e = start_engine(&models_json(), "chat", Duration::from_secs(120)).await;
+    let body = json!({"messages": question("Count from one to one thousand."), "max_tokens": 1500,
+                      "ignore_eos": true, "stream": true});
+    let mut r = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", e.base))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let mut got = 0;
+    while got < 3 {
+        got += r
+            .chunk()
+            .await
+            .unwrap()
+            .expect("stream still open")
+            .len()
+            .min(1);
+    }
+    let running = || metric_value(&e.metrics.render(), "trident_running_sequences", &[]);
+    assert_eq!(running(), Some(1.0));
+    let generated =
+        || metric_value(&e.metrics.render(), "trident_generated_tokens_total", &[]).unwrap_or(0.0);
+    drop(r);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while running() != Some(0.0) {
+        assert!(
+            Instant::now() < deadline,
+            "sequence still running after the client left"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = generated();
+    assert!(after < 1500.0, "the sequence ran to the end: {after}");
+    let text = e.metrics.render();
+    assert_eq!(
+        metric_value(
+            &text,
+            "trident_rejected_requests_total",
+            &["reason=\"disconnected\""]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(&text, "trident_kv_cache_usage_ratio", &[]),
+        Some(0.0)
+    );
+}
+
+#[tokio::test]
+async fn openai_python_client_streams_a_chat_completion() {
+    let Some(e) = engine().await else { return };
+    let python = std::env::var("TRIDENT_PYTHON").unwrap_or_else(|_| "python3".into());
+    let has_openai = std::process::Command::new(&python)
+        .args(["-c", "import openai"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_openai {
+        eprintln!(
+            "SKIPPED: the openai Python package is not installed for {python} (pip install openai)"
+        );
+        return;
+    }
+    let script = root().join("tests/openai_stream.py");
+    let out = tokio::process::Command::new(&python)
+        .arg(&script)
+        .arg(format!("{}/v1", e.base))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("script prints JSON");
+    let (want, finish, usage) = chat(&e.base, greedy("What is 2+2?", 32)).await;
+    assert_eq!(v["text"], want);
+    assert_eq!(v["finish_reason"], finish);
+    assert_eq!(v["completion_tokens"], usage["completion_tokens"]);
+    assert_eq!(v["role"], "assistant");
+}
+
+#[tokio::test]
+async fn chunked_prefill_matches_one_pass_and_a_full_queue_is_429() {
+    if !have_model() {
+        return;
+    }
+    // One sequence at a time, one waiting, and room to prefill a long prompt in one pass.
+    let cfg = json!({"models": {"chat": {"path": GGUF, "type": "chat", "port": 1,
+        "max_model_len": 2048, "max_num_seqs": 1, "max_queue": 1, "max_batch_tokens": 1024,
+        "device": "cpu"}}})
+    .to_string();
+    let one_pass = start_engine(&cfg, "chat", Duration::from_secs(120)).await;
+    let Some(shared) = engine().await else { return };
+    let long = format!(
+        "Summarise this text in one sentence: {}",
+        "The river flows past the old mill and the children play on its banks every summer. "
+            .repeat(20)
+    );
+    let body = greedy(&long, 16);
+    let (status, t) = post(
+        &shared.base,
+        "/tokenize",
+        json!({"messages": question(&long)}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let n = t["count"].as_u64().unwrap();
+    assert!(
+        n > 256,
+        "the prompt ({n} tokens) must exceed the default 256-token step budget"
+    );
+    // The shared engine prefills it in chunks of at most 256 tokens.
+    let (chunked, _, _) = chat(&shared.base, body.clone()).await;
+    let (whole, _, _) = chat(&one_pass.base, body).await;
+    assert_eq!(chunked, whole);
+    // Full queue: 1 running + 1 waiting; the rest get 429 with Retry-After.
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let url = format!("{}/v1/chat/completions", one_pass.base);
+            tokio::spawn(async move {
+                let r = reqwest::Client::new()
+                    .post(url)
+                    .json(
+                        &json!({"messages": question("Hi"), "max_tokens": 48, "ignore_eos": true}),
+                    )
+                    .send()
+                    .await
+                    .unwrap();
+                let retry = r.headers().get("retry-after").is_some();
+                let status = r.status().as_u16();
+                let v: Value = r.json().await.unwrap();
+                (status, retry, v)
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut full = 0;
+    for t in tasks {
+        let (status, retry, v) = t.await.unwrap();
+        match status {
+            200 => ok += 1,
+            429 => {
+                assert!(retry, "429 without Retry-After");
+                assert_eq!(v["error"]["code"], "queue_full");
+                full += 1;
+            }
+            other => panic!("unexpected {other}: {v}"),
+        }
+    }
+    assert!(ok >= 1 && full >= 1 && ok <= 2, "ok {ok}, 429 {full}");
+}

@@ -1,0 +1,240 @@
+//! API keys, per-model concurrency limits, slow clients and the merged `/metrics`.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{client, get_json, Appliance, Opts};
+use crate::common::{assert_envelope, metric_value};
+
+const KEYS: &[&str] = &["sk-alpha-123", "sk-beta-456"];
+
+#[tokio::test]
+async fn only_exact_bearer_keys_pass_and_keys_never_leak() {
+    let app = Appliance::start(
+        json!({"embed": {"type": "embedding"}}),
+        Opts {
+            api_keys: KEYS,
+            ..Default::default()
+        },
+    )
+    .await;
+    let body = json!({"input": "a"});
+    let call = |auth: Option<String>, query: &str| {
+        let mut rb = client()
+            .post(app.url(&format!("/v1/embeddings{query}")))
+            .json(&body);
+        if let Some(a) = auth {
+            rb = rb.header("authorization", a);
+        }
+        async move {
+            let r = rb.send().await.unwrap();
+            let (s, h) = (r.status().as_u16(), r.headers().clone());
+            let b: Value = r.json().await.unwrap_or(Value::Null);
+            (s, h, b)
+        }
+    };
+    let bad: Vec<(Option<String>, &str)> = vec![
+        (None, ""),
+        (Some("Bearer sk-wrong".into()), ""),
+        (Some("Bearer sk-alpha".into()), ""),
+        (Some("Bearer sk-alpha-1234".into()), ""),
+        (Some("Bearer ".into()), ""),
+        (Some("Basic sk-alpha-123".into()), ""),
+        (Some("sk-alpha-123".into()), ""),
+        (None, "?api_key=sk-alpha-123"),
+    ];
+    for (auth, query) in bad {
+        let (s, h, b) = call(auth.clone(), query).await;
+        let err = assert_envelope(s, &h, &b, 401);
+        assert_eq!(err["code"], "invalid_api_key", "{auth:?}{query}");
+        assert!(!b.to_string().contains("sk-alpha"), "key echoed: {b}");
+    }
+    for key in KEYS {
+        let (s, _, b) = call(Some(format!("Bearer {key}")), "").await;
+        assert_eq!(s, 200, "{key}: {b}");
+    }
+    // Liveness and readiness need no key; everything else does.
+    for path in ["/health", "/ready"] {
+        assert_eq!(
+            client().get(app.url(path)).send().await.unwrap().status(),
+            200,
+            "{path}"
+        );
+    }
+    for path in ["/metrics", "/v1/models", "/system/info"] {
+        assert_eq!(
+            client().get(app.url(path)).send().await.unwrap().status(),
+            401,
+            "{path}"
+        );
+    }
+    let metrics = client()
+        .get(app.url("/metrics"))
+        .bearer_auth(KEYS[0])
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let info = get_json(&app, "/system/info", Some(KEYS[1]))
+        .await
+        .to_string();
+    for text in [&metrics, &info, &app.log_text()] {
+        for k in KEYS {
+            assert!(!text.contains(k), "a key leaked");
+        }
+    }
+    assert!(
+        metric_value(
+            &metrics,
+            "trident_rejected_requests_total",
+            &[("reason", "unauthorized")]
+        ) >= 8.0
+    );
+}
+
+#[tokio::test]
+async fn metrics_can_be_public() {
+    let app = Appliance::start(
+        json!({"embed": {"type": "embedding"}}),
+        Opts {
+            api_keys: KEYS,
+            env: &[("TRIDENT_METRICS_PUBLIC", "true")],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        client()
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client()
+            .get(app.url("/v1/models"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+}
+
+#[tokio::test]
+async fn a_full_model_answers_429_with_retry_after() {
+    let app = Appliance::start(
+        json!({"embed": {"type": "embedding", "max_concurrent_requests": 1}}),
+        Opts {
+            behaviour: Some(json!({"embed": "latency_ms=400"})),
+            ..Default::default()
+        },
+    )
+    .await;
+    let calls = (0..3).map(|_| {
+        let rb = client()
+            .post(app.url("/v1/embeddings"))
+            .json(&json!({"input": "a"}));
+        async move {
+            let r = rb.send().await.unwrap();
+            (r.status().as_u16(), r.headers().get("retry-after").cloned())
+        }
+    });
+    let mut results = futures::future::join_all(calls).await;
+    results.sort_by_key(|r| r.0);
+    // One runs, one waits for the slot, the third finds the queue full.
+    assert_eq!(
+        results.iter().map(|r| r.0).collect::<Vec<_>>(),
+        [200, 200, 429]
+    );
+    assert_eq!(results[2].1.as_ref().unwrap(), "1");
+}
+
+#[tokio::test]
+async fn a_slowloris_connection_is_closed() {
+    let app = Appliance::start(
+        json!({"embed": {"type": "embedding"}}),
+        Opts {
+            env: &[("TRIDENT_HEADER_READ_TIMEOUT_SECS", "1")],
+            ..Default::default()
+        },
+    )
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let started = Instant::now();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // Trickle a header byte now and then, never finishing the head.
+    let mut buf = [0u8; 512];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            tokio::select! {
+                n = s.read(&mut buf) => return n.unwrap_or(0),
+                _ = tokio::time::sleep(Duration::from_millis(300)) => {
+                    if s.write_all(b"X").await.is_err() {
+                        return 0;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "connection still open after 10 s");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed only after {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn metrics_merge_gateway_and_engine_series() {
+    let app = Appliance::start(
+        json!({"chat": {"type": "chat", "replicas": 2}, "embed": {"type": "embedding"}}),
+        Opts::default(),
+    )
+    .await;
+    for _ in 0..4 {
+        let r = client()
+            .post(app.url("/v1/embeddings"))
+            .json(&json!({"input": "a"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let text = crate::common::get_text(&app.url("/metrics")).await;
+    assert_eq!(
+        text.matches("# TYPE trident_requests_total ").count(),
+        1,
+        "{text}"
+    );
+    let gw = [
+        ("model", "embed"),
+        ("component", "gateway"),
+        ("status", "200"),
+    ];
+    assert_eq!(
+        metric_value(&text, "trident_requests_total", &gw),
+        4.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric_value(
+            &text,
+            "trident_requests_total",
+            &[("model", "embed"), ("component", "engine")]
+        ),
+        4.0
+    );
+    // Two replicas of chat: each engine's series is told apart by `replica`.
+    assert!(text.contains("replica=\"1\""), "{text}");
+}

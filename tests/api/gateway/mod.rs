@@ -1,0 +1,243 @@
+//! `trident serve` end to end: the real binary as a child process (supervisor + gateway on
+//! port 0, engines on OS-picked ports), with fault-injecting mock engines
+//! (`trident mock-engine`) or the real ones.
+
+mod balance;
+mod faults;
+mod inprocess;
+mod limits;
+mod real;
+mod routing;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const EXE: &str = env!("CARGO_BIN_EXE_trident");
+
+/// How to start a test appliance.
+#[derive(Default)]
+pub struct Opts<'a> {
+    /// `MOCK_ENGINE_BEHAVIOUR` JSON map (model or model/replica → spec).
+    pub behaviour: Option<Value>,
+    pub api_keys: &'a [&'a str],
+    /// Extra environment (settings as `TRIDENT_…`).
+    pub env: &'a [(&'a str, &'a str)],
+    /// Use the real engines instead of the mock.
+    pub real_engines: bool,
+    /// Do not wait for `/ready`.
+    pub no_wait: bool,
+}
+
+/// A running `trident serve`; SIGKILLed on drop (its engines die with it).
+pub struct Appliance {
+    pub child: Child,
+    pub base: String,
+    _dir: tempfile::TempDir,
+    pub log: PathBuf,
+}
+
+/// A models.json whose `path`s point at an existing file (mock engines load nothing).
+pub fn mock_models(dir: &Path, models: Value) -> PathBuf {
+    let file = dir.join("models.json");
+    let mut models = models;
+    for (i, (_, e)) in models.as_object_mut().unwrap().iter_mut().enumerate() {
+        let e = e.as_object_mut().unwrap();
+        if !e.contains_key("upstream") {
+            e.entry("path")
+                .or_insert(Value::String(file.display().to_string()));
+            // Ports only need to be distinct for validation; engines get OS-picked ones.
+            e.entry("port")
+                .or_insert(Value::from(20_000 + 10 * i as u64));
+        }
+    }
+    std::fs::write(&file, serde_json::json!({"models": models}).to_string()).unwrap();
+    file
+}
+
+impl Appliance {
+    pub async fn start(models: Value, opts: Opts<'_>) -> Appliance {
+        let dir = tempfile::tempdir().unwrap();
+        let file = if opts.real_engines {
+            let f = dir.path().join("models.json");
+            std::fs::write(&f, serde_json::json!({"models": models}).to_string()).unwrap();
+            f
+        } else {
+            mock_models(dir.path(), models)
+        };
+        let addr_file = dir.path().join("addr");
+        let log = dir.path().join("serve.log");
+        let mut cmd = Command::new(EXE);
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["serve", "--port", "0", "--host", "127.0.0.1"])
+            .arg("--config")
+            .arg(&file)
+            .arg("--addr-file")
+            .arg(&addr_file)
+            .args(["--ephemeral-engine-ports", "--restart-backoff-ms", "50"])
+            .args(["--engine-stop-grace-ms", "2000"])
+            .env("NO_COLOR", "1")
+            .env_remove("TRIDENT_API_KEYS")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        if !opts.real_engines {
+            cmd.args(["--engine-subcommand", "mock-engine"]);
+        }
+        for k in opts.api_keys {
+            cmd.args(["--api-key", k]);
+        }
+        if let Some(b) = &opts.behaviour {
+            cmd.env("MOCK_ENGINE_BEHAVIOUR", b.to_string());
+        }
+        for (k, v) in opts.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn trident serve");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let addr = loop {
+            if let Ok(a) = std::fs::read_to_string(&addr_file) {
+                break a;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "trident serve exited ({status}): {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            assert!(Instant::now() < deadline, "gateway did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let app = Appliance {
+            child,
+            base: format!("http://{addr}"),
+            _dir: dir,
+            log,
+        };
+        if !opts.no_wait {
+            app.wait_ready(Duration::from_secs(if opts.real_engines {
+                180
+            } else {
+                20
+            }))
+            .await;
+        }
+        app
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Polls `/ready` until 200.
+    pub async fn wait_ready(&self, timeout: Duration) {
+        // Stops early when a model failed: waiting longer would not help.
+        let last = poll(timeout, || async {
+            let r = client().get(self.url("/ready")).send().await.ok()?;
+            let ok = r.status() == 200;
+            let body: Value = r.json().await.ok()?;
+            let failed = body["models"]
+                .as_object()
+                .is_some_and(|m| m.values().any(|v| v["state"] == "failed"));
+            (ok || failed).then_some(ok)
+        })
+        .await
+        .filter(|ok| *ok);
+        if last.is_none() {
+            let ready = get_json(self, "/ready", None).await;
+            panic!(
+                "not ready after {timeout:?}: {ready}\nlog:\n{}",
+                self.log_text()
+            );
+        }
+    }
+
+    /// `/system/info` engines of `model`.
+    pub async fn engines(&self, model: &str, key: Option<&str>) -> Vec<Value> {
+        let info = get_json(self, "/system/info", key).await;
+        info["engines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["model"] == model)
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for Appliance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Calls `f` every 20 ms until it returns `Some` or `timeout` passes.
+pub async fn poll<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    crate::common::client()
+}
+
+pub async fn get_json(app: &Appliance, path: &str, key: Option<&str>) -> Value {
+    let mut rb = client().get(app.url(path));
+    if let Some(k) = key {
+        rb = rb.bearer_auth(k);
+    }
+    rb.send().await.unwrap().json().await.unwrap_or(Value::Null)
+}
+
+/// POSTs JSON; returns status, headers and the parsed body (Null when not JSON).
+pub async fn post(
+    app: &Appliance,
+    path: &str,
+    body: &Value,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    crate::common::post_to(&app.url(path), body).await
+}
+
+/// True when the process is gone (or a zombie nobody reaped yet).
+pub fn process_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+    }
+}
+
+/// Reads an SSE response to its end; returns the `data:` payloads.
+pub async fn sse_events(resp: reqwest::Response) -> Vec<String> {
+    let text = resp.text().await.unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(str::to_string)
+        .collect()
+}

@@ -1,0 +1,11 @@
+//! The one integration-test binary: each module starts real servers in-process on
+//! 127.0.0.1:0 (helpers in `common`, chat engines and SSE parsing in `common::chat`) and
+//! talks HTTP to them. Model tests use the real weights laid out by
+//! `scripts/fetch-models.sh`.
+
+mod chat;
+mod common;
+mod embeddings;
+mod errors;
+mod gateway;
+mod rerank;
