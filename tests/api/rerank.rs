@@ -5,7 +5,7 @@
 
 use serde_json::{json, Value};
 
-use crate::common::{engine, fixture, get, minilm, post, run, scratch_dir};
+use crate::common::{engine, fixture, generated, get, minilm, post, run};
 
 const QUERY: &str = "How many people live in Paris?";
 const DOCS: [&str; 4] = [
@@ -31,11 +31,10 @@ fn embedder() -> String {
 }
 
 fn minilm_cross() -> String {
-    let dir = scratch_dir().join("minilm-cross");
-    if !dir.join("model.safetensors").exists() {
-        trident::models::testutil::write_minilm_cross_encoder(&minilm(), &dir)
-            .expect("writing the MiniLM cross-encoder");
-    }
+    let dir = generated("minilm-cross", |dir| {
+        trident::models::testutil::write_minilm_cross_encoder(&minilm(), dir)
+            .expect("writing the MiniLM cross-encoder")
+    });
     engine(
         "minilm-cross",
         json!({"path": dir, "type": "rerank", "port": 1, "dtype": "f32"}),
@@ -43,10 +42,9 @@ fn minilm_cross() -> String {
 }
 
 fn tiny_xlmr_cross() -> String {
-    let dir = scratch_dir().join("tiny-xlmr-cls");
-    if !dir.join("model.safetensors").exists() {
-        trident::models::testutil::write_tiny_xlmr(&dir, true).expect("writing tiny XLM-R");
-    }
+    let dir = generated("tiny-xlmr-cls", |dir| {
+        trident::models::testutil::write_tiny_xlmr(dir, true).expect("writing tiny XLM-R")
+    });
     engine(
         "tiny-xlmr-cross",
         json!({"path": dir, "type": "rerank", "port": 1, "dtype": "f32"}),

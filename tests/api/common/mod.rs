@@ -40,6 +40,21 @@ pub fn scratch_dir() -> &'static Path {
         .path()
 }
 
+/// The directory of a model that `write` generates, written once per test process.
+/// Tests run in parallel and an engine maps its weights, so the model is written under a
+/// lock into a side directory and renamed into place: nobody ever sees a partial file.
+pub fn generated(name: &str, write: impl FnOnce(&Path)) -> PathBuf {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _held = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = scratch_dir().join(name);
+    if !dir.exists() {
+        let partial = scratch_dir().join(format!("{name}.partial"));
+        write(&partial);
+        std::fs::rename(&partial, &dir).expect("moving a generated model into place");
+    }
+    dir
+}
+
 fn background() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {
