@@ -37,7 +37,11 @@ pub async fn envelope_errors(
     next: Next,
 ) -> Response {
     req.extensions_mut().insert(limit);
-    let resp = next.run(req).await;
+    envelope(next.run(req).await, limit)
+}
+
+/// `resp`, or the envelope for it when it is an error response that is not JSON yet.
+pub fn envelope(resp: Response, limit: BodyLimit) -> Response {
     let status = resp.status();
     if status.is_success() || status.is_informational() || status.is_redirection() {
         return resp;

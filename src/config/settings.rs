@@ -94,6 +94,9 @@ pub struct Settings {
     pub startup_timeout_secs: u64,
     /// Time in-flight requests get to finish on SIGTERM, seconds. Default 25.
     pub drain_timeout_secs: u64,
+    /// Gateway worker threads, each with its own event loop and upstream connections.
+    /// 0 (the default): one per CPU core.
+    pub gateway_threads: usize,
 }
 
 impl Default for Settings {
@@ -113,6 +116,7 @@ impl Default for Settings {
             max_body_bytes: 8 * 1024 * 1024,
             startup_timeout_secs: 300,
             drain_timeout_secs: 25,
+            gateway_threads: 0,
         }
     }
 }

@@ -6,15 +6,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::GatewayState;
-use crate::api::ApiError;
+use crate::api::{self, ApiError, BodyLimit};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -114,51 +114,42 @@ impl Inflight {
     }
 }
 
-/// Middleware: while draining, new requests get 503; otherwise the request counts as in
-/// flight until its response body ends (the proxy moves the guard into the body).
-pub async fn track_inflight(
-    State(s): State<GatewayState>,
-    mut req: Request,
-    next: Next,
-) -> Response {
+/// Admits a proxied request: 503 while draining; otherwise it counts as in flight until its
+/// response body ends (the proxy moves the guard into the body).
+pub fn admit(s: &GatewayState) -> Result<InflightGuard, ApiError> {
     if s.inflight.is_draining() {
-        return ApiError::unavailable("The server is shutting down").into_response();
+        return Err(ApiError::unavailable("The server is shutting down"));
     }
-    let guard = Arc::new(s.inflight.enter());
-    req.extensions_mut().insert(guard.clone());
-    next.run(req).await
+    Ok(s.inflight.enter())
 }
 
-/// Middleware: reads the whole body within `body_read_timeout_secs` and `max_body_bytes`
-/// (413 / 408 envelopes), so a client that trickles its body cannot hold a slot.
-pub async fn read_body(State(s): State<GatewayState>, req: Request, next: Next) -> Response {
-    let (parts, body) = req.into_parts();
+/// Reads the whole body within `body_read_timeout_secs` and `max_body_bytes` (413 / 408
+/// envelopes), so a client that trickles its body cannot hold a slot.
+pub async fn read_body(s: &GatewayState, body: Body) -> Result<Bytes, ApiError> {
     let limit = s.settings.max_body_bytes;
     let timeout = Duration::from_secs(s.settings.body_read_timeout_secs.max(1));
     let read = axum::body::to_bytes(body, limit);
-    let bytes = match tokio::time::timeout(timeout, read).await {
-        Ok(Ok(b)) => b,
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(b)) => Ok(b),
         Ok(Err(e)) => {
             let too_large = std::error::Error::source(&e)
                 .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            return if too_large {
-                ApiError::too_large(limit).into_response()
+            Err(if too_large {
+                ApiError::too_large(limit)
             } else {
-                ApiError::invalid("Could not read the request body").into_response()
-            };
+                ApiError::invalid("Could not read the request body")
+            })
         }
         Err(_) => {
             let mut e =
                 ApiError::invalid("Timed out reading the request body").with_code("timeout");
             e.status = axum::http::StatusCode::REQUEST_TIMEOUT;
-            return e.into_response();
+            Err(e)
         }
-    };
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
+    }
 }
 
-/// The request id of a request (set by [`request_id`]).
+/// The request id of a request (set by [`front`]).
 #[derive(Debug, Clone)]
 pub struct RequestId(pub HeaderValue);
 
@@ -167,8 +158,10 @@ fn acceptable_id(v: &HeaderValue) -> bool {
     !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
 }
 
-/// Middleware: keeps a sane incoming `x-request-id` or makes one; echoes it on the response.
-pub async fn request_id(mut req: Request, next: Next) -> Response {
+/// The gateway's outermost middleware: keeps a sane incoming `x-request-id` or makes one
+/// and echoes it on the response, records the body limit for the JSON extractor, and puts
+/// any error response that is not JSON yet (a framework rejection) in the envelope.
+pub async fn front(State(limit): State<BodyLimit>, mut req: Request, next: Next) -> Response {
     let id = match req.headers().get(&X_REQUEST_ID) {
         Some(v) if acceptable_id(v) => v.clone(),
         _ => {
@@ -180,7 +173,8 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
         }
     };
     req.extensions_mut().insert(RequestId(id.clone()));
-    let mut resp = next.run(req).await;
+    req.extensions_mut().insert(limit);
+    let mut resp = api::envelope(next.run(req).await, limit);
     resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
     resp
 }

@@ -1,8 +1,8 @@
 //! The gateway on :8000: one OpenAI-compatible surface in front of every engine.
 //!
-//! Layers, outermost first: request id → envelope for framework rejections → CORS (only
-//! when origins are configured) → API key → draining/in-flight tracking → body read limits
-//! → routes. API routes are proxied by `proxy` to a replica chosen by `balance` from the
+//! Layers, outermost first: request id and envelope for framework rejections (one layer) →
+//! CORS (only when origins are configured) → API key → routes; proxied routes then admit
+//! (draining, in-flight tracking) and read the body within its limits themselves. API routes are proxied by `proxy` to a replica chosen by `balance` from the
 //! table in `backends` (which the supervisor keeps up to date); `status` and
 //! `metrics_merge` answer the gateway's own endpoints. [`serve`] runs the router on a
 //! hyper-util connection builder so slow header senders are cut off.
@@ -18,6 +18,7 @@ pub mod status;
 use std::collections::HashMap;
 use std::future::Future;
 use std::ops::Deref;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,7 +31,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::api;
@@ -50,8 +50,6 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Probes, scrapes and other control traffic.
     pub client: reqwest::Client,
-    /// The proxy's own lean HTTP/1 client (pooled keep-alive connections to engines).
-    pub upstream: UpstreamClient,
     pub keys: ApiKeys,
     pub inflight: Arc<Inflight>,
     pub limiters: HashMap<String, Arc<ModelLimiter>>,
@@ -62,8 +60,18 @@ pub struct Shared {
 /// The client that carries proxied requests.
 pub type UpstreamClient = hyper_util::client::legacy::Client<
     hyper_util::client::legacy::connect::HttpConnector,
-    axum::body::Body,
+    http_body_util::Full<axum::body::Bytes>,
 >;
+
+/// The proxy's lean HTTP/1 client for the calling thread: each gateway worker keeps its own
+/// pool of keep-alive connections to the engines, so a request and its upstream connection
+/// live on one thread and never wake another.
+pub fn upstream() -> UpstreamClient {
+    thread_local! {
+        static CLIENT: UpstreamClient = upstream_client();
+    }
+    CLIENT.with(UpstreamClient::clone)
+}
 
 fn upstream_client() -> UpstreamClient {
     let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
@@ -111,7 +119,6 @@ impl GatewayState {
             settings,
             metrics: Metrics::new(),
             client,
-            upstream: upstream_client(),
             inflight: Arc::new(Inflight::default()),
             limiters,
             retry_budget: RetryBudget::default(),
@@ -192,15 +199,6 @@ pub fn router(state: GatewayState) -> Router {
             ),
         );
     }
-    let proxied = proxied
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            limits::read_body,
-        ))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            limits::track_inflight,
-        ));
     let mut app = Router::new()
         .route("/health", get(status::health))
         .route("/ready", get(status::ready))
@@ -219,9 +217,8 @@ pub fn router(state: GatewayState) -> Router {
     }
     app.layer(middleware::from_fn_with_state(
         api::BodyLimit(state.settings.max_body_bytes),
-        api::envelope_errors,
+        limits::front,
     ))
-    .layer(middleware::from_fn(limits::request_id))
     .with_state(state)
 }
 
@@ -248,16 +245,99 @@ fn cors(settings: &Settings) -> Option<tower_http::cors::CorsLayer> {
 /// Time open connections get to finish once `serve`'s shutdown fired.
 const CONNECTION_GRACE: Duration = Duration::from_secs(1);
 
+/// The number of gateway workers for a `gateway_threads` setting (0: one per core).
+pub fn worker_count(setting: usize) -> usize {
+    match setting {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
 /// Serves the gateway on `listener` until `shutdown` completes, then stops accepting and
 /// gives open connections [`CONNECTION_GRACE`] to finish. Draining (503 for new requests,
 /// waiting for in-flight ones) is the caller's job before `shutdown` fires.
+///
+/// Connections are served by `gateway_threads` workers, each a single-threaded event loop,
+/// like the worker processes of a classic proxy: a connection, its requests and their
+/// upstream connections stay on one thread, which saves the cross-thread wake-ups of a
+/// work-stealing pool on every request. The accept loop hands each new connection to the
+/// worker with the fewest open ones.
 pub async fn serve(
     listener: TcpListener,
     state: GatewayState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let header_timeout = Duration::from_secs(state.settings.header_read_timeout_secs.max(1));
-    let app = router(state);
+    let app = router(state.clone());
+    let mut workers = Vec::new();
+    let mut finished = Vec::new();
+    for i in 0..worker_count(state.settings.gateway_threads) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let open = Arc::new(AtomicUsize::new(0));
+        let (done, finished_rx) = tokio::sync::oneshot::channel();
+        let (app, count) = (app.clone(), open.clone());
+        std::thread::Builder::new()
+            .name(format!("gateway-{i}"))
+            .spawn(move || {
+                let served = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map(|rt| rt.block_on(serve_worker(rx, app, header_timeout, count)));
+                let _ = done.send(served);
+            })?;
+        workers.push((tx, open));
+        finished.push(finished_rx);
+    }
+    tokio::pin!(shutdown);
+    loop {
+        let socket = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((socket, _peer)) => socket,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = socket.set_nodelay(true);
+        let Ok(socket) = socket.into_std() else {
+            continue;
+        };
+        let Some((tx, open)) = workers
+            .iter()
+            .min_by_key(|(_, open)| open.load(Ordering::Relaxed))
+        else {
+            break;
+        };
+        open.fetch_add(1, Ordering::Relaxed);
+        if tx.send(socket).is_err() {
+            open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    drop(listener);
+    drop(workers);
+    let mut result = Ok(());
+    for rx in finished {
+        match rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => result = Err(e),
+            Err(_) => result = Err(std::io::Error::other("a gateway worker panicked")),
+        }
+    }
+    result
+}
+
+/// One worker: serves the connections it is handed until the accept loop stops, then gives
+/// them [`CONNECTION_GRACE`] to finish.
+async fn serve_worker(
+    mut incoming: tokio::sync::mpsc::UnboundedReceiver<std::net::TcpStream>,
+    app: Router,
+    header_timeout: Duration,
+    open: Arc<AtomicUsize>,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -266,42 +346,31 @@ pub async fn serve(
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let stop = CancellationToken::new();
-    let stop_on = stop.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        stop_on.cancel();
-    });
-    loop {
-        let (socket, _peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    // Out of file descriptors and the like: pause instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.cancelled() => break,
+    while let Some(socket) = incoming.recv().await {
+        let socket = match tokio::net::TcpStream::from_std(socket) {
+            Ok(s) => s,
+            Err(e) => {
+                open.fetch_sub(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "could not take a connection");
+                continue;
+            }
         };
-        let _ = socket.set_nodelay(true);
         let svc = TowerToHyperService::new(
             app.clone()
                 .map_request(|r: Request<hyper::body::Incoming>| r.map(axum::body::Body::new)),
         );
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(socket), svc);
         let conn = graceful.watch(conn.into_owned());
+        let open = open.clone();
         tokio::spawn(async move {
             let _ = conn.await;
+            open.fetch_sub(1, Ordering::Relaxed);
         });
     }
-    drop(listener);
     if tokio::time::timeout(CONNECTION_GRACE, graceful.shutdown())
         .await
         .is_err()
     {
         tracing::warn!("connections still open after the grace period; closing them");
     }
-    Ok(())
 }

@@ -8,20 +8,22 @@
 //! client's body drops the upstream request (the engine sees the disconnect); an upstream
 //! failure mid-SSE ends the stream with a `data: {"error":…}` event.
 
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
+use http_body_util::Full;
 use serde::Deserialize;
 
 use super::backends::{ModelBackend, ModelState, Replica};
 use super::balance::{others_healthy, pick, retry_pause};
-use super::limits::{InflightGuard, X_REQUEST_ID};
+use super::limits::{self, InflightGuard, X_REQUEST_ID};
 use super::GatewayState;
 use crate::api::ApiError;
 use crate::config::ModelKind;
@@ -138,7 +140,7 @@ struct Finish {
     status: StatusCode,
     started: Instant,
     replica: Option<Arc<Replica>>,
-    _inflight: Option<Arc<InflightGuard>>,
+    _inflight: InflightGuard,
     _permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
@@ -164,15 +166,18 @@ impl Drop for Finish {
 /// Handles one API request on a proxied route.
 pub async fn forward(s: GatewayState, spec: RouteSpec, req: Request) -> Response {
     let started = Instant::now();
+    let inflight = match limits::admit(&s) {
+        Ok(g) => g,
+        Err(e) => return e.into_response(),
+    };
     let (parts, body) = req.into_parts();
+    let body = match limits::read_body(&s, body).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
     if !is_json(&parts.headers) {
         return ApiError::unsupported_media_type().into_response();
     }
-    // The body was buffered (with its limits) by the read_body layer.
-    let body = match axum::body::to_bytes(body, usize::MAX).await {
-        Ok(b) => b,
-        Err(_) => return ApiError::invalid("Could not read the request body").into_response(),
-    };
     let (model_name, stream) = match probe(&body) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
@@ -202,7 +207,7 @@ pub async fn forward(s: GatewayState, spec: RouteSpec, req: Request) -> Response
         status: StatusCode::OK,
         started,
         replica: None,
-        _inflight: parts.extensions.get::<Arc<InflightGuard>>().cloned(),
+        _inflight: inflight,
         _permit: permit,
     };
     let path_and_query = parts
@@ -230,13 +235,13 @@ pub async fn forward(s: GatewayState, spec: RouteSpec, req: Request) -> Response
                 rb = rb.header(name, v);
             }
         }
-        let Ok(upstream_req) = rb.body(Body::from(body.clone())) else {
+        let Ok(upstream_req) = rb.body(Full::new(body.clone())) else {
             finish.status = StatusCode::BAD_GATEWAY;
             return ApiError::bad_gateway("The model's engine address is invalid").into_response();
         };
         let sent = Instant::now();
         let limit = Duration::from_secs(s.settings.request_timeout_secs.max(1));
-        let call = s.upstream.request(upstream_req);
+        let call = super::upstream().request(upstream_req);
         let result = if stream {
             call.await
         } else {
@@ -306,54 +311,35 @@ fn upstream_body(model: &ModelBackend, body: Bytes) -> Result<Bytes, ApiError> {
 fn respond(resp: axum::http::Response<hyper::body::Incoming>, mut finish: Finish) -> Response {
     let status = resp.status();
     finish.status = status;
-    let mut headers = HeaderMap::with_capacity(resp.headers().len());
-    for (k, v) in resp.headers() {
-        if !hop_by_hop(k) {
-            headers.append(k.clone(), v.clone());
+    let (parts, upstream) = resp.into_parts();
+    let mut headers = HeaderMap::with_capacity(parts.headers.len());
+    for (k, v) in parts.headers {
+        if let Some(k) = k.filter(|k| !hop_by_hop(k)) {
+            headers.append(k, v);
         }
     }
     let sse = headers
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    let state = BodyState {
-        upstream: Body::new(resp.into_body()).into_data_stream().boxed(),
+    let relay = Relay {
+        upstream,
         sse,
         done: false,
         tail: [b'\n', b'\n'],
         finish,
     };
-    let stream = futures::stream::unfold(state, |mut st| async move {
-        if st.done {
-            return None;
-        }
-        match st.upstream.next().await {
-            Some(Ok(b)) => {
-                st.remember_tail(&b);
-                Some((Ok(b), st))
-            }
-            Some(Err(e)) => {
-                st.done = true;
-                tracing::warn!(model = %st.finish.model.id, error = %e, "upstream failed mid-response");
-                if st.sse {
-                    Some((Ok(st.error_event()), st))
-                } else {
-                    Some((
-                        Err(std::io::Error::other("upstream failed mid-response")),
-                        st,
-                    ))
-                }
-            }
-            None => None,
-        }
-    });
-    let mut out = Response::new(Body::from_stream(stream));
+    let mut out = Response::new(Body::new(relay));
     *out.status_mut() = status;
     *out.headers_mut() = headers;
     out
 }
 
-struct BodyState {
-    upstream: futures::stream::BoxStream<'static, Result<Bytes, axum::Error>>,
+/// The response body relayed from the engine, frame by frame. An upstream failure ends an
+/// SSE stream with an error event (closing a half-written event first) and any other body
+/// with an error, which makes the server abort the response. Dropping it (the client left)
+/// drops the upstream body, which closes the engine connection.
+struct Relay {
+    upstream: hyper::body::Incoming,
     sse: bool,
     done: bool,
     /// The last two bytes sent, to close a half-written SSE event before the error event.
@@ -361,7 +347,55 @@ struct BodyState {
     finish: Finish,
 }
 
-impl BodyState {
+impl http_body::Body for Relay {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match ready!(Pin::new(&mut this.upstream).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(b) = frame.data_ref() {
+                    this.remember_tail(b);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => {
+                this.done = true;
+                tracing::warn!(model = %this.finish.model.id, error = %e, "upstream failed mid-response");
+                Poll::Ready(Some(if this.sse {
+                    Ok(http_body::Frame::data(this.error_event()))
+                } else {
+                    Err(std::io::Error::other("upstream failed mid-response"))
+                }))
+            }
+            None => {
+                this.done = true;
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.upstream.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        if self.done {
+            http_body::SizeHint::with_exact(0)
+        } else {
+            self.upstream.size_hint()
+        }
+    }
+}
+
+impl Relay {
     fn remember_tail(&mut self, b: &[u8]) {
         match b.len() {
             0 => {}
