@@ -2,7 +2,10 @@
 //! operand of the quantised mat-mul kernels in [`super::q4_1`] and [`super::q8_0`].
 //!
 //! Each block keeps its scale `d` and `s = d * Σq` (needed by formats with a per-block minimum,
-//! such as `Q4_1`), both in f32.
+//! such as `Q4_1`), both in f32. The values are stored in the kernels' interleaved layout
+//! ([`super::kernels::slot`]).
+
+use super::kernels::slot;
 
 /// Elements per quantisation block.
 pub const QK: usize = 32;
@@ -28,11 +31,9 @@ impl Q8Act {
         self.qs.resize(rows * cols, 0);
         self.d.resize(nb, 0.0);
         self.s.resize(nb, 0.0);
-        for (b, (xb, qb)) in x
-            .chunks_exact(QK)
-            .zip(self.qs.chunks_exact_mut(QK))
-            .enumerate()
-        {
+        let bpr = cols / QK;
+        let mut qb = [0i8; QK];
+        for (b, xb) in x.chunks_exact(QK).enumerate() {
             // Lane-wise maxima and sums so the loops vectorise.
             let mut m8 = [0f32; 8];
             for c in xb.chunks_exact(8) {
@@ -52,6 +53,14 @@ impl Q8Act {
                     *s += r;
                 }
             }
+            // Slice j (4 values) of block rb goes to slot(.., 4j); the slices are `stride` apart.
+            let (r, rb) = (b / bpr, b % bpr);
+            let row = &mut self.qs[r * cols..(r + 1) * cols];
+            let base = slot(bpr, rb, 0, QK);
+            let stride = slot(bpr, rb, 4, QK) - base;
+            for (j, q4) in qb.chunks_exact(4).enumerate() {
+                row[base + j * stride..base + j * stride + 4].copy_from_slice(q4);
+            }
             self.d[b] = d;
             self.s[b] = d * s8.iter().sum::<i32>() as f32;
         }
@@ -62,7 +71,12 @@ impl Q8Act {
         self.cols / QK
     }
 
-    /// The quantised values, scales and scaled sums of row `r`.
+    /// Element `i` of row `r`, quantised.
+    pub fn value(&self, r: usize, i: usize) -> i8 {
+        self.qs[r * self.cols + slot(self.blocks_per_row(), i / QK, i % QK, QK)]
+    }
+
+    /// The quantised values (interleaved), scales and scaled sums of row `r`.
     pub fn row(&self, r: usize) -> (&[i8], &[f32], &[f32]) {
         let nb = self.blocks_per_row();
         (
@@ -84,9 +98,9 @@ mod tests {
             .collect();
         let mut a = Q8Act::default();
         a.quantize(&x, 1, 64);
-        let (q, d, s) = a.row(0);
+        let (_, d, s) = a.row(0);
         for (i, v) in x.iter().enumerate() {
-            let back = q[i] as f32 * d[i / QK];
+            let back = a.value(0, i) as f32 * d[i / QK];
             assert!(
                 (back - v).abs() <= d[i / QK] * 0.5 + 1e-6,
                 "{i}: {back} vs {v}"

@@ -2,20 +2,39 @@
 //! rows, for the ggml block formats that have a fast path here, `Q4_1` and `Q8_0`.
 //!
 //! Rows are repacked at load ([`pack_q4_1`], [`pack_q8_0`]) from ggml's array of blocks into
-//! arrays of values then scales, so the kernels load 16 scales with one instruction:
-//! * `Q4_1` row: `nb × 16` bytes of nibbles (element `j` in the low nibble of byte `j`,
-//!   element `j + 16` in the high one), `nb` f16 scales `d`, `nb` f16 minima `m`;
-//!   value = d·q + m;
+//! *interleaved groups* of up to [`GROUP`] blocks, then the scales:
+//! * within a group of `r` blocks, the bytes of a block are cut into 4-byte slices and slice
+//!   `j` of every block is stored together (block 0's four bytes, block 1's, … block `r-1`'s),
+//!   slice after slice. One 64-byte load thus holds the same four elements of sixteen blocks,
+//!   and a `vpdpbusd` accumulates one block per 32-bit lane: a block's integer dot product is
+//!   complete after its slices, and the float scales are applied once per group, not once per
+//!   block pair;
+//! * `Q4_1` row: `nb × 16` bytes of nibbles (byte `i` of a block holds element `i` in its low
+//!   nibble and element `i + 16` in its high one, as in ggml), `nb` f16 scales `d`, `nb` f16
+//!   minima `m`; value = d·q + m;
 //! * `Q8_0` row: `nb × 32` bytes `q + 128` (offset binary), `nb` f16 scales; value = d·q.
 //!
-//! Both are thus "unsigned bytes × scale + minimum" (Q8_0's minimum is −128·d), which is what
-//! `vpdpbusd` (unsigned × signed bytes) wants. Kernels: portable scalar, AVX2, and AVX-512
-//! VNNI on two blocks per 512-bit register. [`Isa::detect`] picks one at run time; the tests
-//! compare every level the machine supports with the dequantised dot product.
+//! Activations use the same interleaving ([`slot`]). Both formats are thus "unsigned bytes ×
+//! scale + minimum" (Q8_0's minimum is −128·d), which is what `vpdpbusd` (unsigned × signed
+//! bytes) wants. Kernels: portable scalar, AVX2, and AVX-512 VNNI. [`Isa::detect`] picks one
+//! at run time; the tests compare every level the machine supports with the dequantised dot
+//! product.
 
 use super::act::QK;
 
-/// One activation row as seen by the kernels: quantised values, block scales, scaled sums.
+/// Blocks per interleaved group.
+pub const GROUP: usize = 16;
+
+/// Where byte `i` of block `b` lives in an interleaved row of `nb` blocks of `bpb` bytes.
+#[inline]
+pub fn slot(nb: usize, b: usize, i: usize, bpb: usize) -> usize {
+    let (g, l) = (b / GROUP * GROUP, b % GROUP);
+    let r = GROUP.min(nb - g);
+    g * bpb + (i / 4) * 4 * r + l * 4 + i % 4
+}
+
+/// One activation row as seen by the kernels: quantised values (interleaved), block scales,
+/// scaled sums.
 #[derive(Clone, Copy)]
 pub struct ActRow<'a> {
     pub qs: &'a [i8],
@@ -79,7 +98,9 @@ pub fn pack_q4_1(ggml: &[u8], row_bytes: usize) -> Vec<u8> {
         .zip(out.chunks_exact_mut(row_bytes))
     {
         for (b, blk) in src.chunks_exact(Q4_1_BYTES).enumerate() {
-            dst[b * 16..(b + 1) * 16].copy_from_slice(&blk[4..20]);
+            for i in 0..16 {
+                dst[slot(nb, b, i, 16)] = blk[4 + i];
+            }
             dst[nb * 16 + 2 * b..nb * 16 + 2 * b + 2].copy_from_slice(&blk[0..2]);
             dst[nb * 18 + 2 * b..nb * 18 + 2 * b + 2].copy_from_slice(&blk[2..4]);
         }
@@ -96,8 +117,8 @@ pub fn pack_q8_0(ggml: &[u8], row_bytes: usize) -> Vec<u8> {
         .zip(out.chunks_exact_mut(row_bytes))
     {
         for (b, blk) in src.chunks_exact(Q8_0_BYTES).enumerate() {
-            for j in 0..QK {
-                dst[b * QK + j] = blk[2 + j] ^ 0x80;
+            for i in 0..QK {
+                dst[slot(nb, b, i, QK)] = blk[2 + i] ^ 0x80;
             }
             dst[nb * QK + 2 * b..nb * QK + 2 * b + 2].copy_from_slice(&blk[0..2]);
         }
@@ -110,10 +131,10 @@ pub fn dequant_q4_1(row: &[u8], out: &mut [f32]) {
     let nb = row.len() / Q4_1_BYTES;
     for (b, o) in out.chunks_exact_mut(QK).enumerate().take(nb) {
         let (d, m) = (f16_at(row, nb * 16 + 2 * b), f16_at(row, nb * 18 + 2 * b));
-        for j in 0..16 {
-            let q = row[b * 16 + j];
-            o[j] = d * (q & 0xF) as f32 + m;
-            o[j + 16] = d * (q >> 4) as f32 + m;
+        for i in 0..16 {
+            let q = row[slot(nb, b, i, 16)];
+            o[i] = d * (q & 0xF) as f32 + m;
+            o[i + 16] = d * (q >> 4) as f32 + m;
         }
     }
 }
@@ -123,15 +144,16 @@ pub fn dequant_q8_0(row: &[u8], out: &mut [f32]) {
     let nb = row.len() / Q8_0_BYTES;
     for (b, o) in out.chunks_exact_mut(QK).enumerate().take(nb) {
         let d = f16_at(row, nb * QK + 2 * b);
-        for j in 0..QK {
-            o[j] = d * (row[b * QK + j] as i32 - 128) as f32;
+        for (i, v) in o.iter_mut().enumerate() {
+            *v = d * (row[slot(nb, b, i, QK)] as i32 - 128) as f32;
         }
     }
 }
 
-/// Portable kernel for both formats (`Q8` selects the format).
+/// Portable kernel for both formats (`Q8` selects the format): per block, the exact integer
+/// dot product, then `d·dx·Σ + m·s`.
 fn scalar<const N: usize, const Q8: bool>(row: &[u8], xs: &[ActRow<'_>; N], out: &mut [f32; N]) {
-    let (bb, nb) = if Q8 {
+    let (bpb, nb) = if Q8 {
         (QK, row.len() / Q8_0_BYTES)
     } else {
         (16, row.len() / Q4_1_BYTES)
@@ -139,23 +161,20 @@ fn scalar<const N: usize, const Q8: bool>(row: &[u8], xs: &[ActRow<'_>; N], out:
     for (n, x) in xs.iter().enumerate() {
         let mut acc = 0f32;
         for b in 0..nb {
-            let d = f16_at(row, nb * bb + 2 * b);
+            let d = f16_at(row, nb * bpb + 2 * b);
             let m = if Q8 {
                 -128.0 * d
             } else {
                 f16_at(row, nb * 18 + 2 * b)
             };
-            let q = &x.qs[b * QK..(b + 1) * QK];
-            let w = &row[b * bb..(b + 1) * bb];
+            let q = |i: usize| x.qs[slot(nb, b, i, QK)] as i32;
             let mut isum = 0i32;
-            if Q8 {
-                for j in 0..QK {
-                    isum += w[j] as i32 * q[j] as i32;
-                }
-            } else {
-                for j in 0..16 {
-                    isum +=
-                        (w[j] & 0xF) as i32 * q[j] as i32 + (w[j] >> 4) as i32 * q[j + 16] as i32;
+            for i in 0..bpb {
+                let w = row[slot(nb, b, i, bpb)] as i32;
+                if Q8 {
+                    isum += w * q(i);
+                } else {
+                    isum += (w & 0xF) * q(i) + (w >> 4) * q(i + 16);
                 }
             }
             acc += d * x.d[b] * isum as f32 + m * x.s[b];
@@ -166,7 +185,7 @@ fn scalar<const N: usize, const Q8: bool>(row: &[u8], xs: &[ActRow<'_>; N], out:
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{ActRow, Q4_1_BYTES, Q8_0_BYTES, QK};
+    use super::{ActRow, GROUP, Q4_1_BYTES, Q8_0_BYTES, QK};
     use std::arch::x86_64::*;
 
     #[inline(always)]
@@ -176,125 +195,202 @@ mod x86 {
         _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
     }
 
+    /// Loads `len` (≤ 32) bytes at `p`, zero-filling the rest.
     #[inline(always)]
-    unsafe fn f16(p: *const u8) -> f32 {
-        let bits = (p as *const u16).read_unaligned();
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    unsafe fn load32(p: *const u8, len: usize) -> __m256i {
+        if len == 32 {
+            _mm256_loadu_si256(p as *const __m256i)
+        } else {
+            let mut tmp = [0u8; 32];
+            std::ptr::copy_nonoverlapping(p, tmp.as_mut_ptr(), len);
+            _mm256_loadu_si256(tmp.as_ptr() as *const __m256i)
+        }
     }
 
-    /// AVX2, one block at a time (`maddubs` cannot take Q8_0's offset bytes without
-    /// saturating, so Q8_0 goes back to signed bytes and the sign trick).
+    /// Loads `len` (≤ 8) f16 values at `p` as f32, zero-filling the rest.
+    #[inline(always)]
+    unsafe fn load_f16x8(p: *const i16, len: usize) -> __m256 {
+        let mut tmp = [0i16; 8];
+        std::ptr::copy_nonoverlapping(p, tmp.as_mut_ptr(), len);
+        _mm256_cvtph_ps(_mm_loadu_si128(tmp.as_ptr() as *const __m128i))
+    }
+
+    /// Loads `len` (≤ 8) f32 values at `p`, zero-filling the rest.
+    #[inline(always)]
+    unsafe fn load_f32x8(p: *const f32, len: usize) -> __m256 {
+        let mut tmp = [0f32; 8];
+        std::ptr::copy_nonoverlapping(p, tmp.as_mut_ptr(), len);
+        _mm256_loadu_ps(tmp.as_ptr())
+    }
+
+    /// AVX2: eight blocks per register (half a group). `maddubs` cannot take Q8_0's offset
+    /// bytes without saturating, so Q8_0 goes back to signed bytes and the sign trick.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn avx2<const N: usize, const Q8: bool>(
         row: &[u8],
         xs: &[ActRow<'_>; N],
         out: &mut [f32; N],
     ) {
-        let (bb, nb) = if Q8 {
+        let (bpb, nb) = if Q8 {
             (QK, row.len() / Q8_0_BYTES)
         } else {
             (16, row.len() / Q4_1_BYTES)
         };
-        let p = row.as_ptr();
-        let m4 = _mm_set1_epi8(0xF);
+        let qs = row.as_ptr();
+        let dp = qs.add(nb * bpb) as *const i16;
+        let mp = dp.add(nb);
+        let m4 = _mm256_set1_epi8(0xF);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); N];
-        let mut accm = [0f32; N];
-        for b in 0..nb {
-            let d = f16(p.add(nb * bb + 2 * b));
-            let m = if Q8 { 0.0 } else { f16(p.add(nb * 18 + 2 * b)) };
-            let w = if Q8 {
-                _mm256_xor_si256(
-                    _mm256_loadu_si256(p.add(b * QK) as *const __m256i),
-                    _mm256_set1_epi8(-128),
-                )
-            } else {
-                let q = _mm_loadu_si128(p.add(b * 16) as *const __m128i);
-                let lo = _mm_and_si128(q, m4);
-                let hi = _mm_and_si128(_mm_srli_epi16(q, 4), m4);
-                _mm256_set_m128i(hi, lo)
-            };
-            let aw = if Q8 { _mm256_sign_epi8(w, w) } else { w };
-            for n in 0..N {
-                let x = &xs[n];
-                let mut xv = _mm256_loadu_si256(x.qs.as_ptr().add(b * QK) as *const __m256i);
+        let mut accm = [_mm256_setzero_ps(); N];
+        let mut g = 0;
+        while g < nb {
+            let r = (nb - g).min(GROUP);
+            let step = 4 * r;
+            for h in 0..r.div_ceil(8) {
+                let lanes = (r - 8 * h).min(8);
+                let len = 4 * lanes;
+                let b0 = g + 8 * h;
+                let wbase = qs.add(g * bpb + 32 * h);
+                let dw = load_f16x8(dp.add(b0), lanes);
+                let mut isum = [_mm256_setzero_si256(); N];
                 if Q8 {
-                    xv = _mm256_sign_epi8(xv, w);
+                    for j in 0..8 {
+                        let w = _mm256_xor_si256(
+                            load32(wbase.add(j * step), len),
+                            _mm256_set1_epi8(-128),
+                        );
+                        let aw = _mm256_sign_epi8(w, w);
+                        for n in 0..N {
+                            let xp = xs[n].qs.as_ptr().add(g * QK + 32 * h) as *const u8;
+                            let xv = _mm256_sign_epi8(load32(xp.add(j * step), len), w);
+                            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, xv), ones);
+                            isum[n] = _mm256_add_epi32(isum[n], p);
+                        }
+                    }
+                } else {
+                    for j in 0..4 {
+                        let v = load32(wbase.add(j * step), len);
+                        let lo = _mm256_and_si256(v, m4);
+                        let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                        for n in 0..N {
+                            let xp = xs[n].qs.as_ptr().add(g * QK + 32 * h) as *const u8;
+                            let xl = load32(xp.add(j * step), len);
+                            let xh = load32(xp.add((j + 4) * step), len);
+                            let p = _mm256_add_epi16(
+                                _mm256_maddubs_epi16(lo, xl),
+                                _mm256_maddubs_epi16(hi, xh),
+                            );
+                            isum[n] = _mm256_add_epi32(isum[n], _mm256_madd_epi16(p, ones));
+                        }
+                    }
                 }
-                let p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, xv), ones);
-                let sc = _mm256_set1_ps(d * *x.d.get_unchecked(b));
-                acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), sc, acc[n]);
-                if !Q8 {
-                    accm[n] += m * *x.s.get_unchecked(b);
+                let mw = if Q8 {
+                    _mm256_setzero_ps()
+                } else {
+                    load_f16x8(mp.add(b0), lanes)
+                };
+                for n in 0..N {
+                    let x = &xs[n];
+                    let sc = _mm256_mul_ps(dw, load_f32x8(x.d.as_ptr().add(b0), lanes));
+                    acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[n]), sc, acc[n]);
+                    if !Q8 {
+                        let sx = load_f32x8(x.s.as_ptr().add(b0), lanes);
+                        accm[n] = _mm256_fmadd_ps(mw, sx, accm[n]);
+                    }
                 }
             }
+            g += GROUP;
         }
         for n in 0..N {
-            out[n] = hsum(acc[n]) + accm[n];
+            out[n] = hsum(_mm256_add_ps(acc[n], accm[n]));
         }
     }
 
-    /// AVX-512 VNNI, two blocks per register and sixteen scales per load.
+    /// The integer block sums of one group (`step` bytes per slice) against every row, in
+    /// two halves; `load` reads one slice (plain for whole groups, masked for the last).
+    #[inline(always)]
+    unsafe fn group512<const N: usize, const Q8: bool>(
+        wbase: *const i8,
+        xs: &[ActRow<'_>; N],
+        xoff: usize,
+        step: usize,
+        load: impl Fn(*const i8) -> __m512i,
+    ) -> ([__m512i; N], [__m512i; N]) {
+        let mut ia = [_mm512_setzero_si512(); N];
+        let mut ib = [_mm512_setzero_si512(); N];
+        if Q8 {
+            for j in (0..8).step_by(2) {
+                let w0 = load(wbase.add(j * step));
+                let w1 = load(wbase.add((j + 1) * step));
+                for n in 0..N {
+                    let xp = xs[n].qs.as_ptr().add(xoff);
+                    ia[n] = _mm512_dpbusd_epi32(ia[n], w0, load(xp.add(j * step)));
+                    ib[n] = _mm512_dpbusd_epi32(ib[n], w1, load(xp.add((j + 1) * step)));
+                }
+            }
+        } else {
+            let m4 = _mm512_set1_epi8(0xF);
+            for j in 0..4 {
+                let v = load(wbase.add(j * step));
+                let lo = _mm512_and_si512(v, m4);
+                let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+                for n in 0..N {
+                    let xp = xs[n].qs.as_ptr().add(xoff);
+                    ia[n] = _mm512_dpbusd_epi32(ia[n], lo, load(xp.add(j * step)));
+                    ib[n] = _mm512_dpbusd_epi32(ib[n], hi, load(xp.add((j + 4) * step)));
+                }
+            }
+        }
+        (ia, ib)
+    }
+
+    /// AVX-512 VNNI: a whole group per register, one block per 32-bit lane.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     pub unsafe fn avx512<const N: usize, const Q8: bool>(
         row: &[u8],
         xs: &[ActRow<'_>; N],
         out: &mut [f32; N],
     ) {
-        let (bb, nb) = if Q8 {
+        let (bpb, nb) = if Q8 {
             (QK, row.len() / Q8_0_BYTES)
         } else {
             (16, row.len() / Q4_1_BYTES)
         };
         let qs = row.as_ptr();
-        let dp = qs.add(nb * bb) as *const i16;
+        let dp = qs.add(nb * bpb) as *const i16;
         let mp = dp.add(nb);
-        let m4 = _mm256_set1_epi8(0xF);
-        // Lanes 0-7 take the scale of the pair's first block, lanes 8-15 of its second.
-        let pair_idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
         let mut acc = [_mm512_setzero_ps(); N];
         let mut accm = [_mm512_setzero_ps(); N];
         let mut g = 0;
         while g < nb {
-            let r = (nb - g).min(16);
+            let r = (nb - g).min(GROUP);
+            let step = 4 * r;
             let m16 = ((1u32 << r) - 1) as __mmask16;
+            let lanes: __mmask64 = if r == GROUP { !0 } else { (1u64 << step) - 1 };
             let dw = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m16, dp.add(g)));
             let mw = if Q8 {
                 _mm512_mul_ps(dw, _mm512_set1_ps(-128.0))
             } else {
                 _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m16, mp.add(g)))
             };
-            let mut sc = [_mm512_setzero_ps(); N];
+            let wbase = qs.add(g * bpb) as *const i8;
+            let xoff = g * QK;
+            // Two integer accumulators per row keep two dependency chains in flight.
+            let (ia, ib) = if r == GROUP {
+                group512::<N, Q8>(wbase, xs, xoff, 64, |p| _mm512_loadu_si512(p as *const _))
+            } else {
+                group512::<N, Q8>(wbase, xs, xoff, step, |p| _mm512_maskz_loadu_epi8(lanes, p))
+            };
             for n in 0..N {
                 let x = &xs[n];
-                sc[n] = _mm512_mul_ps(dw, _mm512_maskz_loadu_ps(m16, x.d.as_ptr().add(g)));
+                let sc = _mm512_mul_ps(dw, _mm512_maskz_loadu_ps(m16, x.d.as_ptr().add(g)));
+                let isum = _mm512_add_epi32(ia[n], ib[n]);
+                acc[n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), sc, acc[n]);
                 accm[n] =
                     _mm512_fmadd_ps(mw, _mm512_maskz_loadu_ps(m16, x.s.as_ptr().add(g)), accm[n]);
             }
-            for p in 0..r.div_ceil(2) {
-                let b = g + 2 * p;
-                let two = b + 1 < nb;
-                let xmask: __mmask64 = if two { !0 } else { (1u64 << 32) - 1 };
-                let w = if Q8 {
-                    _mm512_maskz_loadu_epi8(xmask, qs.add(b * QK) as *const i8)
-                } else {
-                    let wm: __mmask32 = if two { !0 } else { 0xFFFF };
-                    let w32 = _mm256_maskz_loadu_epi8(wm, qs.add(b * 16) as *const i8);
-                    let lo = _mm256_and_si256(w32, m4);
-                    let hi = _mm256_and_si256(_mm256_srli_epi16(w32, 4), m4);
-                    // [lo0, lo1, hi0, hi1] → [lo0, hi0, lo1, hi1]: block order of the activations.
-                    let z = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-                    _mm512_shuffle_i64x2(z, z, 0xD8)
-                };
-                let idx = _mm512_add_epi32(pair_idx, _mm512_set1_epi32(2 * p as i32));
-                for n in 0..N {
-                    let xv = _mm512_maskz_loadu_epi8(xmask, xs[n].qs.as_ptr().add(b * QK));
-                    let d32 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, xv);
-                    let s = _mm512_permutexvar_ps(idx, sc[n]);
-                    acc[n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d32), s, acc[n]);
-                }
-            }
-            g += 16;
+            g += GROUP;
         }
         for n in 0..N {
             out[n] = _mm512_reduce_add_ps(_mm512_add_ps(acc[n], accm[n]));
@@ -418,11 +514,10 @@ mod tests {
             }
             for r in 0..4 {
                 // The kernels must equal the dot product of the dequantised operands.
-                let (q, d, _) = a.row(r);
-                let exact: f32 = (0..cols).map(|i| w[i] * q[i] as f32 * d[i / QK]).sum();
-                let scale: f32 = (0..cols)
-                    .map(|i| (w[i] * q[i] as f32 * d[i / QK]).abs())
-                    .sum();
+                let (_, d, _) = a.row(r);
+                let q = |i: usize| a.value(r, i) as f32;
+                let exact: f32 = (0..cols).map(|i| w[i] * q(i) * d[i / QK]).sum();
+                let scale: f32 = (0..cols).map(|i| (w[i] * q(i) * d[i / QK]).abs()).sum();
                 assert!(
                     (got4[r] - exact).abs() <= 1e-4 * scale.max(1.0),
                     "{isa:?} {fmt} {cols} row {r}: {} vs {exact}",
