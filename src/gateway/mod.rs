@@ -2,10 +2,11 @@
 //!
 //! Layers, outermost first: request id and envelope for framework rejections (one layer) →
 //! CORS (only when origins are configured) → API key → routes; proxied routes then admit
-//! (draining, in-flight tracking) and read the body within its limits themselves. API routes are proxied by `proxy` to a replica chosen by `balance` from the
-//! table in `backends` (which the supervisor keeps up to date); `status` and
-//! `metrics_merge` answer the gateway's own endpoints. [`serve`] runs the router on a
-//! hyper-util connection builder so slow header senders are cut off.
+//! (draining, in-flight tracking) and read the body within its limits themselves. API
+//! routes are proxied by `proxy` to a replica chosen by `balance` from the table in
+//! `backends` (which the supervisor keeps up to date); `status` and `metrics_merge` answer
+//! the gateway's own endpoints. [`serve`] runs the router on per-core workers with a
+//! hyper-util connection builder that cuts slow header senders off.
 
 pub mod auth;
 pub mod backends;
@@ -268,27 +269,32 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let header_timeout = Duration::from_secs(state.settings.header_read_timeout_secs.max(1));
-    let app = router(state.clone());
-    let mut workers = Vec::new();
-    let mut finished = Vec::new();
-    for i in 0..worker_count(state.settings.gateway_threads) {
+    let count = worker_count(state.settings.gateway_threads);
+    let app = router(state);
+    let mut workers = Vec::with_capacity(count);
+    let mut finished = Vec::with_capacity(count);
+    for i in 0..count {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let open = Arc::new(AtomicUsize::new(0));
-        let (done, finished_rx) = tokio::sync::oneshot::channel();
-        let (app, count) = (app.clone(), open.clone());
+        let worker = Worker {
+            tx,
+            open: Arc::new(AtomicUsize::new(0)),
+        };
+        let (app, open) = (app.clone(), worker.open.clone());
+        let (done, finished_rx) = tokio::sync::oneshot::channel::<()>();
         std::thread::Builder::new()
             .name(format!("gateway-{i}"))
             .spawn(move || {
-                let served = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map(|rt| rt.block_on(serve_worker(rx, app, header_timeout, count)));
-                let _ = done.send(served);
+                rt.block_on(serve_worker(rx, app, header_timeout, open));
+                let _ = done.send(());
             })?;
-        workers.push((tx, open));
+        workers.push(worker);
         finished.push(finished_rx);
     }
     tokio::pin!(shutdown);
+    let mut result = Ok(());
     loop {
         let socket = tokio::select! {
             r = listener.accept() => match r {
@@ -306,28 +312,47 @@ pub async fn serve(
         let Ok(socket) = socket.into_std() else {
             continue;
         };
-        let Some((tx, open)) = workers
-            .iter()
-            .min_by_key(|(_, open)| open.load(Ordering::Relaxed))
-        else {
+        if let Err(e) = hand_over(&mut workers, socket) {
+            result = Err(e);
             break;
-        };
-        open.fetch_add(1, Ordering::Relaxed);
-        if tx.send(socket).is_err() {
-            open.fetch_sub(1, Ordering::Relaxed);
         }
     }
     drop(listener);
     drop(workers);
-    let mut result = Ok(());
     for rx in finished {
-        match rx.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => result = Err(e),
-            Err(_) => result = Err(std::io::Error::other("a gateway worker panicked")),
+        if rx.await.is_err() {
+            result = Err(std::io::Error::other("a gateway worker panicked"));
         }
     }
     result
+}
+
+/// The accept loop's handle on a worker: its inbox and its count of open connections.
+struct Worker {
+    tx: tokio::sync::mpsc::UnboundedSender<std::net::TcpStream>,
+    open: Arc<AtomicUsize>,
+}
+
+/// Gives `socket` to the worker with the fewest open connections. A worker that has
+/// stopped (its inbox is closed) is dropped from the list and the next one is tried; an
+/// error only when none is left.
+fn hand_over(workers: &mut Vec<Worker>, mut socket: std::net::TcpStream) -> std::io::Result<()> {
+    loop {
+        let Some(i) = (0..workers.len()).min_by_key(|&i| workers[i].open.load(Ordering::Relaxed))
+        else {
+            return Err(std::io::Error::other("every gateway worker has stopped"));
+        };
+        let w = &workers[i];
+        w.open.fetch_add(1, Ordering::Relaxed);
+        match w.tx.send(socket) {
+            Ok(()) => return Ok(()),
+            Err(back) => {
+                tracing::error!(worker = i, "a gateway worker has stopped");
+                socket = back.0;
+                workers.swap_remove(i);
+            }
+        }
+    }
 }
 
 /// One worker: serves the connections it is handed until the accept loop stops, then gives
@@ -372,5 +397,41 @@ async fn serve_worker(
         .is_err()
     {
         tracing::warn!("connections still open after the grace period; closing them");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn socket() -> std::net::TcpStream {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn connections_go_to_the_least_loaded_live_worker() {
+        let mut inboxes = Vec::new();
+        let mut workers: Vec<Worker> = (0..3)
+            .map(|i| {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                inboxes.push(rx);
+                Worker {
+                    tx,
+                    open: Arc::new(AtomicUsize::new([2, 1, 0][i])),
+                }
+            })
+            .collect();
+        // Worker 2 has the fewest connections but has stopped: worker 1 gets the socket.
+        inboxes.pop();
+        hand_over(&mut workers, socket()).unwrap();
+        assert_eq!(workers.len(), 2);
+        assert!(inboxes[1].try_recv().is_ok());
+        assert!(inboxes[0].try_recv().is_err());
+        assert_eq!(workers[1].open.load(Ordering::Relaxed), 2);
+        // With every worker gone, handing over is an error.
+        inboxes.clear();
+        assert!(hand_over(&mut workers, socket()).is_err());
+        assert!(workers.is_empty());
     }
 }
