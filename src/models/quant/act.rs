@@ -1,5 +1,5 @@
 //! Activations quantised to 8 bits in blocks of 32 (the `Q8_1` idea of ggml): the left-hand
-//! operand of the quantised mat-mul kernels in [`super::q4_1`] and [`super::q8_0`].
+//! operand of the quantised mat-mul kernels in [`super::kernels`].
 //!
 //! Each block keeps its scale `d` and `s = d * Σq` (needed by formats with a per-block minimum,
 //! such as `Q4_1`), both in f32. The values are stored in the kernels' interleaved layout

@@ -210,6 +210,9 @@ mod x86 {
     /// Loads `len` (≤ 8) f16 values at `p` as f32, zero-filling the rest.
     #[inline(always)]
     unsafe fn load_f16x8(p: *const i16, len: usize) -> __m256 {
+        if len == 8 {
+            return _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
+        }
         let mut tmp = [0i16; 8];
         std::ptr::copy_nonoverlapping(p, tmp.as_mut_ptr(), len);
         _mm256_cvtph_ps(_mm_loadu_si128(tmp.as_ptr() as *const __m128i))
@@ -218,6 +221,9 @@ mod x86 {
     /// Loads `len` (≤ 8) f32 values at `p`, zero-filling the rest.
     #[inline(always)]
     unsafe fn load_f32x8(p: *const f32, len: usize) -> __m256 {
+        if len == 8 {
+            return _mm256_loadu_ps(p);
+        }
         let mut tmp = [0f32; 8];
         std::ptr::copy_nonoverlapping(p, tmp.as_mut_ptr(), len);
         _mm256_loadu_ps(tmp.as_ptr())

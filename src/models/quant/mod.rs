@@ -323,8 +323,7 @@ fn gemm_blocks(
         })
         .collect();
     let threads = rayon::current_num_threads().max(1);
-    // Whole cache lines of output per task (16 floats), so two tasks never share a line.
-    let chunk = (rows / (threads * 8)).clamp(4, 64).next_multiple_of(16);
+    let chunk = (rows / (threads * 8)).clamp(4, 64);
     let nchunks = rows.div_ceil(chunk);
     let ptr = SharedOut(out.as_mut_ptr());
     // A task owns `chunk` weight rows and runs every activation row against them, four at a
