@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Gateway overhead vs nginx, back to back, in front of the same backend (the mock engine
 # answering a small fixed JSON): p50 latency at concurrency 1 and requests/s at
-# concurrency 32, measured with wrk. Also times a cold start of `trident serve` with the
+# concurrency 32, measured with wrk, plus the proxy's own CPU time per request (user +
+# system, from /proc/PID/stat around each run). Also times a cold start of `trident serve` with the
 # default CPU models to /ready. Needs nginx and wrk (apt-get install -y nginx-light wrk).
 #
 #   scripts/bench/proxy.sh [path/to/trident]   (default: the release build)
@@ -23,11 +24,13 @@ pids+=($!)
 wait_http "http://127.0.0.1:$backend/health"
 nginx_pid=$("${PEERS_DIR:-../shared/peers}/nginx_proxy.sh" "$nginx_port" "$backend")
 pids+=("$nginx_pid")
+nginx_workers=$(pgrep -P "$nginx_pid" | tr '\n' ' ')
 cat >"$work/models.json" <<JSON
 {"models": {"bench": {"type": "embedding", "upstream": "http://127.0.0.1:$backend"}}}
 JSON
 "$bin" serve --config "$work/models.json" --host 127.0.0.1 --port "$gw_port" 2>"$work/serve.log" &
-pids+=($!)
+gw_pid=$!
+pids+=("$gw_pid")
 for _ in $(seq 500); do curl -sf -o /dev/null "http://127.0.0.1:$gw_port/ready" && break; sleep 0.02; done
 
 cat >"$work/post.lua" <<'LUA'
@@ -36,28 +39,38 @@ wrk.body = '{"model": "bench", "input": "hello world"}'
 wrk.headers["Content-Type"] = "application/json"
 LUA
 
-run() { # name url connections threads
-  local out
-  out=$(wrk -t"$4" -c"$3" -d"${dur}s" --latency -s "$work/post.lua" "$2/v1/embeddings")
-  local p50 rps
+# CPU ticks (user + system) used so far by the given processes.
+ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
+
+run() { # name url connections threads [pids whose CPU time is the proxy's]
+  local name=$1 url=$2 conns=$3 threads=$4
+  shift 4
+  local out t0 t1
+  t0=$(ticks "$@")
+  out=$(wrk -t"$threads" -c"$conns" -d"${dur}s" --latency -s "$work/post.lua" "$url/v1/embeddings")
+  t1=$(ticks "$@")
+  local p50 rps n non2xx cpu=""
   p50=$(awk '/ 50%/ {print $2}' <<<"$out")
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-  local non2xx
+  n=$(awk '/requests in/ {print $1}' <<<"$out")
   non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
-  printf '%-8s c=%-3s p50=%-10s req/s=%-10s %s\n' "$1" "$3" "$p50" "$rps" "${non2xx:+non-2xx=$non2xx}"
+  if [ $# -gt 0 ] && [ "${n:-0}" -gt 0 ]; then
+    cpu="cpu/req=$(awk -v t=$((t1 - t0)) -v n="$n" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1fus", t / hz / n * 1e6}')"
+  fi
+  printf '%-8s c=%-3s p50=%-10s req/s=%-10s %s %s\n' "$name" "$conns" "$p50" "$rps" "$cpu" "${non2xx:+non-2xx=$non2xx}"
 }
 # The machine is shared and noisy: nginx and trident alternate, each measured twice.
 echo "== concurrency 1 (p50 latency), ${dur}s each"
 run direct "http://127.0.0.1:$backend" 1 1
 for _ in 1 2; do
-  run nginx "http://127.0.0.1:$nginx_port" 1 1
-  run trident "http://127.0.0.1:$gw_port" 1 1
+  run nginx "http://127.0.0.1:$nginx_port" 1 1 $nginx_workers
+  run trident "http://127.0.0.1:$gw_port" 1 1 "$gw_pid"
 done
 echo "== concurrency 32 (throughput), ${dur}s each"
 run direct "http://127.0.0.1:$backend" 32 2
 for _ in 1 2; do
-  run nginx "http://127.0.0.1:$nginx_port" 32 2
-  run trident "http://127.0.0.1:$gw_port" 32 2
+  run nginx "http://127.0.0.1:$nginx_port" 32 2 $nginx_workers
+  run trident "http://127.0.0.1:$gw_port" 32 2 "$gw_pid"
 done
 
 echo "== cold start: trident serve with config/models.json to /ready"
