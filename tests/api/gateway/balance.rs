@@ -8,6 +8,7 @@ use super::{client, Appliance, Opts};
 
 /// Sends `n` requests with `concurrency` workers; counts answers per replica.
 async fn spread(app: &Appliance, n: usize, concurrency: usize) -> HashMap<String, usize> {
+    app.wait_every_replica().await;
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let workers = (0..concurrency).map(|_| {
         let next = next.clone();

@@ -162,6 +162,28 @@ impl Appliance {
         }
     }
 
+    /// Waits until every replica of every model serves. `/ready` is already 200 when one
+    /// replica of each model does; tests that count traffic per replica need them all.
+    pub async fn wait_every_replica(&self) {
+        let all = poll(Duration::from_secs(20), || async {
+            let body: Value = client()
+                .get(self.url("/ready"))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            body["models"]
+                .as_object()?
+                .values()
+                .all(|m| m["replicas_ready"] == m["replicas"])
+                .then_some(())
+        })
+        .await;
+        assert!(all.is_some(), "not every replica became ready");
+    }
+
     /// `/system/info` engines of `model`.
     pub async fn engines(&self, model: &str, key: Option<&str>) -> Vec<Value> {
         let info = get_json(self, "/system/info", key).await;
