@@ -33,6 +33,9 @@ pub enum Command {
     Logs(crate::ops::LogsArgs),
     /// Probe the gateway (the image's HEALTHCHECK): exit 0 iff it answers 200.
     Healthcheck(crate::ops::HealthcheckArgs),
+    /// The offline bundle: pack, verify, load, inspect, keygen, inventory.
+    #[command(subcommand)]
+    Bundle(crate::bundle::BundleCommand),
     /// Run the supervisor (one engine per model) and the gateway.
     Serve(crate::supervisor::ServeArgs),
     /// A fault-injecting stand-in for an engine (tests and benchmarks).

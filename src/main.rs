@@ -149,6 +149,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let code = runtime()?.block_on(trident::bench::rerank::run(args))?;
             Ok(ExitCode::from(code))
         }
+        Command::Bundle(cmd) => Ok(ExitCode::from(trident::bundle::run(cmd)?)),
         // Operator commands: no settings, no logging setup (they run on the host or as the
         // HEALTHCHECK, where TRIDENT_* variables may be host-side names).
         Command::Status(args) => {
