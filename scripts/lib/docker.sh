@@ -39,7 +39,7 @@ compose_cmd() {
 
 # compose_project_args: sets COMPOSE_ARGS to -p and the -f arguments for compose.yaml plus the overrides in use
 # (compose/gpu.yaml when TRIDENT_GPU=1, compose/models-dir.yaml when TRIDENT_MODELS_DIR is
-# set for the container). v1 rejects the top-level `name:` key, so it gets a copy without
+# set for the container, then the files in TRIDENT_COMPOSE_OVERRIDES). v1 rejects the top-level `name:` key, so it gets a copy without
 # it, with the project directory pinned to the repository root.
 compose_project_args() {
   local base="$TRIDENT_ROOT/compose.yaml"
@@ -54,5 +54,11 @@ compose_project_args() {
   fi
   [ "${TRIDENT_GPU:-0}" = 1 ] && COMPOSE_ARGS+=(-f "$TRIDENT_ROOT/compose/gpu.yaml")
   [ -n "${TRIDENT_MODELS_DIR_MOUNT:-}" ] && COMPOSE_ARGS+=(-f "$TRIDENT_ROOT/compose/models-dir.yaml")
+  # Site-specific overrides (comma-separated compose files), applied last.
+  local extra
+  if [ -n "${TRIDENT_COMPOSE_OVERRIDES:-}" ]; then
+    IFS=, read -r -a extra <<<"$TRIDENT_COMPOSE_OVERRIDES"
+    for f in "${extra[@]}"; do COMPOSE_ARGS+=(-f "$f"); done
+  fi
   return 0
 }

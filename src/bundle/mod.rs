@@ -8,7 +8,8 @@
 //! * `parts` — the archive on disk, whole or in fixed-size parts, and its `.sha256` sidecar.
 //! * `entry` — the per-entry validator (no links, devices, `..` or absolute paths).
 //! * `reader` — the single streaming pass that verifies and, for `load`, extracts.
-//! * `pack`, `load`, `install` (the target's installed state and inventory), `docker`.
+//! * `sources` (what pack carries), `pack`, `load`, `install` (the target's installed state
+//!   and inventory), `docker`.
 //!
 //! Heavy work (hashing, gzip, tar) runs on plain threads; only the Docker Engine API calls
 //! are async.
@@ -23,6 +24,7 @@ pub mod parts;
 pub mod progress;
 pub mod reader;
 pub mod sign;
+pub mod sources;
 
 use std::path::{Path, PathBuf};
 

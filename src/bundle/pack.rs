@@ -23,6 +23,7 @@ use super::manifest::{
 };
 use super::parts::{hex, PartWriter};
 use super::progress::{self, Mode, Phase};
+use super::sources::{appliance_files, model_sources, Source};
 use super::BundleError;
 
 /// Default images besides the appliance's: the compose profiles' (packed when present).
@@ -116,208 +117,6 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(v)
 }
 
-/// One file to carry: where it goes in the bundle and where it is now.
-#[derive(Debug, Clone)]
-pub struct Source {
-    pub bundle_path: String,
-    pub disk: PathBuf,
-    pub mode: u32,
-}
-
-/// The non-model files of the bundle, relative to the repository root.
-fn appliance_files(root: &Path, binary: &Path, models_only: bool) -> (Vec<Source>, Vec<String>) {
-    let mut out = Vec::new();
-    let mut missing = Vec::new();
-    let mut add = |bundle: &str, disk: PathBuf, mode: u32| {
-        if disk.is_file() {
-            out.push(Source {
-                bundle_path: bundle.to_string(),
-                disk,
-                mode,
-            });
-        } else {
-            missing.push(format!("{} (for {bundle})", disk.display()));
-        }
-    };
-    for f in walk(&root.join("config")).unwrap_or_default() {
-        let rel = f
-            .strip_prefix(root)
-            .unwrap_or(&f)
-            .to_string_lossy()
-            .into_owned();
-        add(&rel, f, 0o644);
-    }
-    if models_only {
-        return (out, missing);
-    }
-    add("bin/trident", binary.to_path_buf(), 0o755);
-    for (rel, mode) in [
-        ("compose.yaml", 0o644),
-        (".env.example", 0o644),
-        ("deploy.sh", 0o755),
-        ("scripts/lib/docker.sh", 0o644),
-        ("docker/nginx/trident.conf", 0o644),
-    ] {
-        add(rel, root.join(rel), mode);
-    }
-    for dir in ["compose", "monitoring"] {
-        for f in walk(&root.join(dir)).unwrap_or_default() {
-            let rel = f
-                .strip_prefix(root)
-                .unwrap_or(&f)
-                .to_string_lossy()
-                .into_owned();
-            add(&rel, f, 0o644);
-        }
-    }
-    // The offline templates: the target's README and the scripts that need no binary.
-    for (from, to, mode) in [
-        ("offline/README.md", "README.md", 0o644),
-        ("offline/README.zh-CN.md", "README.zh-CN.md", 0o644),
-        ("offline/load_images.sh", "scripts/load_images.sh", 0o755),
-        ("offline/deploy.sh", "scripts/deploy.sh", 0o755),
-    ] {
-        add(to, root.join(from), mode);
-    }
-    (out, missing)
-}
-
-/// Regular files under `dir`, symlinks followed, sorted, hidden names skipped.
-fn walk(dir: &Path) -> io::Result<Vec<PathBuf>> {
-    fn go(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> io::Result<()> {
-        if depth > 16 {
-            return Err(io::Error::other(format!(
-                "{}: nested too deep",
-                dir.display()
-            )));
-        }
-        let mut names: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
-        names.sort_by_key(|e| e.file_name());
-        for e in names {
-            if e.file_name().to_string_lossy().starts_with('.') {
-                continue;
-            }
-            let p = e.path();
-            let meta = std::fs::metadata(&p)?;
-            if meta.is_dir() {
-                go(&p, depth + 1, out)?;
-            } else if meta.is_file() {
-                out.push(p);
-            }
-        }
-        Ok(())
-    }
-    let mut out = Vec::new();
-    go(dir, 0, &mut out)?;
-    Ok(out)
-}
-
-/// Files a model file's loader reads beside it (GGUF: tokenizer and template overrides).
-const MODEL_SIDE_FILES: [&str; 4] = [
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "chat_template.jinja",
-    "config.json",
-];
-
-/// The model files of `models.json`, grouped by path (models sharing files share a group).
-fn model_sources(
-    root: &Path,
-    config: &Path,
-) -> Result<Vec<(ModelFiles, Vec<Source>)>, BundleError> {
-    let file =
-        crate::config::ModelsFile::load(config, crate::config::CheckOptions { check_paths: false })
-            .map_err(|e| BundleError::Sources(vec![format!("{}: {e}", config.display())]))?;
-    let mut groups: BTreeMap<String, (Vec<String>, Vec<Source>)> = BTreeMap::new();
-    let mut problems = Vec::new();
-    for (id, entry) in &file.models {
-        let Some(path) = &entry.path else { continue }; // a remote upstream
-        let text = path.to_string_lossy();
-        let rel = match text.strip_prefix("/app/") {
-            Some(r) => r.to_string(),
-            None if path.is_relative() => text.trim_start_matches("./").to_string(),
-            None => {
-                problems.push(format!(
-                    "model '{id}': path {text} is absolute; use a path relative to the project (models/…) so it maps into the bundle"
-                ));
-                continue;
-            }
-        };
-        if super::entry::check_relative(&rel).is_err() {
-            problems.push(format!(
-                "model '{id}': path {text} is not a plain relative path"
-            ));
-            continue;
-        }
-        if let Some((ids, _)) = groups.get_mut(&rel) {
-            ids.push(id.clone());
-            continue;
-        }
-        let disk = root.join(&rel);
-        let mut sources = Vec::new();
-        if disk.is_dir() {
-            for f in walk(&disk).map_err(|e| BundleError::io(&disk, e))? {
-                let sub = f
-                    .strip_prefix(&disk)
-                    .unwrap_or(&f)
-                    .to_string_lossy()
-                    .into_owned();
-                sources.push(Source {
-                    bundle_path: format!("{rel}/{sub}"),
-                    disk: f,
-                    mode: 0o644,
-                });
-            }
-        } else if disk.is_file() {
-            sources.push(Source {
-                bundle_path: rel.clone(),
-                disk: disk.clone(),
-                mode: 0o644,
-            });
-            let parent_rel = Path::new(&rel)
-                .parent()
-                .map(|p| p.to_string_lossy().into_owned());
-            for side in MODEL_SIDE_FILES {
-                let p = disk.with_file_name(side);
-                if p.is_file() {
-                    let b = match &parent_rel {
-                        Some(pr) if !pr.is_empty() => format!("{pr}/{side}"),
-                        _ => side.to_string(),
-                    };
-                    sources.push(Source {
-                        bundle_path: b,
-                        disk: p,
-                        mode: 0o644,
-                    });
-                }
-            }
-        } else {
-            problems.push(format!(
-                "model '{id}': {} does not exist (scripts/fetch-models.sh?)",
-                disk.display()
-            ));
-            continue;
-        }
-        groups.insert(rel, (vec![id.clone()], sources));
-    }
-    if !problems.is_empty() {
-        return Err(BundleError::Sources(problems));
-    }
-    Ok(groups
-        .into_iter()
-        .map(|(path, (ids, sources))| {
-            (
-                ModelFiles {
-                    ids,
-                    path,
-                    files: Vec::new(),
-                },
-                sources,
-            )
-        })
-        .collect())
-}
-
 /// sha256 and size of a file, counted into `phase`.
 fn hash_file(path: &Path, phase: &Phase) -> Result<(u64, String), BundleError> {
     let mut f = File::open(path).map_err(|e| BundleError::io(path, e))?;
@@ -396,200 +195,235 @@ fn image_file_name(reference: &str) -> String {
     format!("images/{safe}.tar.gz")
 }
 
+/// What a pack run found to carry, before anything is read.
+struct Plan {
+    files: Vec<Source>,
+    models: Vec<(ModelFiles, Vec<Source>)>,
+    /// (reference, what the daemon says of it, is it the appliance's image).
+    images: Vec<(String, super::docker::ImageInfo, bool)>,
+    engine: Option<super::docker::Engine>,
+    base: Option<(Inventory, String)>,
+    signer: Option<ed25519_dalek::SigningKey>,
+}
+
+impl Plan {
+    /// Finds every input and reports every missing one at once.
+    fn gather(a: &PackArgs, mode: Mode) -> Result<Plan, BundleError> {
+        let signer = a
+            .sign
+            .as_deref()
+            .map(super::sign::read_signing_key)
+            .transpose()?;
+        let base = match &a.base {
+            Some(p) => {
+                let bytes = std::fs::read(p).map_err(|e| BundleError::io(p, e))?;
+                let inv: Inventory = serde_json::from_slice(&bytes).map_err(|e| {
+                    BundleError::Usage(format!(
+                        "{}: not a `trident bundle inventory` file: {e}",
+                        p.display()
+                    ))
+                })?;
+                Some((inv, hex(Sha256::digest(&bytes))))
+            }
+            None => None,
+        };
+        let binary = match &a.binary {
+            Some(b) => b.clone(),
+            None => {
+                std::env::current_exe().map_err(|e| BundleError::io(Path::new("trident"), e))?
+            }
+        };
+        let (files, mut missing) = appliance_files(&a.root, &binary, a.models_only);
+        let mut models = Vec::new();
+        if !a.skip_models {
+            match model_sources(&a.root, &a.root.join(&a.config)) {
+                Ok(m) => models = m,
+                Err(BundleError::Sources(p)) => missing.extend(p),
+                Err(e) => return Err(e),
+            }
+        }
+        let engine = if a.models_only || a.no_images {
+            None
+        } else {
+            Some(super::docker::Engine::connect()?)
+        };
+        let mut images = Vec::new();
+        if let Some(engine) = &engine {
+            match engine.image(&a.image)? {
+                Some(info) => images.push((a.image.clone(), info, true)),
+                None => missing.push(format!(
+                    "image {} is not present (scripts/build.sh --skip-models builds trident:slim)",
+                    a.image
+                )),
+            }
+            let named = !a.extra_images.is_empty();
+            let extras: Vec<String> = if named {
+                a.extra_images.clone()
+            } else if a.no_extra_images {
+                Vec::new()
+            } else {
+                PROFILE_IMAGES.iter().map(|s| s.to_string()).collect()
+            };
+            for r in extras {
+                match engine.image(&r)? {
+                    Some(info) => images.push((r, info, false)),
+                    None if named => missing.push(format!("image {r} is not present")),
+                    None => progress::say(
+                        mode,
+                        &format!("{r} is not present here; the bundle will not carry it"),
+                    ),
+                }
+            }
+        }
+        let arch = manifest::docker_arch();
+        for (r, info, _) in &images {
+            if !manifest::is_image_ref(r) {
+                missing.push(format!(
+                    "image reference '{r}' has characters a bundle cannot carry"
+                ));
+            }
+            if let Some(image_arch) = info.architecture.as_deref().filter(|x| *x != arch) {
+                missing.push(format!(
+                    "image {r} is {image_arch}, this machine (and the bundled binary) is {arch}"
+                ));
+            }
+        }
+        if !missing.is_empty() {
+            return Err(BundleError::Sources(missing));
+        }
+        Ok(Plan {
+            files,
+            models,
+            images,
+            engine,
+            base,
+            signer,
+        })
+    }
+
+    fn inventory(&self) -> Option<&Inventory> {
+        self.base.as_ref().map(|(i, _)| i)
+    }
+
+    /// Phase 1: the sha256 of every file (and whether the base already has it).
+    fn hash(&self, mode: Mode) -> Result<(Vec<FileEntry>, Vec<ModelFiles>), BundleError> {
+        let all = || self.models.iter().flat_map(|(_, s)| s).chain(&self.files);
+        let total = all()
+            .filter_map(|s| std::fs::metadata(&s.disk).ok())
+            .map(|m| m.len())
+            .sum();
+        let phase = Phase::start(mode, "hash", total);
+        let files = self
+            .files
+            .iter()
+            .map(|s| entry_for(s, &phase, self.inventory()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut models = Vec::new();
+        for (group, sources) in &self.models {
+            let mut group = group.clone();
+            for s in sources {
+                group.files.push(entry_for(s, &phase, self.inventory())?);
+            }
+            models.push(group);
+        }
+        phase.finish();
+        Ok((files, models))
+    }
+
+    /// Phase 2: every image the base lacks, exported through the Engine API and gzip'd into
+    /// `work`, hashed in the same pass.
+    fn export(
+        &self,
+        work: &Path,
+        level: u32,
+        mode: Mode,
+    ) -> Result<(Vec<ImageEntry>, BTreeMap<String, PathBuf>), BundleError> {
+        let in_base = |id: &str| self.inventory().is_some_and(|b| b.has_image(id));
+        let total = self
+            .images
+            .iter()
+            .filter(|(_, i, _)| !in_base(&i.id))
+            .map(|(_, i, _)| i.size)
+            .sum();
+        let shown = if self.images.is_empty() {
+            Mode::Quiet
+        } else {
+            mode
+        };
+        let phase = Phase::start(shown, "export", total);
+        let mut entries = Vec::new();
+        let mut on_disk = BTreeMap::new();
+        for (reference, info, appliance) in &self.images {
+            let mut entry = ImageEntry {
+                reference: reference.clone(),
+                id: info.id.clone(),
+                appliance: *appliance,
+                file: None,
+            };
+            if !in_base(&info.id) {
+                let rel = image_file_name(reference);
+                let disk = work.join(&rel);
+                let out = File::create(&disk).map_err(|e| BundleError::io(&disk, e))?;
+                let gz = flate2::write::GzEncoder::new(
+                    HashWriter {
+                        inner: io::BufWriter::with_capacity(1 << 20, out),
+                        hash: Sha256::new(),
+                        bytes: 0,
+                    },
+                    flate2::Compression::new(level),
+                );
+                let engine = self
+                    .engine
+                    .as_ref()
+                    .expect("images need the engine. This is a bug.");
+                let gz = engine.export(reference, gz, &phase)?;
+                let write_err = |e: io::Error| BundleError::Write {
+                    path: rel.clone(),
+                    source: e,
+                };
+                let mut hw = gz.finish().map_err(write_err)?;
+                hw.flush().map_err(write_err)?;
+                entry.file = Some(FileEntry {
+                    path: rel.clone(),
+                    size: hw.bytes,
+                    sha256: hex(hw.hash.finalize()),
+                    mode: 0o644,
+                    in_base: false,
+                });
+                on_disk.insert(rel, disk);
+            }
+            entries.push(entry);
+        }
+        phase.finish();
+        Ok((entries, on_disk))
+    }
+}
+
 pub fn run(a: &PackArgs) -> Result<u8, BundleError> {
     let mode = Mode::detect(a.json);
-    let root = a.root.clone();
-    let binary = match &a.binary {
-        Some(b) => b.clone(),
-        None => std::env::current_exe().map_err(|e| BundleError::io(Path::new("trident"), e))?,
-    };
     let tag = a
         .tag
         .clone()
         .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string());
     manifest::check_tag(&tag)?;
-    let signer = a
-        .sign
-        .as_deref()
-        .map(super::sign::read_signing_key)
-        .transpose()?;
-    let (base, base_sha) = match &a.base {
-        Some(p) => {
-            let bytes = std::fs::read(p).map_err(|e| BundleError::io(p, e))?;
-            let inv: Inventory = serde_json::from_slice(&bytes).map_err(|e| {
-                BundleError::Usage(format!(
-                    "{}: not a `trident bundle inventory` file: {e}",
-                    p.display()
-                ))
-            })?;
-            (Some(inv), Some(hex(Sha256::digest(&bytes))))
-        }
-        None => (None, None),
-    };
-
-    // --- what goes in -------------------------------------------------------------------------
-    let (files, mut missing) = appliance_files(&root, &binary, a.models_only);
-    let models = if a.skip_models {
-        Vec::new()
-    } else {
-        match model_sources(&root, &root.join(&a.config)) {
-            Ok(m) => m,
-            Err(BundleError::Sources(p)) => {
-                missing.extend(p);
-                Vec::new()
-            }
-            Err(e) => return Err(e),
-        }
-    };
-    let engine = if a.models_only || a.no_images {
-        None
-    } else {
-        Some(super::docker::Engine::connect()?)
-    };
-    let mut images: Vec<(String, super::docker::ImageInfo, bool)> = Vec::new();
-    if let Some(engine) = &engine {
-        match engine.image(&a.image)? {
-            Some(info) => images.push((a.image.clone(), info, true)),
-            None => missing.push(format!(
-                "image {} is not present (scripts/build.sh --skip-models builds trident:slim)",
-                a.image
-            )),
-        }
-        let extras: Vec<String> = if !a.extra_images.is_empty() {
-            a.extra_images.clone()
-        } else if a.no_extra_images {
-            Vec::new()
-        } else {
-            PROFILE_IMAGES.iter().map(|s| s.to_string()).collect()
-        };
-        for r in extras {
-            match engine.image(&r)? {
-                Some(info) => images.push((r, info, false)),
-                None if a.extra_images.is_empty() => progress::say(
-                    mode,
-                    &format!("{r} is not present here; the bundle will not carry it"),
-                ),
-                None => missing.push(format!("image {r} is not present")),
-            }
-        }
-    }
-    for (r, _, _) in &images {
-        if !manifest::is_image_ref(r) {
-            missing.push(format!(
-                "image reference '{r}' has characters a bundle cannot carry"
-            ));
-        }
-    }
-    if !missing.is_empty() {
-        return Err(BundleError::Sources(missing));
-    }
-    let arch = manifest::docker_arch().to_string();
-    for (r, info, _) in &images {
-        if let Some(a2) = &info.architecture {
-            if *a2 != arch {
-                return Err(BundleError::Sources(vec![format!(
-                    "image {r} is {a2}, this machine (and the bundled binary) is {arch}"
-                )]));
-            }
-        }
-    }
-
-    // --- phase 1: hash ------------------------------------------------------------------------
-    let model_bytes: u64 = models
-        .iter()
-        .flat_map(|(_, s)| s)
-        .chain(&files)
-        .filter_map(|s| std::fs::metadata(&s.disk).ok())
-        .map(|m| m.len())
-        .sum();
-    let phase = Phase::start(mode, "hash", model_bytes);
-    let mut file_entries = Vec::new();
-    for s in &files {
-        file_entries.push(entry_for(s, &phase, base.as_ref())?);
-    }
-    let mut model_entries = Vec::new();
-    for (mut group, sources) in models.clone() {
-        for s in &sources {
-            group.files.push(entry_for(s, &phase, base.as_ref())?);
-        }
-        model_entries.push(group);
-    }
-    phase.finish();
-
-    // --- phase 2: export images ---------------------------------------------------------------
+    let plan = Plan::gather(a, mode)?;
+    let (files, models) = plan.hash(mode)?;
     std::fs::create_dir_all(&a.output).map_err(|e| BundleError::io(&a.output, e))?;
     let work = WorkDir(
         a.output
             .join(format!(".trident-pack-{}", std::process::id())),
     );
     std::fs::create_dir_all(work.0.join("images")).map_err(|e| BundleError::io(&work.0, e))?;
-    let mut image_entries = Vec::new();
-    let mut image_disk: BTreeMap<String, PathBuf> = BTreeMap::new();
-    let to_export: u64 = images
-        .iter()
-        .filter(|(_, i, _)| !base.as_ref().is_some_and(|b| b.has_image(&i.id)))
-        .map(|(_, i, _)| i.size)
-        .sum();
-    let phase = Phase::start(
-        if images.is_empty() { Mode::Quiet } else { mode },
-        "export",
-        to_export,
-    );
-    for (reference, info, appliance) in &images {
-        if base.as_ref().is_some_and(|b| b.has_image(&info.id)) {
-            image_entries.push(ImageEntry {
-                reference: reference.clone(),
-                id: info.id.clone(),
-                appliance: *appliance,
-                file: None,
-            });
-            continue;
-        }
-        let rel = image_file_name(reference);
-        let disk = work.0.join(&rel);
-        let out = File::create(&disk).map_err(|e| BundleError::io(&disk, e))?;
-        let gz = flate2::write::GzEncoder::new(
-            HashWriter {
-                inner: io::BufWriter::with_capacity(1 << 20, out),
-                hash: Sha256::new(),
-                bytes: 0,
-            },
-            flate2::Compression::new(a.image_gzip_level),
-        );
-        let engine = engine
-            .as_ref()
-            .expect("images need the engine. This is a bug.");
-        let gz = engine.export(reference, gz, &phase)?;
-        let write_err = |e: io::Error| BundleError::Write {
-            path: rel.clone(),
-            source: e,
-        };
-        let mut hw = gz.finish().map_err(write_err)?;
-        hw.flush().map_err(write_err)?;
-        let (size, sha256) = (hw.bytes, hex(hw.hash.finalize()));
-        image_disk.insert(rel.clone(), disk);
-        image_entries.push(ImageEntry {
-            reference: reference.clone(),
-            id: info.id.clone(),
-            appliance: *appliance,
-            file: Some(FileEntry {
-                path: rel,
-                size,
-                sha256,
-                mode: 0o644,
-                in_base: false,
-            }),
-        });
-    }
-    phase.finish();
+    let (images, image_files) = plan.export(&work.0, a.image_gzip_level, mode)?;
 
-    // --- the manifest -------------------------------------------------------------------------
-    let git_sha = images
+    let git_sha = plan
+        .images
         .iter()
         .find(|(_, _, app)| *app)
         .and_then(|(_, i, _)| i.revision.clone())
-        .or_else(|| git_head(&root))
+        .or_else(|| git_head(&a.root))
         .unwrap_or_else(|| "unknown".into());
+    let arch = manifest::docker_arch().to_string();
     let mut m = Manifest {
         schema: manifest::SCHEMA,
         kind: manifest::KIND.into(),
@@ -600,35 +434,62 @@ pub fn run(a: &PackArgs) -> Result<u8, BundleError> {
             arch: arch.clone(),
         },
         created: manifest::rfc3339(std::time::SystemTime::now()),
-        images: image_entries,
-        models: model_entries,
-        files: file_entries,
+        images,
+        models,
+        files,
         base: None,
     };
-    if let (Some(b), Some(sha)) = (&base, base_sha) {
-        let _ = b;
+    if let Some((_, sha)) = &plan.base {
         m.base = Some(Base {
-            inventory_sha256: sha,
+            inventory_sha256: sha.clone(),
             images_left_out: m.images.iter().filter(|i| i.file.is_none()).count(),
             files_left_out: m.all_files().filter(|f| f.in_base).count(),
         });
     }
     let raw = m.to_bytes();
-    Manifest::parse(&raw)?; // what we write is what a reader accepts
-    let sig = signer.as_ref().map(|k| {
+    Manifest::parse(&raw)?; // what is written is what a reader accepts
+    let sig = plan.signer.as_ref().map(|k| {
         serde_json::to_vec_pretty(&super::sign::sign(k, &raw))
             .expect("signature serialises. This is a bug.")
     });
 
-    // --- phase 3: write the archive -----------------------------------------------------------
-    let name = manifest::archive_name(&tag, &arch);
-    let mut sources: BTreeMap<String, PathBuf> = BTreeMap::new();
-    for s in files.iter().chain(models.iter().flat_map(|(_, s)| s)) {
+    let mut sources: BTreeMap<String, PathBuf> = image_files;
+    for s in plan
+        .files
+        .iter()
+        .chain(plan.models.iter().flat_map(|(_, s)| s))
+    {
         sources.insert(s.bundle_path.clone(), s.disk.clone());
     }
-    sources.extend(image_disk);
+    let name = manifest::archive_name(&tag, &arch);
+    let head = Head {
+        manifest: &raw,
+        signature: sig.as_deref(),
+    };
+    let (parts, sidecar) = write_archive(a, &name, &m, head, &sources, mode)?;
+    drop(work);
+    report(a, &name, &m, &parts, &sidecar, sig.is_some());
+    Ok(0)
+}
+
+/// The first entries of the archive: the manifest's exact bytes and its signature.
+struct Head<'a> {
+    manifest: &'a [u8],
+    signature: Option<&'a [u8]>,
+}
+
+/// Phase 3: the archive. Small entries first (manifest, signature, listings), then every
+/// carried file, re-hashed as it is copied.
+fn write_archive(
+    a: &PackArgs,
+    name: &str,
+    m: &Manifest,
+    head: Head<'_>,
+    sources: &BTreeMap<String, PathBuf>,
+    mode: Mode,
+) -> Result<(Vec<super::parts::Part>, PathBuf), BundleError> {
     let phase = Phase::start(mode, "write", m.carried_bytes());
-    let writer = PartWriter::new(&a.output, &name, a.part_size);
+    let writer = PartWriter::new(&a.output, name, a.part_size);
     let gz = flate2::write::GzEncoder::new(
         io::BufWriter::with_capacity(1 << 20, writer),
         flate2::Compression::new(a.gzip_level),
@@ -642,26 +503,18 @@ pub fn run(a: &PackArgs) -> Result<u8, BundleError> {
         path: format!("{} ({p})", a.output.display()),
         source: e,
     };
-    let small = |tar: &mut tar::Builder<_>, path: &str, bytes: &[u8]| -> Result<(), BundleError> {
-        let mut h = header(bytes.len() as u64, 0o644, mtime);
-        tar.append_data(&mut h, format!("{ROOT}/{path}"), bytes)
-            .map_err(|e| out_err(path, e))
-    };
-    small(&mut tar, MANIFEST, &raw)?;
-    if let Some(sig) = &sig {
-        small(&mut tar, SIGNATURE, sig)?;
+    let mut small = vec![(MANIFEST, head.manifest.to_vec())];
+    if let Some(sig) = head.signature {
+        small.push((SIGNATURE, sig.to_vec()));
     }
-    small(&mut tar, SUMS, m.sha256sums().as_bytes())?;
-    small(&mut tar, "images/IMAGES", m.images_list().as_bytes())?;
-    for f in m
-        .files
-        .iter()
-        .chain(m.models.iter().flat_map(|g| g.files.iter()))
-        .chain(m.images.iter().filter_map(|i| i.file.as_ref()))
-    {
-        if f.in_base {
-            continue;
-        }
+    small.push((SUMS, m.sha256sums().into_bytes()));
+    small.push(("images/IMAGES", m.images_list().into_bytes()));
+    for (path, bytes) in &small {
+        let mut h = header(bytes.len() as u64, 0o644, mtime);
+        tar.append_data(&mut h, format!("{ROOT}/{path}"), bytes.as_slice())
+            .map_err(|e| out_err(path, e))?;
+    }
+    for f in m.carried() {
         let disk = &sources[&f.path];
         let file = File::open(disk).map_err(|e| BundleError::io(disk, e))?;
         let mut reader = HashReader {
@@ -687,44 +540,54 @@ pub fn run(a: &PackArgs) -> Result<u8, BundleError> {
     let writer = buf
         .into_inner()
         .map_err(|e| out_err("flushing", e.into_error()))?;
-    let (parts, sidecar) = writer.finish()?;
+    let done = writer.finish()?;
     phase.finish();
-    drop(work);
+    Ok(done)
+}
 
+fn report(
+    a: &PackArgs,
+    name: &str,
+    m: &Manifest,
+    parts: &[super::parts::Part],
+    sidecar: &Path,
+    signed: bool,
+) {
     let total: u64 = parts.iter().map(|p| p.size).sum();
     if a.json {
         let v = serde_json::json!({
-            "result": "ok", "bundle": a.output.join(&name), "sidecar": sidecar,
+            "result": "ok", "bundle": a.output.join(name), "sidecar": sidecar,
             "parts": parts.iter().map(|p| serde_json::json!({"name": p.name, "size": p.size, "sha256": p.sha256})).collect::<Vec<_>>(),
             "size": total, "files": m.carried().count(), "images": m.images.len(),
-            "signed": sig.is_some(), "delta": m.base.is_some(),
+            "signed": signed, "delta": m.base.is_some(),
         });
         println!("{v}");
-    } else {
-        println!(
-            "packed {} ({} part{}, {:.1} MB)",
-            a.output.join(&name).display(),
-            parts.len(),
-            if parts.len() == 1 { "" } else { "s" },
-            total as f64 / 1e6
-        );
-        for p in &parts {
-            println!("  {}  {}  {} bytes", p.sha256, p.name, p.size);
-        }
-        println!("  sidecar {}", sidecar.display());
-        println!(
-            "  {} images, {} model files, {} other files{}{}",
-            m.images.len(),
-            m.models.iter().map(|g| g.files.len()).sum::<usize>(),
-            m.files.len(),
-            if sig.is_some() { ", signed" } else { "" },
-            m.base.as_ref().map_or(String::new(), |b| format!(
-                ", delta ({} files and {} images left to the base)",
-                b.files_left_out, b.images_left_out
-            ))
-        );
+        return;
     }
-    Ok(0)
+    let plural = if parts.len() == 1 { "" } else { "s" };
+    println!(
+        "packed {} ({} part{plural}, {:.1} MB)",
+        a.output.join(name).display(),
+        parts.len(),
+        total as f64 / 1e6
+    );
+    for p in parts {
+        println!("  {}  {}  {} bytes", p.sha256, p.name, p.size);
+    }
+    println!("  sidecar {}", sidecar.display());
+    let delta = m.base.as_ref().map_or(String::new(), |b| {
+        format!(
+            ", delta ({} files and {} images left to the base)",
+            b.files_left_out, b.images_left_out
+        )
+    });
+    println!(
+        "  {} images, {} model files, {} other files{}{delta}",
+        m.images.len(),
+        m.models.iter().map(|g| g.files.len()).sum::<usize>(),
+        m.files.len(),
+        if signed { ", signed" } else { "" },
+    );
 }
 
 fn header(size: u64, mode: u32, mtime: u64) -> tar::Header {
