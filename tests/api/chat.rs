@@ -30,7 +30,7 @@ fn have_model() -> bool {
 static CHAT: OnceCell<Engine> = OnceCell::const_new();
 
 /// The engine shared by the tests of this module.
-async fn engine() -> Option<&'static Engine> {
+pub(crate) async fn engine() -> Option<&'static Engine> {
     if !have_model() {
         return None;
     }
@@ -42,11 +42,11 @@ async fn engine() -> Option<&'static Engine> {
     )
 }
 
-fn question(q: &str) -> Value {
+pub(crate) fn question(q: &str) -> Value {
     json!([{"role": "user", "content": q}])
 }
 
-async fn post(base: &str, path: &str, body: Value) -> (u16, Value) {
+pub(crate) async fn post(base: &str, path: &str, body: Value) -> (u16, Value) {
     let r = reqwest::Client::new()
         .post(format!("{base}{path}"))
         .json(&body)
@@ -58,7 +58,7 @@ async fn post(base: &str, path: &str, body: Value) -> (u16, Value) {
 }
 
 /// Non-streamed chat completion: (content, finish_reason, usage).
-async fn chat(base: &str, mut body: Value) -> (String, String, Value) {
+pub(crate) async fn chat(base: &str, mut body: Value) -> (String, String, Value) {
     body["stream"] = json!(false);
     let (status, v) = post(base, "/v1/chat/completions", body).await;
     assert_eq!(status, 200, "{v}");
@@ -79,7 +79,7 @@ async fn chat(base: &str, mut body: Value) -> (String, String, Value) {
 }
 
 /// Streamed chat completion with usage: (content, finish_reason, usage).
-async fn chat_stream(base: &str, mut body: Value) -> (String, String, Value) {
+pub(crate) async fn chat_stream(base: &str, mut body: Value) -> (String, String, Value) {
     body["stream"] = json!(true);
     body["stream_options"] = json!({"include_usage": true});
     let r = reqwest::Client::new()

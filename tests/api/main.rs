@@ -9,3 +9,4 @@ mod embeddings;
 mod errors;
 mod gateway;
 mod rerank;
+mod structured;

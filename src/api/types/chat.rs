@@ -47,6 +47,8 @@ pub struct ChatCompletionRequest {
     /// vLLM extension: end the prompt with the assistant header (default true).
     #[serde(default)]
     pub add_generation_prompt: Option<bool>,
+    #[serde(flatten)]
+    pub structured: super::completions::StructuredFields,
 }
 
 impl ChatCompletionRequest {

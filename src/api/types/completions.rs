@@ -71,6 +71,26 @@ pub struct CompletionRequest {
     pub stream_options: Option<StreamOptions>,
     #[serde(default)]
     pub echo: bool,
+    #[serde(flatten)]
+    pub structured: StructuredFields,
+}
+
+/// Structured-output fields of chat and completion requests: OpenAI's `response_format` and
+/// vLLM's `guided_*` / `structured_outputs` (at most one may be set).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StructuredFields {
+    #[serde(default)]
+    pub response_format: Option<serde_json::Value>,
+    #[serde(default)]
+    pub guided_json: Option<serde_json::Value>,
+    #[serde(default)]
+    pub guided_regex: Option<serde_json::Value>,
+    #[serde(default)]
+    pub guided_choice: Option<serde_json::Value>,
+    #[serde(default)]
+    pub guided_grammar: Option<serde_json::Value>,
+    #[serde(default)]
+    pub structured_outputs: Option<serde_json::Value>,
 }
 
 impl CompletionRequest {

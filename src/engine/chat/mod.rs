@@ -10,6 +10,7 @@
 //! * `backend` — the trait the scheduler drives, implemented by `DecoderModel`.
 
 pub mod backend;
+pub mod constraint;
 pub mod request;
 pub mod routes;
 pub mod runner;
@@ -53,6 +54,30 @@ pub struct ChatRuntime {
     pub queue: ChatQueue,
     /// Longest prompt + completion, tokens.
     pub max_model_len: usize,
+    /// The structured-output compiler, built on the first constrained request.
+    pub grammars: OnceLock<Result<Arc<constraint::Grammars>, String>>,
+}
+
+impl ChatRuntime {
+    /// Compiles a structured-output constraint (blocking: call off the async runtime).
+    pub fn constraint(
+        &self,
+        spec: &constraint::ConstraintSpec,
+        param: &str,
+    ) -> Result<constraint::Constraint, crate::api::ApiError> {
+        let grammars = self.grammars.get_or_init(|| {
+            let eos = self.info.eos_token_ids.first().copied().unwrap_or(0);
+            constraint::Grammars::new(self.tokenizer.clone(), self.info.vocab_size, eos)
+                .map(Arc::new)
+        });
+        let grammars = grammars.as_ref().map_err(|e| {
+            tracing::error!(error = %e, "structured output: the tokenizer cannot be used by the grammar engine");
+            crate::api::ApiError::invalid_param(param, "structured output is not available for this model's tokenizer")
+        })?;
+        grammars.compile(spec).map_err(|e| {
+            crate::api::ApiError::invalid_param(param, format!("'{param}' cannot be enforced: {e}"))
+        })
+    }
 }
 
 /// State of the chat routes.
@@ -201,6 +226,7 @@ pub fn start(entry: ModelEntry, state: ChatState) {
                 template,
                 queue: queue.clone(),
                 max_model_len: lim.max_model_len,
+                grammars: OnceLock::new(),
             };
             let _ = state.runtime.set(Arc::new(runtime));
             let facts = CardFacts {

@@ -14,6 +14,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use tokio::sync::mpsc;
 
+use super::constraint::{spec_of, Constraint};
 use super::request::{completion_budget, encode, validate, Generation};
 use super::runner::SubmitError;
 use super::scheduler::{Event, GenRequest};
@@ -82,6 +83,7 @@ impl ChatState {
         rt: &ChatRuntime,
         prompt: Vec<u32>,
         gen: Generation,
+        constraint: Option<Constraint>,
         param: &str,
     ) -> Result<mpsc::Receiver<Event>, ApiError> {
         let max_tokens = completion_budget(prompt.len(), gen.max_tokens, rt.max_model_len, param)
@@ -95,6 +97,7 @@ impl ChatState {
             ignore_eos: gen.ignore_eos,
             events: tx,
             enqueued: Instant::now(),
+            constraint,
         };
         match rt.queue.submit(req) {
             Ok(()) => Ok(rx),
@@ -119,13 +122,21 @@ async fn chat_completions(
     let rt = s.runtime()?;
     let messages = s.invalid(parse_messages(&req.messages))?;
     let gen = s.invalid(validate(&req.sampling()))?;
+    let spec = s.invalid(spec_of(&req.structured))?;
     let tools = req.tools.clone();
     let add_gen = req.add_generation_prompt.unwrap_or(true);
-    let prompt = {
+    let (prompt, constraint) = {
         let rt = rt.clone();
-        s.invalid(blocking(move || chat_prompt(&rt, &messages, tools.as_ref(), add_gen)).await)?
+        s.invalid(
+            blocking(move || {
+                let prompt = chat_prompt(&rt, &messages, tools.as_ref(), add_gen)?;
+                let c = spec.map(|(sp, p)| rt.constraint(&sp, p)).transpose()?;
+                Ok((prompt, c))
+            })
+            .await,
+        )?
     };
-    let rx = s.submit(&rt, prompt, gen, "messages")?;
+    let rx = s.submit(&rt, prompt, gen, constraint, "messages")?;
     let meta = ResponseMeta {
         id: response_id("chatcmpl"),
         created: now_secs(),
@@ -180,9 +191,17 @@ async fn completions(
         return Err(ApiError::invalid_param("echo", "'echo' is not supported"));
     }
     let gen = s.invalid(validate(&req.sampling()))?;
-    let prompt = {
+    let spec = s.invalid(spec_of(&req.structured))?;
+    let (prompt, constraint) = {
         let rt = rt.clone();
-        s.invalid(blocking(move || encode(&rt.tokenizer, &rt.info, &text, true)).await)?
+        s.invalid(
+            blocking(move || {
+                let prompt = encode(&rt.tokenizer, &rt.info, &text, true)?;
+                let c = spec.map(|(sp, p)| rt.constraint(&sp, p)).transpose()?;
+                Ok((prompt, c))
+            })
+            .await,
+        )?
     };
     if prompt.is_empty() {
         s.common.reject(reason::INVALID);
@@ -191,7 +210,7 @@ async fn completions(
             "'prompt' must not be empty",
         ));
     }
-    let rx = s.submit(&rt, prompt, gen, "prompt")?;
+    let rx = s.submit(&rt, prompt, gen, constraint, "prompt")?;
     let meta = ResponseMeta {
         id: response_id("cmpl"),
         created: now_secs(),

@@ -240,6 +240,7 @@ mod tests {
                 ignore_eos: false,
                 events: tx,
                 enqueued: Instant::now(),
+                constraint: None,
             },
             rx,
         )

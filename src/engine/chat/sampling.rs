@@ -44,6 +44,8 @@ pub struct Sampler {
     generated: HashMap<u32, u32>,
     /// Prompt tokens, for the repetition penalty.
     seen_prompt: Vec<u32>,
+    /// Structured output: tokens the grammar forbids are masked before anything else.
+    constraint: Option<super::constraint::Constraint>,
 }
 
 impl Sampler {
@@ -64,11 +66,21 @@ impl Sampler {
             rng,
             generated: HashMap::new(),
             seen_prompt,
+            constraint: None,
         }
+    }
+
+    /// Adds a structured-output constraint.
+    pub fn with_constraint(mut self, constraint: Option<super::constraint::Constraint>) -> Self {
+        self.constraint = constraint;
+        self
     }
 
     /// Picks the next token from `logits` (modified in place) and records it.
     pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
+        if let Some(c) = &mut self.constraint {
+            c.mask(logits);
+        }
         self.apply_penalties(logits);
         let tok = if self.params.temperature <= 0.0 {
             argmax(logits)
@@ -76,6 +88,9 @@ impl Sampler {
             self.draw(logits)
         };
         *self.generated.entry(tok).or_insert(0) += 1;
+        if let Some(c) = &mut self.constraint {
+            c.advance(tok);
+        }
         tok
     }
 

@@ -57,6 +57,8 @@ pub struct GenRequest {
     pub ignore_eos: bool,
     pub events: mpsc::Sender<Event>,
     pub enqueued: Instant,
+    /// Structured output: the grammar every token must follow.
+    pub constraint: Option<super::constraint::Constraint>,
 }
 
 impl GenRequest {
@@ -233,7 +235,7 @@ impl<C> Scheduler<C> {
             if self.reserved + need > self.cfg.kv_budget_tokens {
                 break;
             }
-            let req = self
+            let mut req = self
                 .waiting
                 .pop_front()
                 .expect("front exists. This is a bug.");
@@ -244,7 +246,8 @@ impl<C> Scheduler<C> {
                 cached: 0,
                 chunk: 0,
                 cache: backend.new_sequence(),
-                sampler: Sampler::new(req.params.clone(), &req.prompt),
+                sampler: Sampler::new(req.params.clone(), &req.prompt)
+                    .with_constraint(req.constraint.take()),
                 detok: Detokenizer::new(&req.prompt),
                 stop: StopMatcher::new(req.stop.clone()),
                 generated: 0,

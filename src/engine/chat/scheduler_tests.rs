@@ -25,6 +25,7 @@ fn request(prompt: Vec<u32>, max_tokens: usize) -> (GenRequest, mpsc::Receiver<E
         ignore_eos: false,
         events: tx,
         enqueued: Instant::now(),
+        constraint: None,
     };
     (req, rx)
 }
