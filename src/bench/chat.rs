@@ -35,6 +35,10 @@ pub struct ChatBenchArgs {
     pub warmup: usize,
     #[arg(long, env = "TRIDENT_API_KEY")]
     pub api_key: Option<String>,
+    /// Constrain every stream to this JSON Schema (`response_format` json_schema): measures
+    /// the cost of structured output against the same run without it.
+    #[arg(long)]
+    pub json_schema: Option<std::path::PathBuf>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -122,8 +126,12 @@ pub async fn run(args: &ChatBenchArgs) -> anyhow::Result<u8> {
         .pool_max_idle_per_host(args.concurrency.max(1))
         .build()?;
     let url = format!("{}/v1/chat/completions", args.url.trim_end_matches('/'));
+    let schema: Option<serde_json::Value> = match &args.json_schema {
+        Some(p) => Some(serde_json::from_str(&std::fs::read_to_string(p)?)?),
+        None => None,
+    };
     let body = |i: usize| {
-        serde_json::json!({
+        let mut b = serde_json::json!({
             "model": args.model,
             "messages": [{"role": "user", "content": filler_text(i, args.prompt_tokens)}],
             "max_tokens": args.max_tokens,
@@ -131,8 +139,11 @@ pub async fn run(args: &ChatBenchArgs) -> anyhow::Result<u8> {
             "ignore_eos": true,
             "stream": true,
             "stream_options": {"include_usage": true},
-        })
-        .to_string()
+        });
+        if let Some(s) = &schema {
+            b["response_format"] = serde_json::json!({"type": "json_schema", "json_schema": {"name": "bench", "schema": s}});
+        }
+        b.to_string()
     };
     let bodies: Arc<Vec<String>> = Arc::new(
         (0..args.requests.max(args.warmup).max(1))

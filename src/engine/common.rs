@@ -49,6 +49,8 @@ pub struct EngineCommon {
     pub id: Arc<str>,
     pub kind: ModelKind,
     pub aliases: Arc<[String]>,
+    /// The entry's display `name`, accepted as `model` like the id (the seed's commands use it).
+    pub name: Option<Arc<str>>,
     pub metrics: Metrics,
     status: Arc<RwLock<(ModelStatus, CardFacts)>>,
 }
@@ -59,6 +61,7 @@ impl EngineCommon {
             id: id.into(),
             kind,
             aliases: aliases.into(),
+            name: None,
             metrics,
             status: Arc::new(RwLock::new((ModelStatus::Loading, CardFacts::default()))),
         }
@@ -90,7 +93,13 @@ impl EngineCommon {
     pub fn check_model(&self, name: Option<&str>) -> Result<(), ApiError> {
         match name {
             None | Some("") => Ok(()),
-            Some(n) if n == &*self.id || self.aliases.iter().any(|a| a == n) => Ok(()),
+            Some(n)
+                if n == &*self.id
+                    || self.aliases.iter().any(|a| a == n)
+                    || self.name.as_deref() == Some(n) =>
+            {
+                Ok(())
+            }
             Some(n) => {
                 self.reject(reason::MODEL_NOT_FOUND);
                 Err(ApiError::model_not_found(n))

@@ -119,7 +119,8 @@ pub fn build(
     settings: &Settings,
     metrics: Metrics,
 ) -> Router {
-    let common = EngineCommon::new(id, entry.kind, entry.aliases.clone(), metrics.clone());
+    let mut common = EngineCommon::new(id, entry.kind, entry.aliases.clone(), metrics.clone());
+    common.name = entry.name.as_deref().map(Into::into);
     common.set_status(ModelStatus::Loading, None);
     let routes = match entry.kind {
         ModelKind::Embedding | ModelKind::Rerank => {

@@ -368,6 +368,19 @@ impl Backends {
                 cursor: AtomicUsize::new(0),
             }));
         }
+        // A model's display `name` routes too (the seed's commands call the chat model by its
+        // name), unless an id or alias already means something else or two models share it.
+        let mut names: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, (_, entry)) in file.models.iter().enumerate() {
+            if let Some(n) = entry.name.as_deref() {
+                names.entry(n).or_default().push(i);
+            }
+        }
+        for (n, at) in names {
+            if at.len() == 1 && !by_name.contains_key(n) {
+                by_name.insert(n.to_string(), at[0]);
+            }
+        }
         Backends { models, by_name }
     }
 
@@ -439,6 +452,30 @@ mod tests {
             r.record_failure(now, true);
         }
         assert_eq!(lock(&r.health).ejected_until.unwrap() - now, EJECT_BASE);
+    }
+
+    #[test]
+    fn names_route_unless_taken_or_shared() {
+        let file = ModelsFile::parse(
+            r#"{"models": {
+              "chat": {"path": "/x", "type": "chat", "port": 9000, "name": "Qwen2.5-32B-Instruct"},
+              "emb": {"path": "/y", "type": "embedding", "port": 9001, "name": "bge-m3", "aliases": ["e"]},
+              "rr": {"path": "/y", "type": "rerank", "port": 9002, "name": "bge-m3"},
+              "x": {"path": "/z", "type": "chat", "port": 9003, "name": "e"}}}"#,
+            Default::default(),
+        )
+        .unwrap();
+        let b = Backends::new(&file, "127.0.0.1", &|_, _| 9000);
+        assert_eq!(&*b.find("Qwen2.5-32B-Instruct").unwrap().id, "chat");
+        assert!(
+            b.find("bge-m3").is_none(),
+            "two models share the name: route by id"
+        );
+        assert_eq!(
+            &*b.find("e").unwrap().id,
+            "emb",
+            "an alias wins over another model's name"
+        );
     }
 
     #[test]
