@@ -36,9 +36,9 @@ pub struct ChatCompletionRequest {
     pub stop: Option<StopField>,
     #[serde(default)]
     pub n: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::types::null_default")]
     pub ignore_eos: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::types::null_default")]
     pub stream: bool,
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,

@@ -15,7 +15,7 @@ pub enum StopField {
 /// `stream_options`.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct StreamOptions {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::types::null_default")]
     pub include_usage: bool,
 }
 
@@ -63,13 +63,13 @@ pub struct CompletionRequest {
     pub stop: Option<StopField>,
     #[serde(default)]
     pub n: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::types::null_default")]
     pub ignore_eos: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::types::null_default")]
     pub stream: bool,
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::types::null_default")]
     pub echo: bool,
     #[serde(flatten)]
     pub structured: StructuredFields,

@@ -12,7 +12,7 @@ pub struct EmbeddingRequest {
     pub model: String,
     /// A string, an array of strings, an array of token ids, or an array of such arrays.
     pub input: serde_json::Value,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::types::null_default")]
     pub encoding_format: EncodingFormat,
     #[serde(default)]
     pub dimensions: Option<usize>,

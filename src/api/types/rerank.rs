@@ -34,7 +34,7 @@ pub struct RerankRequest {
     #[serde(default)]
     pub return_documents: Option<bool>,
     /// Raw logits instead of sigmoid scores (cross-encoders only).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::types::null_default")]
     pub raw_scores: bool,
     /// Truncate documents that do not fit (default) or reject them.
     #[serde(default = "default_true")]
@@ -50,9 +50,9 @@ pub struct TeiRerankRequest {
     pub query: Option<Value>,
     #[serde(default)]
     pub texts: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::types::null_default")]
     pub raw_scores: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::types::null_default")]
     pub return_text: bool,
     #[serde(default = "default_true")]
     pub truncate: bool,
@@ -67,7 +67,7 @@ pub struct ScoreRequest {
     pub text_1: Option<Value>,
     #[serde(default)]
     pub text_2: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::types::null_default")]
     pub raw_scores: bool,
     #[serde(default = "default_true")]
     pub truncate: bool,

@@ -16,7 +16,7 @@ pub struct TokenizeRequest {
     pub add_special_tokens: bool,
     #[serde(default)]
     pub add_generation_prompt: Option<bool>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::types::null_default")]
     pub return_token_strs: bool,
 }
 
