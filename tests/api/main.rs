@@ -10,3 +10,4 @@ mod errors;
 mod gateway;
 mod rerank;
 mod structured;
+mod tools;

@@ -21,6 +21,7 @@ pub mod template;
 #[cfg(test)]
 pub(crate) mod testutil;
 pub mod text;
+pub mod tools;
 
 use std::sync::{Arc, OnceLock};
 

@@ -17,9 +17,10 @@ use tokio::sync::mpsc;
 use super::constraint::{spec_of, Constraint};
 use super::request::{completion_budget, encode, validate, Generation};
 use super::runner::SubmitError;
-use super::scheduler::{Event, GenRequest};
-use super::stream::{collect, sse, ResponseMeta, Shape};
+use super::scheduler::{Event, FinishReason, GenRequest};
+use super::stream::{collect, sse, sse_tool_answer, ResponseMeta, Shape};
 use super::template::TemplateError;
+use super::tools;
 use super::{ChatRuntime, ChatState};
 use crate::api::types::chat::{
     parse_messages, ChatChoice, ChatCompletionRequest, ChatCompletionResponse, ChatMessage,
@@ -120,9 +121,30 @@ async fn chat_completions(
 ) -> Result<Response, ApiError> {
     s.common.check_model(req.model.as_deref())?;
     let rt = s.runtime()?;
-    let messages = s.invalid(parse_messages(&req.messages))?;
+    let mut messages = s.invalid(parse_messages(&req.messages))?;
+    tools::arguments_as_objects(&mut messages);
     let gen = s.invalid(validate(&req.sampling()))?;
-    let spec = s.invalid(spec_of(&req.structured))?;
+    let tool_spec = s.invalid(tools::parse(
+        req.tools.as_ref(),
+        req.tool_choice.as_ref(),
+        req.parallel_tool_calls,
+    ))?;
+    let spec = match (
+        s.invalid(spec_of(&req.structured))?,
+        tool_spec.as_ref().and_then(|t| t.forcing_grammar()),
+    ) {
+        (Some(_), Some(_)) => {
+            s.common.reject(reason::INVALID);
+            return Err(ApiError::invalid_param(
+                "tool_choice",
+                "a required tool call and a structured-output format cannot both be enforced",
+            ));
+        }
+        (Some(sp), None) => Some(sp),
+        (None, Some(g)) => Some((g, "tool_choice")),
+        (None, None) => None,
+    };
+    // With tool_choice "none" the template still sees the tools (as OpenAI documents).
     let tools = req.tools.clone();
     let add_gen = req.add_generation_prompt.unwrap_or(true);
     let (prompt, constraint) = {
@@ -144,10 +166,24 @@ async fn chat_completions(
         shape: Shape::Chat,
         include_usage: req.stream_options.as_ref().is_some_and(|o| o.include_usage),
     };
-    if req.stream {
+    if req.stream && tool_spec.is_none() {
         return Ok(sse(rx, meta).into_response());
     }
     let done = collect(rx).await?;
+    let (content, calls) = match &tool_spec {
+        Some(t) => tools::extract(&done.text, t),
+        None => (Some(done.text.clone()), Vec::new()),
+    };
+    if req.stream {
+        return Ok(sse_tool_answer(done, content, calls, meta).into_response());
+    }
+    let finish = if calls.is_empty() {
+        done.finish_reason
+    } else {
+        FinishReason::ToolCalls
+    };
+    let tool_calls = (!calls.is_empty())
+        .then(|| serde_json::to_value(&calls).expect("tool calls serialise. This is a bug."));
     Ok(Json(ChatCompletionResponse {
         id: meta.id,
         object: "chat.completion".into(),
@@ -157,9 +193,10 @@ async fn chat_completions(
             index: 0,
             message: ChatMessage {
                 role: "assistant".into(),
-                content: done.text,
+                content,
+                tool_calls,
             },
-            finish_reason: Some(done.finish_reason.as_str().into()),
+            finish_reason: Some(finish.as_str().into()),
             logprobs: None,
         }],
         usage: done.usage,

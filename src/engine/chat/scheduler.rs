@@ -21,6 +21,8 @@ use super::text::{Detokenizer, StopMatcher};
 pub enum FinishReason {
     Stop,
     Length,
+    /// Set by the handler when the answer parsed as tool calls.
+    ToolCalls,
 }
 
 impl FinishReason {
@@ -28,6 +30,7 @@ impl FinishReason {
         match self {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
+            FinishReason::ToolCalls => "tool_calls",
         }
     }
 }

@@ -111,6 +111,7 @@ impl ResponseMeta {
                 Some(Delta {
                     role: None,
                     content: Some(t),
+                    tool_calls: None,
                 }),
                 None,
                 None,
@@ -156,6 +157,48 @@ impl ResponseMeta {
     }
 }
 
+/// The SSE response of a chat generation that may end in tool calls: the text is collected
+/// first (a tool call is only known once it is complete), then sent as OpenAI streams it — the
+/// role, any content, each call as one `tool_calls` delta (id, name and the whole
+/// `arguments`), the finish chunk, usage, `[DONE]`.
+pub fn sse_tool_answer(
+    done: Collected,
+    content: Option<String>,
+    calls: Vec<super::tools::ToolCall>,
+    meta: ResponseMeta,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let delta =
+        |content: Option<String>, tool_calls: Option<serde_json::Value>, role: bool| Delta {
+            role: role.then(|| "assistant".to_string()),
+            content,
+            tool_calls,
+        };
+    let mut out = vec![meta.chunk(Some(delta(Some(String::new()), None, true)), None, None)];
+    if let Some(c) = content.filter(|c| !c.is_empty()) {
+        out.push(meta.chunk(Some(delta(Some(c), None, false)), None, None));
+    }
+    for (i, c) in calls.iter().enumerate() {
+        let mut v = serde_json::to_value(c).expect("a tool call serialises. This is a bug.");
+        v["index"] = serde_json::json!(i);
+        out.push(meta.chunk(
+            Some(delta(None, Some(serde_json::json!([v])), false)),
+            None,
+            None,
+        ));
+    }
+    let reason = if calls.is_empty() {
+        done.finish_reason
+    } else {
+        FinishReason::ToolCalls
+    };
+    out.push(meta.chunk(Some(Delta::default()), Some(reason), None));
+    if meta.include_usage {
+        out.push(meta.usage_chunk(done.usage));
+    }
+    out.push("[DONE]".to_string());
+    Sse::new(stream::iter(out).map(|data| Ok(SseEvent::default().data(data))))
+}
+
 /// The SSE response of a streamed generation. Dropping it (client gone) drops `rx`, which
 /// the model thread notices before its next step.
 pub fn sse(
@@ -167,6 +210,7 @@ pub fn sse(
             Some(Delta {
                 role: Some("assistant".into()),
                 content: Some(String::new()),
+                tool_calls: None,
             }),
             None,
             None,
