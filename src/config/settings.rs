@@ -6,6 +6,7 @@
 //! print their value.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -84,6 +85,23 @@ pub struct Settings {
     pub balance: Balance,
     /// Whole-request timeout for non-streaming requests, seconds. Default 600.
     pub request_timeout_secs: u64,
+    /// Time a streaming request may wait for the engine's first byte (status, headers and
+    /// first body frame), seconds. Generous: a long prompt's prefill comes first. Default 120.
+    pub first_byte_timeout_secs: f64,
+    /// Longest silence allowed between two frames of a streamed response, seconds; past it
+    /// the stream ends with an SSE error event. Local engines send a keep-alive comment
+    /// every 10 s, so only a stuck engine goes this quiet. Default 60.
+    pub stream_idle_timeout_secs: f64,
+    /// Seconds between liveness probes of a ready engine. Default 5.
+    pub liveness_interval_secs: f64,
+    /// Time one liveness probe may take, seconds. Default 5.
+    pub liveness_timeout_secs: f64,
+    /// Consecutive failed liveness probes after which an engine is declared hung, taken out
+    /// of routing, stopped (SIGTERM, then SIGKILL) and restarted. Default 3.
+    pub liveness_failures: u32,
+    /// An engine reports itself hung when its model thread has not come back from one unit
+    /// of work (a forward step or batch) for this long, seconds. Default 120.
+    pub model_stall_secs: f64,
     /// Time allowed to read request headers, seconds (slow clients are cut). Default 10.
     pub header_read_timeout_secs: u64,
     /// Time allowed to read a request body, seconds. Default 30.
@@ -111,6 +129,12 @@ impl Default for Settings {
             log_format: LogFormat::Text,
             balance: Balance::LeastOutstanding,
             request_timeout_secs: 600,
+            first_byte_timeout_secs: 120.0,
+            stream_idle_timeout_secs: 60.0,
+            liveness_interval_secs: 5.0,
+            liveness_timeout_secs: 5.0,
+            liveness_failures: 3,
+            model_stall_secs: 120.0,
             header_read_timeout_secs: 10,
             body_read_timeout_secs: 30,
             max_body_bytes: 8 * 1024 * 1024,
@@ -150,6 +174,15 @@ fn keys_from_list_or_csv<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<S
         .filter(|k| !k.is_empty())
         .map(Secret)
         .collect())
+}
+
+/// A duration setting in (fractional) seconds; at least 1 ms, and anything unrepresentable
+/// (NaN, huge) is "forever" rather than a panic.
+pub fn secs(value: f64) -> Duration {
+    if value.is_nan() {
+        return Duration::MAX;
+    }
+    Duration::try_from_secs_f64(value.max(0.001)).unwrap_or(Duration::MAX)
 }
 
 impl Settings {

@@ -240,6 +240,8 @@ pub enum ModelState {
     Loading,
     Ready,
     Degraded,
+    /// No replica serves and at least one is being restarted after a crash or a hang.
+    Restarting,
     Failed,
 }
 
@@ -249,6 +251,7 @@ impl ModelState {
             ModelState::Loading => "loading",
             ModelState::Ready => "ready",
             ModelState::Degraded => "degraded",
+            ModelState::Restarting => "restarting",
             ModelState::Failed => "failed",
         }
     }
@@ -259,7 +262,9 @@ impl ModelBackend {
         self.replicas.iter().filter(|r| r.is_ready()).count()
     }
 
-    /// ready = every replica ready; degraded = some; failed = every replica gave up.
+    /// ready = every replica ready; degraded = some; failed = every replica gave up;
+    /// restarting = none serves and one is unhealthy, waiting to restart, or starting again
+    /// after a crash; loading otherwise (first start).
     pub fn state(&self) -> ModelState {
         let ready = self.replicas_ready();
         if ready == self.replicas.len() {
@@ -272,6 +277,14 @@ impl ModelBackend {
             .all(|r| r.state() == ReplicaState::Failed)
         {
             ModelState::Failed
+        } else if self.replicas.iter().any(|r| {
+            let life = r.life();
+            matches!(
+                life.state,
+                ReplicaState::Unhealthy | ReplicaState::Restarting
+            ) || (life.state == ReplicaState::Starting && life.restarts > 0)
+        }) {
+            ModelState::Restarting
         } else {
             ModelState::Loading
         }

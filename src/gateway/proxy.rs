@@ -8,6 +8,7 @@
 //! client's body drops the upstream request (the engine sees the disconnect); an upstream
 //! failure mid-SSE ends the stream with a `data: {"error":…}` event.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use super::balance::{others_healthy, pick, retry_pause};
 use super::limits::{self, InflightGuard, X_REQUEST_ID};
 use super::GatewayState;
 use crate::api::ApiError;
+use crate::config::settings::secs;
 use crate::config::ModelKind;
 use crate::metrics::reason;
 
@@ -240,23 +242,20 @@ pub async fn forward(s: GatewayState, spec: RouteSpec, req: Request) -> Response
             return ApiError::bad_gateway("The model's engine address is invalid").into_response();
         };
         let sent = Instant::now();
-        let limit = Duration::from_secs(s.settings.request_timeout_secs.max(1));
+        let limits = Limits::of(&s.settings, stream);
         let call = super::upstream().request(upstream_req);
-        let result = if stream {
-            call.await
-        } else {
-            match tokio::time::timeout(limit, call).await {
-                Ok(r) => r,
-                Err(_) => {
-                    finish.status = StatusCode::GATEWAY_TIMEOUT;
-                    return ApiError::timeout().into_response();
-                }
+        let result = match tokio::time::timeout(limits.first, call).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!(model = %model.id, replica = replica.index, secs = limits.first.as_secs_f64(), "upstream sent no response in time");
+                finish.status = StatusCode::GATEWAY_TIMEOUT;
+                return limits.timeout_error().into_response();
             }
         };
         match result {
             Ok(resp) => {
                 replica.record_success(sent.elapsed());
-                return respond(resp, finish);
+                return respond(resp, finish, limits, sent);
             }
             Err(e) => {
                 // No status came back: the engine did not take the work.
@@ -282,11 +281,50 @@ pub async fn forward(s: GatewayState, spec: RouteSpec, req: Request) -> Response
     }
 }
 
+/// Time limits of one proxied exchange.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    stream: bool,
+    /// From sending the request to the first body frame: the whole request for a
+    /// non-streaming call, `first_byte_timeout` for a stream.
+    first: Duration,
+    /// Longest silence between body frames after the first (streams only).
+    idle: Option<Duration>,
+}
+
+impl Limits {
+    fn of(settings: &crate::config::Settings, stream: bool) -> Limits {
+        if stream {
+            Limits {
+                stream,
+                first: secs(settings.first_byte_timeout_secs),
+                idle: Some(secs(settings.stream_idle_timeout_secs)),
+            }
+        } else {
+            Limits {
+                stream,
+                first: Duration::from_secs(settings.request_timeout_secs.max(1)),
+                idle: None,
+            }
+        }
+    }
+
+    fn timeout_error(&self) -> ApiError {
+        let what = if self.stream {
+            "The model's engine did not start answering within the first-byte timeout"
+        } else {
+            "The model's engine did not answer within the request timeout"
+        };
+        ApiError::upstream_timeout(what)
+    }
+}
+
 /// 503 explaining why no replica can take the request.
 fn no_backend(model: &ModelBackend, after_failure: bool) -> ApiError {
     let why = match model.state() {
         ModelState::Failed => "has failed and is not being restarted",
         ModelState::Loading => "is still loading",
+        ModelState::Restarting => "is being restarted",
         _ if after_failure => "has no other healthy engine",
         _ => "has no healthy engine",
     };
@@ -307,8 +345,14 @@ fn upstream_body(model: &ModelBackend, body: Bytes) -> Result<Bytes, ApiError> {
         .map_err(|_| ApiError::internal("Could not encode the request"))
 }
 
-/// Passes the upstream response through, streaming its body.
-fn respond(resp: axum::http::Response<hyper::body::Incoming>, mut finish: Finish) -> Response {
+/// Passes the upstream response through, streaming its body under the exchange's time
+/// limits (`sent` is when the request left).
+fn respond(
+    resp: axum::http::Response<hyper::body::Incoming>,
+    mut finish: Finish,
+    limits: Limits,
+    sent: Instant,
+) -> Response {
     let status = resp.status();
     finish.status = status;
     let (parts, upstream) = resp.into_parts();
@@ -321,11 +365,14 @@ fn respond(resp: axum::http::Response<hyper::body::Incoming>, mut finish: Finish
     let sse = headers
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let deadline = tokio::time::Instant::from_std(sent + limits.first);
     let relay = Relay {
         upstream,
         sse,
         done: false,
         tail: [b'\n', b'\n'],
+        timer: Box::pin(tokio::time::sleep_until(deadline)),
+        limits,
         finish,
     };
     let mut out = Response::new(Body::new(relay));
@@ -334,16 +381,20 @@ fn respond(resp: axum::http::Response<hyper::body::Incoming>, mut finish: Finish
     out
 }
 
-/// The response body relayed from the engine, frame by frame. An upstream failure ends an
-/// SSE stream with an error event (closing a half-written event first) and any other body
-/// with an error, which makes the server abort the response. Dropping it (the client left)
-/// drops the upstream body, which closes the engine connection.
+/// The response body relayed from the engine, frame by frame. An upstream failure or a
+/// time limit (first frame, then the idle gap of a stream) ends an SSE stream with an
+/// error event (closing a half-written event first) and any other body with an error,
+/// which makes the server abort the response. Dropping it (the client left) drops the
+/// upstream body, which closes the engine connection.
 struct Relay {
     upstream: hyper::body::Incoming,
     sse: bool,
     done: bool,
     /// The last two bytes sent, to close a half-written SSE event before the error event.
     tail: [u8; 2],
+    /// Fires when the current time limit passes; re-armed after each frame of a stream.
+    timer: Pin<Box<tokio::time::Sleep>>,
+    limits: Limits,
     finish: Finish,
 }
 
@@ -359,21 +410,37 @@ impl http_body::Body for Relay {
         if this.done {
             return Poll::Ready(None);
         }
-        match ready!(Pin::new(&mut this.upstream).poll_frame(cx)) {
+        let polled = match Pin::new(&mut this.upstream).poll_frame(cx) {
+            Poll::Ready(p) => p,
+            Poll::Pending => {
+                ready!(this.timer.as_mut().poll(cx));
+                this.done = true;
+                tracing::warn!(model = %this.finish.model.id, "upstream went silent; ending the response");
+                let err = ApiError::upstream_timeout(
+                    "The model's engine stopped sending within the stream idle timeout; the response is incomplete",
+                );
+                return Poll::Ready(Some(this.fail(err)));
+            }
+        };
+        match polled {
             Some(Ok(frame)) => {
                 if let Some(b) = frame.data_ref() {
                     this.remember_tail(b);
+                    if let Some(idle) = this.limits.idle {
+                        this.timer
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + idle);
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(e)) => {
                 this.done = true;
                 tracing::warn!(model = %this.finish.model.id, error = %e, "upstream failed mid-response");
-                Poll::Ready(Some(if this.sse {
-                    Ok(http_body::Frame::data(this.error_event()))
-                } else {
-                    Err(std::io::Error::other("upstream failed mid-response"))
-                }))
+                let err = ApiError::bad_gateway(
+                    "The model's engine stopped while streaming; the response is incomplete",
+                );
+                Poll::Ready(Some(this.fail(err)))
             }
             None => {
                 this.done = true;
@@ -404,10 +471,11 @@ impl Relay {
         }
     }
 
-    fn error_event(&self) -> Bytes {
-        let err = ApiError::bad_gateway(
-            "The model's engine stopped while streaming; the response is incomplete",
-        );
+    /// The last frame after a failure: an SSE error event, or an error for other bodies.
+    fn fail(&self, err: ApiError) -> Result<http_body::Frame<Bytes>, std::io::Error> {
+        if !self.sse {
+            return Err(std::io::Error::other(err.message));
+        }
         let sep = if self.tail == [b'\n', b'\n'] {
             ""
         } else if self.tail[1] == b'\n' {
@@ -415,7 +483,10 @@ impl Relay {
         } else {
             "\n\n"
         };
-        Bytes::from(format!("{sep}data: {}\n\n", err.to_json()))
+        Ok(http_body::Frame::data(Bytes::from(format!(
+            "{sep}data: {}\n\n",
+            err.to_json()
+        ))))
     }
 }
 

@@ -27,7 +27,7 @@ use crate::config::{CheckOptions, ConfigError, ModelsFile, Problem, Settings};
 use crate::gateway::backends::{effective_gpus, Backends};
 use crate::gateway::{self, GatewayState, SystemFacts};
 pub use backoff::RestartPolicy;
-use engine_task::{engine_task, upstream_task, EngineTask};
+use engine_task::{engine_task, upstream_task, EngineTask, LivenessPolicy};
 use spawn::EngineCommand;
 
 /// Errors that stop `trident serve` before or while serving.
@@ -226,6 +226,7 @@ pub async fn run(
                 policy: opts.restart,
                 startup_timeout: Duration::from_secs(opts.settings.startup_timeout_secs),
                 stop_grace: opts.engine_stop_grace,
+                liveness: LivenessPolicy::from_settings(&opts.settings),
                 start_after,
             };
             engines.spawn(engine_task(task, engines_stop.clone()));

@@ -136,6 +136,7 @@ pub async fn stop(child: &mut Child, grace: Duration) {
         return;
     };
     let group = Pid::from_raw(pid as i32);
+    // A stopped (SIGSTOP) or wedged engine ignores this; the SIGKILL below follows.
     let _ = killpg(group, Signal::SIGTERM);
     if tokio::time::timeout(grace, child.wait()).await.is_err() {
         tracing::warn!(

@@ -7,5 +7,6 @@ mod chat;
 mod common;
 mod embeddings;
 mod errors;
+mod faults;
 mod gateway;
 mod rerank;

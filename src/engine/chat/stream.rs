@@ -5,7 +5,7 @@
 
 use std::convert::Infallible;
 
-use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures::stream::{self, Stream, StreamExt};
 use tokio::sync::mpsc;
 
@@ -156,6 +156,10 @@ impl ResponseMeta {
     }
 }
 
+/// Silence after which a stream sends an SSE comment: a long prefill never looks like a
+/// stuck engine to the gateway's stream idle timeout.
+pub const SSE_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The SSE response of a streamed generation. Dropping it (client gone) drops `rx`, which
 /// the model thread notices before its next step.
 pub fn sse(
@@ -185,6 +189,7 @@ pub fn sse(
         head.chain(body)
             .map(|data| Ok(SseEvent::default().data(data))),
     )
+    .keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE))
 }
 
 #[cfg(test)]

@@ -123,6 +123,7 @@ fn app(cross: bool, capacity: usize) -> Router {
             model: "rr".into(),
             kind: "rerank",
         },
+        common.watch.clone(),
     );
     let runtime = Arc::new(OnceLock::new());
     let _ = runtime.set(EncoderRuntime { backend, queue });
