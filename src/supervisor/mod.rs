@@ -45,6 +45,19 @@ pub enum ServeError {
         port: u16,
         source: std::io::Error,
     },
+    #[error(
+        "refusing to serve on {0} without an API key: anyone who reaches that address could use \
+         the models. Set a key (TRIDENT_API_KEYS=key1,key2, --api-key KEY, or a file of keys \
+         with TRIDENT_API_KEY_FILE), listen on loopback only (--host 127.0.0.1), or pass \
+         --allow-unauthenticated (TRIDENT_ALLOW_UNAUTHENTICATED=true) to serve without keys"
+    )]
+    Unauthenticated(String),
+    #[error("metrics port {port} on {host} cannot be used: {source}")]
+    MetricsPort {
+        host: String,
+        port: u16,
+        source: std::io::Error,
+    },
     #[error("cannot find the trident executable: {0}")]
     Exe(std::io::Error),
     #[error("gateway server error: {0}")]
@@ -116,6 +129,25 @@ pub async fn bind_gateway(host: &str, port: u16) -> Result<TcpListener, ServeErr
         })
 }
 
+/// True for addresses only this machine reaches (`127.0.0.0/8`, `::1`, `localhost`).
+pub fn is_loopback(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case("localhost")
+        || h.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Secure default: no API key is only allowed on loopback, or when the operator said so.
+pub fn check_exposure(settings: &Settings) -> Result<(), ServeError> {
+    if settings.api_keys.is_empty()
+        && !settings.allow_unauthenticated
+        && !is_loopback(&settings.host)
+    {
+        return Err(ServeError::Unauthenticated(settings.host.clone()));
+    }
+    Ok(())
+}
+
 /// Everything checked and built before the first engine starts.
 struct Plan {
     file: ModelsFile,
@@ -178,7 +210,19 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let started = Instant::now();
+    check_exposure(&opts.settings)?;
     let plan = plan(&opts)?;
+    let metrics_listener = match opts.settings.metrics_port {
+        0 => None,
+        port => {
+            let host = opts.settings.host.clone();
+            let l = TcpListener::bind((host.as_str(), port))
+                .await
+                .map_err(|source| ServeError::MetricsPort { host, port, source })?;
+            tracing::info!(addr = %l.local_addr().map_err(ServeError::Serve)?, "metrics listener (no key)");
+            Some(l)
+        }
+    };
     let exe = match &opts.exe {
         Some(p) => p.clone(),
         None => std::env::current_exe().map_err(ServeError::Exe)?,
@@ -234,6 +278,24 @@ pub async fn run(
     }
     tokio::spawn(log_when_ready(state.clone(), started));
     let gateway_stop = CancellationToken::new();
+    if let Some(listener) = metrics_listener {
+        let app = axum::Router::new()
+            .route(
+                "/metrics",
+                axum::routing::get(gateway::metrics_merge::metrics),
+            )
+            .fallback(crate::api::not_found)
+            .with_state(state.clone());
+        let stop = gateway_stop.clone().cancelled_owned();
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+            {
+                tracing::error!(error = %e, "metrics listener stopped");
+            }
+        });
+    }
     let server = tokio::spawn(gateway::serve(
         listener,
         state.clone(),
@@ -305,6 +367,9 @@ pub struct ServeArgs {
     /// Accepted API key (repeatable; replaces TRIDENT_API_KEYS and settings keys).
     #[arg(long = "api-key")]
     pub api_keys: Vec<String>,
+    /// Serve on a non-loopback address without API keys (refused otherwise).
+    #[arg(long)]
+    pub allow_unauthenticated: bool,
     /// Write the gateway's bound address to this file once listening.
     #[arg(long, hide = true)]
     pub addr_file: Option<PathBuf>,
@@ -329,6 +394,11 @@ pub async fn run_cli(
     settings_file: Option<PathBuf>,
     log_format: Option<String>,
 ) -> Result<(), ServeError> {
+    check_exposure(&settings)?;
+    if let Some(path) = &settings.generated_key_file {
+        // Never the key itself: only where it is.
+        tracing::warn!(file = %path.display(), "no API key was configured: generated one; read it with `./deploy.sh key` (or the file)");
+    }
     let listener = bind_gateway(&settings.host, settings.port).await?;
     let addr = listener.local_addr().map_err(ServeError::Serve)?;
     tracing::info!(%addr, "gateway listening");
@@ -350,4 +420,32 @@ pub async fn run_cli(
     }
     opts.engine_stop_grace = Duration::from_millis(args.engine_stop_grace_ms);
     run(opts, listener, crate::shutdown_signal()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_addresses_and_the_exposure_rule() {
+        for h in ["127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost"] {
+            assert!(is_loopback(h), "{h}");
+        }
+        for h in ["0.0.0.0", "::", "10.0.0.5", "example.org"] {
+            assert!(!is_loopback(h), "{h}");
+        }
+        let mut s = Settings::default();
+        assert!(matches!(
+            check_exposure(&s),
+            Err(ServeError::Unauthenticated(_))
+        ));
+        s.allow_unauthenticated = true;
+        assert!(check_exposure(&s).is_ok());
+        s.allow_unauthenticated = false;
+        s.api_keys = vec![crate::config::Secret::new("k")];
+        assert!(check_exposure(&s).is_ok());
+        s.api_keys.clear();
+        s.host = "127.0.0.1".into();
+        assert!(check_exposure(&s).is_ok());
+    }
 }

@@ -35,7 +35,11 @@ pub struct EngineCommand {
 }
 
 /// Environment variables that must not reach engines (secrets).
-const SCRUBBED_ENV: &[&str] = &["TRIDENT_API_KEYS", "TRIDENT_API_KEY_FILE"];
+const SCRUBBED_ENV: &[&str] = &[
+    "TRIDENT_API_KEYS",
+    "TRIDENT_API_KEY_FILE",
+    "TRIDENT_GENERATE_API_KEY",
+];
 
 /// Starts one replica's engine.
 pub fn spawn(

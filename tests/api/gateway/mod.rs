@@ -8,6 +8,7 @@ mod inprocess;
 mod limits;
 mod real;
 mod routing;
+mod secure;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
