@@ -6,6 +6,7 @@
 //! fallbacks and metrics middleware in `common`. Models are reached only through
 //! `backend::EncoderBackend` (encoders) and the chat module's scheduler.
 
+pub mod access;
 pub mod backend;
 pub mod chat;
 pub mod common;
@@ -108,6 +109,7 @@ pub async fn run(
             source,
         })?;
     let app = build(&opts.model_id, &entry, &opts.settings, Metrics::new());
+    let app = access::guard(app, access::EngineToken::from_env());
     tracing::info!(model = %opts.model_id, kind = entry.kind.as_str(), %addr, "engine listening");
     serve(listener, app, shutdown)
         .await

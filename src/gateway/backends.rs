@@ -306,6 +306,9 @@ impl ModelBackend {
 pub struct Backends {
     pub models: Vec<Arc<ModelBackend>>,
     by_name: HashMap<String, usize>,
+    /// The per-boot token local engines require (`engine::access`); never sent to a
+    /// remote upstream.
+    pub engine_token: Option<axum::http::HeaderValue>,
 }
 
 /// Where the supervisor puts a local replica.
@@ -343,6 +346,13 @@ pub fn upstream_base(url: &str) -> String {
 }
 
 impl Backends {
+    /// The header value local replicas get for `token` (marked sensitive: never printed).
+    pub fn token_header(token: &str) -> Option<axum::http::HeaderValue> {
+        let mut v = axum::http::HeaderValue::from_str(token).ok()?;
+        v.set_sensitive(true);
+        Some(v)
+    }
+
     /// Builds the table; `port_for(id, replica)` gives each local replica's port.
     pub fn new(file: &ModelsFile, host: &str, port_for: &PortFor<'_>) -> Backends {
         let mut models = Vec::new();
@@ -381,7 +391,11 @@ impl Backends {
                 cursor: AtomicUsize::new(0),
             }));
         }
-        Backends { models, by_name }
+        Backends {
+            models,
+            by_name,
+            engine_token: None,
+        }
     }
 
     /// The model with this id or alias.

@@ -29,6 +29,7 @@ use super::GatewayState;
 use crate::api::ApiError;
 use crate::config::settings::secs;
 use crate::config::ModelKind;
+use crate::engine::access::ENGINE_TOKEN_HEADER;
 use crate::metrics::reason;
 
 /// Which models a route serves: one kind, or any (`/tokenize`).
@@ -236,6 +237,9 @@ pub async fn forward(s: GatewayState, spec: RouteSpec, req: Request) -> Response
             if let Some(v) = parts.headers.get(name) {
                 rb = rb.header(name, v);
             }
+        }
+        if let (false, Some(token)) = (replica.remote, &s.backends.engine_token) {
+            rb = rb.header(ENGINE_TOKEN_HEADER, token);
         }
         let Ok(upstream_req) = rb.body(Full::new(body.clone())) else {
             finish.status = StatusCode::BAD_GATEWAY;

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::backoff::{Backoff, RestartPolicy};
 use super::spawn::{self, EngineCommand};
 use crate::api::types::models::{ModelCard, ModelList};
+use crate::engine::access::ENGINE_TOKEN_HEADER;
 use crate::gateway::backends::{ModelBackend, Replica, ReplicaState};
 use crate::metrics::Metrics;
 
@@ -30,6 +31,8 @@ pub struct EngineTask {
     pub startup_timeout: Duration,
     pub stop_grace: Duration,
     pub liveness: LivenessPolicy,
+    /// The engines' per-boot token (`engine::access`), sent with every probe.
+    pub token: Option<reqwest::header::HeaderValue>,
     /// Replicas that must be ready (or failed) before this one starts (shared GPUs).
     pub start_after: Vec<Arc<Replica>>,
 }
@@ -65,13 +68,20 @@ enum Probe {
     Unreachable,
 }
 
-async fn probe(client: &reqwest::Client, base: &str, timeout: Duration) -> Probe {
-    let resp = match client
-        .get(format!("{base}/health"))
-        .timeout(timeout)
-        .send()
-        .await
-    {
+/// A GET to a local engine, with its token.
+fn engine_get(t: &EngineTask, path: &str, timeout: Duration) -> reqwest::RequestBuilder {
+    let mut req = t
+        .client
+        .get(format!("{}{path}", t.replica.base_url))
+        .timeout(timeout);
+    if let Some(token) = &t.token {
+        req = req.header(ENGINE_TOKEN_HEADER, token.clone());
+    }
+    req
+}
+
+async fn probe(t: &EngineTask, timeout: Duration) -> Probe {
+    let resp = match engine_get(t, "/health", timeout).send().await {
         Ok(r) => r,
         Err(_) => return Probe::Unreachable,
     };
@@ -89,10 +99,8 @@ async fn probe(client: &reqwest::Client, base: &str, timeout: Duration) -> Probe
     }
 }
 
-async fn fetch_card(client: &reqwest::Client, base: &str) -> Option<ModelCard> {
-    let list: ModelList = client
-        .get(format!("{base}/v1/models"))
-        .timeout(PROBE_TIMEOUT)
+async fn fetch_card(t: &EngineTask) -> Option<ModelCard> {
+    let list: ModelList = engine_get(t, "/v1/models", PROBE_TIMEOUT)
         .send()
         .await
         .ok()?
@@ -207,11 +215,11 @@ async fn watch(t: &EngineTask, child: &mut Child, cancel: &CancellationToken) ->
             PROBE_TIMEOUT
         };
         let ready_for = ready_at.map(|t| t.elapsed()).unwrap_or_default();
-        match probe(&t.client, &r.base_url, timeout).await {
+        match probe(t, timeout).await {
             Probe::Ready => {
                 misses = 0;
                 if ready_at.is_none() {
-                    let card = fetch_card(&t.client, &r.base_url).await;
+                    let card = fetch_card(t).await;
                     r.update(|l| {
                         l.card = card;
                         l.last_error = None;

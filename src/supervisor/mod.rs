@@ -24,6 +24,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{CheckOptions, ConfigError, ModelsFile, Problem, Settings};
+use crate::engine::access::ENGINE_TOKEN_ENV;
 use crate::gateway::backends::{effective_gpus, Backends};
 use crate::gateway::{self, GatewayState, SystemFacts};
 pub use backoff::RestartPolicy;
@@ -155,7 +156,7 @@ struct Plan {
     facts: SystemFacts,
 }
 
-fn plan(opts: &ServeOptions) -> Result<Plan, ServeError> {
+fn plan(opts: &ServeOptions, token: &str) -> Result<Plan, ServeError> {
     let file = ModelsFile::load(&opts.models_file, CheckOptions { check_paths: true })?;
     let mut ports: HashMap<(String, usize), u16> = HashMap::new();
     match opts.engine_ports {
@@ -190,7 +191,9 @@ fn plan(opts: &ServeOptions) -> Result<Plan, ServeError> {
             base.saturating_add(r as u16)
         })
     };
-    let backends = Arc::new(Backends::new(&file, "127.0.0.1", &port_for));
+    let mut backends = Backends::new(&file, "127.0.0.1", &port_for);
+    backends.engine_token = Backends::token_header(token);
+    let backends = Arc::new(backends);
     let (gpus, gpu_note) = match detected {
         Ok(g) => (g, None),
         Err(why) => (Vec::new(), Some(why)),
@@ -211,7 +214,12 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let started = Instant::now();
     check_exposure(&opts.settings)?;
-    let plan = plan(&opts)?;
+    // Engines answer only requests carrying this boot's token (`engine::access`).
+    let token = std::env::var(ENGINE_TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(crate::engine::access::generate);
+    let plan = plan(&opts, &token)?;
     let metrics_listener = match opts.settings.metrics_port {
         0 => None,
         port => {
@@ -234,7 +242,12 @@ pub async fn run(
         models_file: opts.models_file.clone(),
         settings_file: opts.settings_file.clone(),
         log_format: opts.log_format.clone(),
-        env: opts.engine_env.clone(),
+        env: opts
+            .engine_env
+            .iter()
+            .cloned()
+            .chain([(ENGINE_TOKEN_ENV.to_string(), token)])
+            .collect(),
     });
     let engines_stop = CancellationToken::new();
     let mut engines = JoinSet::new();
@@ -271,6 +284,7 @@ pub async fn run(
                 startup_timeout: Duration::from_secs(opts.settings.startup_timeout_secs),
                 stop_grace: opts.engine_stop_grace,
                 liveness: LivenessPolicy::from_settings(&opts.settings),
+                token: plan.backends.engine_token.clone(),
                 start_after,
             };
             engines.spawn(engine_task(task, engines_stop.clone()));

@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::gateway::{client, poll, Appliance};
+use trident::engine::access::ENGINE_TOKEN_HEADER;
+
+use crate::gateway::{client, poll, Appliance, ENGINE_TOKEN};
 
 /// Short time limits: requests and first bytes 1 s, stream silence 1 s; an engine is hung
 /// after 3 failed liveness probes 0.25 s apart (0.5 s each), i.e. within about 2.3 s.
@@ -104,6 +106,7 @@ pub async fn mock_received(port: u16, n: u64) {
     let got = poll(Duration::from_secs(5), || async {
         let v: Value = client()
             .get(format!("http://127.0.0.1:{port}/mock/stats"))
+            .header(ENGINE_TOKEN_HEADER, ENGINE_TOKEN)
             .send()
             .await
             .ok()?

@@ -18,6 +18,10 @@ use serde_json::Value;
 
 pub const EXE: &str = env!("CARGO_BIN_EXE_trident");
 
+/// The engine token test appliances use instead of a random one, so tests can also talk
+/// to engines directly.
+pub const ENGINE_TOKEN: &str = "test-engine-token";
+
 /// How to start a test appliance.
 #[derive(Default)]
 pub struct Opts<'a> {
@@ -88,6 +92,7 @@ impl Appliance {
             .arg(opts.restart_backoff_ms.unwrap_or(50).to_string())
             .args(["--engine-stop-grace-ms", "2000"])
             .env("NO_COLOR", "1")
+            .env("TRIDENT_ENGINE_TOKEN", ENGINE_TOKEN)
             .env_remove("TRIDENT_API_KEYS")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

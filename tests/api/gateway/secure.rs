@@ -1,12 +1,15 @@
 //! Secure defaults of `trident serve`: no key means loopback only (or an explicit
 //! `--allow-unauthenticated`), `/metrics` needs the key on the gateway port while the
-//! metrics-only listener serves it without one, and `/ready` gives states only.
+//! metrics-only listener serves it without one, `/ready` gives states only, and engines
+//! answer only requests carrying the supervisor's per-boot token.
 
 use std::process::Command;
 
 use serde_json::json;
 
-use super::{client, get_json, mock_models, Appliance, Opts, EXE};
+use trident::engine::access::ENGINE_TOKEN_HEADER;
+
+use super::{client, get_json, mock_models, Appliance, Opts, ENGINE_TOKEN, EXE};
 
 #[test]
 fn no_key_on_a_public_address_is_refused_with_the_fix() {
@@ -69,4 +72,51 @@ async fn metrics_need_the_key_except_on_the_metrics_listener() {
     let mut keys: Vec<&str> = model.keys().map(String::as_str).collect();
     keys.sort_unstable();
     assert_eq!(keys, ["kind", "replicas", "replicas_ready", "state"]);
+}
+
+#[tokio::test]
+async fn engines_answer_only_requests_with_the_boot_token() {
+    let app = Appliance::start(json!({"e": {"type": "embedding"}}), Opts::default()).await;
+    let port = app.engines("e", None).await[0]["port"].as_u64().unwrap();
+    let url = format!("http://127.0.0.1:{port}/v1/embeddings");
+    let body = json!({"input": "a"});
+    for token in [None, Some("wrong")] {
+        let mut rb = client().post(&url).json(&body);
+        if let Some(t) = token {
+            rb = rb.header(ENGINE_TOKEN_HEADER, t);
+        }
+        let r = rb.send().await.unwrap();
+        assert_eq!(r.status(), 401, "token {token:?}");
+        let b: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(b["error"]["code"], "invalid_engine_token");
+    }
+    let health = client()
+        .get(format!("http://127.0.0.1:{port}/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 401, "even /health needs the token");
+    let r = client()
+        .post(&url)
+        .header(ENGINE_TOKEN_HEADER, ENGINE_TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The gateway sends it (probes, proxying, metrics scrapes) and never forwards a client's.
+    let r = client()
+        .post(app.url("/v1/embeddings"))
+        .header(ENGINE_TOKEN_HEADER, "wrong")
+        .json(&json!({"model": "e", "input": "a"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let metrics = client().get(app.url("/metrics")).send().await.unwrap();
+    let text = metrics.text().await.unwrap();
+    assert!(
+        text.contains("component=\"engine\""),
+        "engine metrics not scraped: {text}"
+    );
 }
