@@ -50,6 +50,28 @@ pub struct PairTokens {
     pub type_ids: Vec<u32>,
 }
 
+/// A rerank query tokenised once for all its documents: the text, and its raw tokens
+/// (already cut to the pair budget) when a real tokenizer prepared it.
+#[derive(Debug, Clone)]
+pub struct PreparedQuery {
+    text: String,
+    tokens: Option<Encoding>,
+}
+
+impl PreparedQuery {
+    /// A query kept as text (backends without a tokenizer of their own, test fakes).
+    pub fn text(text: &str) -> Self {
+        PreparedQuery {
+            text: text.to_string(),
+            tokens: None,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
 /// An encoder model with its tokenizer.
 pub struct EncoderModel {
     bert: Bert,
@@ -234,13 +256,36 @@ impl EncoderModel {
     /// Tokenises a (query, document) pair with the pair template; only the document is
     /// truncated to fit `max_len` (the query too, should it alone not fit).
     pub fn encode_pair(&self, query: &str, doc: &str) -> Result<PairTokens, ModelError> {
+        self.encode_prepared_pair(&self.prepare_query(query)?, doc)
+    }
+
+    /// Tokenises a query once for many pairs, cut to the pair budget.
+    pub fn prepare_query(&self, query: &str) -> Result<PreparedQuery, ModelError> {
         let mut q = self.raw(query)?;
-        let mut d = self.raw(doc)?;
         let budget = self.info.max_len.saturating_sub(self.added(true));
         if q.len() > budget {
             q.truncate(budget, 0, TruncationDirection::Right);
         }
-        let room = budget - q.len();
+        Ok(PreparedQuery {
+            text: query.to_string(),
+            tokens: Some(q),
+        })
+    }
+
+    /// [`EncoderModel::encode_pair`] with the query already tokenised: only the document
+    /// is tokenised here and truncated to the room the query leaves.
+    pub fn encode_prepared_pair(
+        &self,
+        query: &PreparedQuery,
+        doc: &str,
+    ) -> Result<PairTokens, ModelError> {
+        let q = match &query.tokens {
+            Some(q) => q.clone(),
+            None => return self.encode_prepared_pair(&self.prepare_query(&query.text)?, doc),
+        };
+        let mut d = self.raw(doc)?;
+        let budget = self.info.max_len.saturating_sub(self.added(true));
+        let room = budget.saturating_sub(q.len());
         if d.len() > room {
             d.truncate(room, 0, TruncationDirection::Right);
         }
