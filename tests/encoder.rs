@@ -155,6 +155,19 @@ fn minilm_f32_matches_sentence_transformers() {
     let cut = m.encode_prepared_pair(&prepared, &long).unwrap();
     assert_eq!(cut.ids.len(), 256);
     assert_eq!(cut.ids[..q_ids.len()], q_ids[..]);
+    // Text past the window is never tokenised (only its first 256 × 32 characters), and
+    // the cut tokens are the same as from the whole text.
+    let huge = "the quick brown fox jumps over the lazy dog ".repeat(190_000);
+    let huge_ids = m.encode_text(&huge, true).unwrap();
+    assert_eq!(huge_ids, m.encode_text(&huge[..20_000], true).unwrap());
+    assert_eq!(huge_ids.len(), 256);
+    let huge_pair = m.encode_prepared_pair(&prepared, &huge).unwrap();
+    assert_eq!(huge_pair.ids.len(), 256);
+    let err = m.encode_text(&huge, false).unwrap_err().to_string();
+    assert!(
+        err.contains("characters"),
+        "refused before tokenising: {err}"
+    );
     let long_query = m.prepare_query(&long).unwrap();
     assert_eq!(
         m.encode_prepared_pair(&long_query, "short")

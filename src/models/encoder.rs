@@ -50,6 +50,22 @@ pub struct PairTokens {
     pub type_ids: Vec<u32>,
 }
 
+/// Characters tokenised per token of room: no vocabulary has tokens this long, so text past
+/// `room × CHARS_PER_TOKEN` characters would be cut after tokenising anyway, and
+/// tokenising it (a megabyte-long document times a thousand) would be work for nothing.
+pub const CHARS_PER_TOKEN: usize = 32;
+
+/// The prefix of `text` that can matter for `tokens` tokens of room.
+fn cap(text: &str, tokens: usize) -> &str {
+    match text
+        .char_indices()
+        .nth(tokens.saturating_mul(CHARS_PER_TOKEN))
+    {
+        Some((end, _)) => &text[..end],
+        None => text,
+    }
+}
+
 /// A rerank query tokenised once for all its documents: the text, and its raw tokens
 /// (already cut to the pair budget) when a real tokenizer prepared it.
 #[derive(Debug, Clone)]
@@ -232,9 +248,18 @@ impl EncoderModel {
     }
 
     /// Tokenises one text with the model's specials; truncates the content so the
-    /// result fits `max_len` when `truncate`, else rejects a too-long text.
+    /// result fits `max_len` when `truncate`, else rejects a too-long text. Only the first
+    /// `max_len × CHARS_PER_TOKEN` characters are ever tokenised.
     pub fn encode_text(&self, text: &str, truncate: bool) -> Result<Vec<u32>, ModelError> {
-        let mut enc = self.raw(text)?;
+        let capped = cap(text, self.info.max_len);
+        if !truncate && capped.len() < text.len() {
+            return Err(ModelError::Input(format!(
+                "input has more than {} characters, more than the model's maximum of {} tokens can hold",
+                self.info.max_len * CHARS_PER_TOKEN,
+                self.info.max_len
+            )));
+        }
+        let mut enc = self.raw(capped)?;
         let budget = self.info.max_len.saturating_sub(self.added(false));
         if enc.len() > budget {
             if !truncate {
@@ -261,8 +286,8 @@ impl EncoderModel {
 
     /// Tokenises a query once for many pairs, cut to the pair budget.
     pub fn prepare_query(&self, query: &str) -> Result<PreparedQuery, ModelError> {
-        let mut q = self.raw(query)?;
         let budget = self.info.max_len.saturating_sub(self.added(true));
+        let mut q = self.raw(cap(query, budget))?;
         if q.len() > budget {
             q.truncate(budget, 0, TruncationDirection::Right);
         }
@@ -283,9 +308,9 @@ impl EncoderModel {
             Some(q) => q.clone(),
             None => return self.encode_prepared_pair(&self.prepare_query(&query.text)?, doc),
         };
-        let mut d = self.raw(doc)?;
         let budget = self.info.max_len.saturating_sub(self.added(true));
         let room = budget.saturating_sub(q.len());
+        let mut d = self.raw(cap(doc, room))?;
         if d.len() > room {
             d.truncate(room, 0, TruncationDirection::Right);
         }
@@ -389,5 +414,21 @@ impl EncoderModel {
             })
         })?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_keeps_whole_characters_up_to_the_room() {
+        assert_eq!(cap("abc", 1), "abc");
+        let text = "é".repeat(CHARS_PER_TOKEN * 2 + 5);
+        let c = cap(&text, 2);
+        assert_eq!(c.chars().count(), CHARS_PER_TOKEN * 2);
+        assert!(text.starts_with(c));
+        assert_eq!(cap(&text, 0), "");
+        assert_eq!(cap("", 3), "");
     }
 }
