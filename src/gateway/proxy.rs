@@ -4,18 +4,17 @@
 //! alias, or the only model of the route's kind) → per-model admission → pick a replica →
 //! send. A transport failure before any response status (refused, reset) is retried once
 //! on another replica, within the retry budget and after a jittered pause; anything after
-//! a status reached us is never retried. Bodies stream through chunk by chunk; dropping the
-//! client's body drops the upstream request (the engine sees the disconnect); an upstream
-//! failure mid-SSE ends the stream with a `data: {"error":…}` event.
+//! a status reached us is never retried. Local engines get the boot's engine token. No
+//! status within the time limit (`relay::Limits`: the request timeout, or the first-byte
+//! timeout of a stream) is a 504 `upstream_timeout`. The body then streams through
+//! `relay` chunk by chunk; dropping the client's body drops the upstream request (the
+//! engine sees the disconnect).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -25,9 +24,9 @@ use serde::Deserialize;
 use super::backends::{ModelBackend, ModelState, Replica};
 use super::balance::{others_healthy, pick, retry_pause};
 use super::limits::{self, InflightGuard, X_REQUEST_ID};
+use super::relay::{self, Limits};
 use super::GatewayState;
 use crate::api::ApiError;
-use crate::config::settings::secs;
 use crate::config::ModelKind;
 use crate::engine::access::ENGINE_TOKEN_HEADER;
 use crate::metrics::reason;
@@ -121,7 +120,7 @@ fn resolve<'a>(
 const FORWARDED: &[HeaderName] = &[header::CONTENT_TYPE, header::ACCEPT];
 
 /// Response headers never passed back (hop-by-hop).
-fn hop_by_hop(name: &HeaderName) -> bool {
+pub(super) fn hop_by_hop(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
         "connection"
@@ -136,11 +135,11 @@ fn hop_by_hop(name: &HeaderName) -> bool {
 }
 
 /// Records the request's metrics and releases the replica slot when the response ends.
-struct Finish {
-    s: GatewayState,
-    model: Arc<ModelBackend>,
+pub(super) struct Finish {
+    pub(super) s: GatewayState,
+    pub(super) model: Arc<ModelBackend>,
     route: &'static str,
-    status: StatusCode,
+    pub(super) status: StatusCode,
     started: Instant,
     replica: Option<Arc<Replica>>,
     _inflight: InflightGuard,
@@ -259,7 +258,7 @@ pub async fn forward(s: GatewayState, spec: RouteSpec, req: Request) -> Response
         match result {
             Ok(resp) => {
                 replica.record_success(sent.elapsed());
-                return respond(resp, finish, limits, sent);
+                return relay::respond(resp, finish, limits, sent);
             }
             Err(e) => {
                 // No status came back: the engine did not take the work.
@@ -282,44 +281,6 @@ pub async fn forward(s: GatewayState, spec: RouteSpec, req: Request) -> Response
                     .into_response();
             }
         }
-    }
-}
-
-/// Time limits of one proxied exchange.
-#[derive(Debug, Clone, Copy)]
-struct Limits {
-    stream: bool,
-    /// From sending the request to the first body frame: the whole request for a
-    /// non-streaming call, `first_byte_timeout` for a stream.
-    first: Duration,
-    /// Longest silence between body frames after the first (streams only).
-    idle: Option<Duration>,
-}
-
-impl Limits {
-    fn of(settings: &crate::config::Settings, stream: bool) -> Limits {
-        if stream {
-            Limits {
-                stream,
-                first: secs(settings.first_byte_timeout_secs),
-                idle: Some(secs(settings.stream_idle_timeout_secs)),
-            }
-        } else {
-            Limits {
-                stream,
-                first: Duration::from_secs(settings.request_timeout_secs.max(1)),
-                idle: None,
-            }
-        }
-    }
-
-    fn timeout_error(&self) -> ApiError {
-        let what = if self.stream {
-            "The model's engine did not start answering within the first-byte timeout"
-        } else {
-            "The model's engine did not answer within the request timeout"
-        };
-        ApiError::upstream_timeout(what)
     }
 }
 
@@ -347,151 +308,6 @@ fn upstream_body(model: &ModelBackend, body: Bytes) -> Result<Bytes, ApiError> {
     serde_json::to_vec(&v)
         .map(Bytes::from)
         .map_err(|_| ApiError::internal("Could not encode the request"))
-}
-
-/// Passes the upstream response through, streaming its body under the exchange's time
-/// limits (`sent` is when the request left).
-fn respond(
-    resp: axum::http::Response<hyper::body::Incoming>,
-    mut finish: Finish,
-    limits: Limits,
-    sent: Instant,
-) -> Response {
-    let status = resp.status();
-    finish.status = status;
-    let (parts, upstream) = resp.into_parts();
-    let mut headers = HeaderMap::with_capacity(parts.headers.len());
-    for (k, v) in parts.headers {
-        if let Some(k) = k.filter(|k| !hop_by_hop(k)) {
-            headers.append(k, v);
-        }
-    }
-    let sse = headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    let deadline = tokio::time::Instant::from_std(sent + limits.first);
-    let relay = Relay {
-        upstream,
-        sse,
-        done: false,
-        tail: [b'\n', b'\n'],
-        timer: Box::pin(tokio::time::sleep_until(deadline)),
-        limits,
-        finish,
-    };
-    let mut out = Response::new(Body::new(relay));
-    *out.status_mut() = status;
-    *out.headers_mut() = headers;
-    out
-}
-
-/// The response body relayed from the engine, frame by frame. An upstream failure or a
-/// time limit (first frame, then the idle gap of a stream) ends an SSE stream with an
-/// error event (closing a half-written event first) and any other body with an error,
-/// which makes the server abort the response. Dropping it (the client left) drops the
-/// upstream body, which closes the engine connection.
-struct Relay {
-    upstream: hyper::body::Incoming,
-    sse: bool,
-    done: bool,
-    /// The last two bytes sent, to close a half-written SSE event before the error event.
-    tail: [u8; 2],
-    /// Fires when the current time limit passes; re-armed after each frame of a stream.
-    timer: Pin<Box<tokio::time::Sleep>>,
-    limits: Limits,
-    finish: Finish,
-}
-
-impl http_body::Body for Relay {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
-        let this = &mut *self;
-        if this.done {
-            return Poll::Ready(None);
-        }
-        let polled = match Pin::new(&mut this.upstream).poll_frame(cx) {
-            Poll::Ready(p) => p,
-            Poll::Pending => {
-                ready!(this.timer.as_mut().poll(cx));
-                this.done = true;
-                tracing::warn!(model = %this.finish.model.id, "upstream went silent; ending the response");
-                let err = ApiError::upstream_timeout(
-                    "The model's engine stopped sending within the stream idle timeout; the response is incomplete",
-                );
-                return Poll::Ready(Some(this.fail(err)));
-            }
-        };
-        match polled {
-            Some(Ok(frame)) => {
-                if let Some(b) = frame.data_ref() {
-                    this.remember_tail(b);
-                    if let Some(idle) = this.limits.idle {
-                        this.timer
-                            .as_mut()
-                            .reset(tokio::time::Instant::now() + idle);
-                    }
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Some(Err(e)) => {
-                this.done = true;
-                tracing::warn!(model = %this.finish.model.id, error = %e, "upstream failed mid-response");
-                let err = ApiError::bad_gateway(
-                    "The model's engine stopped while streaming; the response is incomplete",
-                );
-                Poll::Ready(Some(this.fail(err)))
-            }
-            None => {
-                this.done = true;
-                Poll::Ready(None)
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done || self.upstream.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        if self.done {
-            http_body::SizeHint::with_exact(0)
-        } else {
-            self.upstream.size_hint()
-        }
-    }
-}
-
-impl Relay {
-    fn remember_tail(&mut self, b: &[u8]) {
-        match b.len() {
-            0 => {}
-            1 => self.tail = [self.tail[1], b[0]],
-            n => self.tail = [b[n - 2], b[n - 1]],
-        }
-    }
-
-    /// The last frame after a failure: an SSE error event, or an error for other bodies.
-    fn fail(&self, err: ApiError) -> Result<http_body::Frame<Bytes>, std::io::Error> {
-        if !self.sse {
-            return Err(std::io::Error::other(err.message));
-        }
-        let sep = if self.tail == [b'\n', b'\n'] {
-            ""
-        } else if self.tail[1] == b'\n' {
-            "\n"
-        } else {
-            "\n\n"
-        };
-        Ok(http_body::Frame::data(Bytes::from(format!(
-            "{sep}data: {}\n\n",
-            err.to_json()
-        ))))
-    }
 }
 
 #[cfg(test)]
