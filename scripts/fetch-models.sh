@@ -44,7 +44,13 @@ for spec in "${models[@]}"; do
   fi
   target="$unpacked/$inner"
   if [ "$(readlink "$dest/$link" 2>/dev/null)" != "$target" ]; then
-    rm -rf "${dest:?}/$link"
+    # Only a link (ours, or stale) is replaced; a real directory or file there is the
+    # operator's own model and is never removed.
+    if [ -e "$dest/$link" ] && [ ! -L "$dest/$link" ]; then
+      log "models/$link is a real file or directory, not a link: left alone"
+      continue
+    fi
+    rm -f "${dest:?}/$link"
     ln -s "$target" "$dest/$link"
     log "models/$link -> $target"
   fi

@@ -125,6 +125,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !args.api_keys.is_empty() {
                 overrides.push(("api_keys", args.api_keys.join(",")));
             }
+            if args.allow_unauthenticated {
+                overrides.push(("allow_unauthenticated", "true".into()));
+            }
             let settings = settings(&cli, &overrides)?;
             init_logging(settings.log_format);
             let (file, format) = (cli.settings.clone(), cli.log_format.clone());

@@ -306,7 +306,9 @@ pub async fn run(
         cfg.replica,
         listener.local_addr()?
     );
-    axum::serve(listener, router(cfg))
+    let app =
+        crate::engine::access::guard(router(cfg), crate::engine::access::EngineToken::from_env());
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -133,6 +133,49 @@ fn minilm_f32_matches_sentence_transformers() {
     );
     let ids = m.encode_text("Hello world", false).unwrap();
     assert_eq!(m.decode(&ids).unwrap(), "[CLS] hello world [SEP]");
+    // A query prepared once for many documents: its tokens open every pair, and only
+    // the document (or a query longer than the window) is cut to the 256-token window.
+    let q = "where do engines run?";
+    let q_ids = m.encode_text(q, false).unwrap();
+    let prepared = m.prepare_query(q).unwrap();
+    let pair = m
+        .encode_prepared_pair(&prepared, "engines run as child processes")
+        .unwrap();
+    assert_eq!(
+        pair.ids[..q_ids.len()],
+        q_ids[..],
+        "[CLS] query [SEP] first"
+    );
+    assert_eq!(
+        pair.ids,
+        m.encode_pair(q, "engines run as child processes")
+            .unwrap()
+            .ids
+    );
+    let cut = m.encode_prepared_pair(&prepared, &long).unwrap();
+    assert_eq!(cut.ids.len(), 256);
+    assert_eq!(cut.ids[..q_ids.len()], q_ids[..]);
+    // Text past the window is never tokenised (only its first 256 × 32 characters), and
+    // the cut tokens are the same as from the whole text.
+    let huge = "the quick brown fox jumps over the lazy dog ".repeat(190_000);
+    let huge_ids = m.encode_text(&huge, true).unwrap();
+    assert_eq!(huge_ids, m.encode_text(&huge[..20_000], true).unwrap());
+    assert_eq!(huge_ids.len(), 256);
+    let huge_pair = m.encode_prepared_pair(&prepared, &huge).unwrap();
+    assert_eq!(huge_pair.ids.len(), 256);
+    let err = m.encode_text(&huge, false).unwrap_err().to_string();
+    assert!(
+        err.contains("characters"),
+        "refused before tokenising: {err}"
+    );
+    let long_query = m.prepare_query(&long).unwrap();
+    assert_eq!(
+        m.encode_prepared_pair(&long_query, "short")
+            .unwrap()
+            .ids
+            .len(),
+        256
+    );
     assert_eq!(m.token_strings(&ids), ["[CLS]", "hello", "world", "[SEP]"]);
 }
 

@@ -216,11 +216,77 @@ fn prometheus_scrapes_the_appliance_service() {
     let target = job["static_configs"][0]["targets"][0]
         .as_str()
         .expect("target");
-    assert_eq!(target, "trident:8000");
+    // The metrics-only listener, unpublished, on the compose network: /metrics on :8000
+    // needs the API key.
+    assert_eq!(target, "trident:9100");
     let compose = yaml("compose.yaml");
+    let env = &compose["services"]["trident"]["environment"];
+    assert_eq!(env["TRIDENT_METRICS_PORT"].as_str(), Some("9100"));
+    let published = compose["services"]["trident"]["ports"]
+        .as_sequence()
+        .expect("ports");
     assert!(
-        compose["services"]["trident"].is_mapping(),
-        "the service Prometheus scrapes exists"
+        published
+            .iter()
+            .all(|p| !p.as_str().unwrap_or("").ends_with(":9100")),
+        "the metrics port must not be published: {published:?}"
+    );
+}
+
+#[test]
+fn compose_defaults_are_secure() {
+    let compose = yaml("compose.yaml");
+    for (name, svc) in compose["services"].as_mapping().expect("services") {
+        let caps: Vec<&str> = svc["cap_drop"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.as_str())
+            .collect();
+        assert_eq!(caps, ["ALL"], "{name:?} must drop every capability");
+        let opts: Vec<&str> = svc["security_opt"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.as_str())
+            .collect();
+        assert!(
+            opts.contains(&"no-new-privileges:true"),
+            "{name:?} must set no-new-privileges"
+        );
+    }
+    let app = &compose["services"]["trident"];
+    let env = &app["environment"];
+    assert_eq!(env["TRIDENT_GENERATE_API_KEY"].as_str(), Some("true"));
+    assert_eq!(
+        env["TRIDENT_API_KEY_FILE"].as_str(),
+        Some("/app/state/api_key")
+    );
+    assert_eq!(
+        env["TRIDENT_METRICS_PUBLIC"].as_str(),
+        Some("${TRIDENT_METRICS_PUBLIC:-false}")
+    );
+    let vols: Vec<&str> = app["volumes"]
+        .as_sequence()
+        .expect("volumes")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(vols.contains(&"trident-state:/app/state"), "{vols:?}");
+    assert!(compose["volumes"]
+        .as_mapping()
+        .unwrap()
+        .contains_key("trident-state"));
+    // Grafana has no default admin password and refuses to start without one.
+    let grafana = &compose["services"]["grafana"];
+    assert_eq!(
+        grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"].as_str(),
+        Some("${GRAFANA_ADMIN_PASSWORD:-}")
+    );
+    let entry = format!("{:?}", grafana["entrypoint"]);
+    assert!(
+        entry.contains("exit 1") && entry.contains("GRAFANA_ADMIN_PASSWORD"),
+        "{entry}"
     );
 }
 

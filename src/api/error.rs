@@ -187,6 +187,12 @@ impl ApiError {
         .with_code("timeout")
     }
 
+    /// 504 `upstream_timeout`: the model's engine did not answer (or went silent) in time.
+    pub fn upstream_timeout(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::GATEWAY_TIMEOUT, "timeout_error", message)
+            .with_code("upstream_timeout")
+    }
+
     /// The envelope as JSON text (also used for SSE `data: {"error":…}` events).
     pub fn to_json(&self) -> String {
         serde_json::to_string(&Envelope {

@@ -1,5 +1,6 @@
 //! Configuration: the models file (`models.json`) and the layered appliance settings.
 
+pub mod keygen;
 pub mod models;
 pub mod settings;
 

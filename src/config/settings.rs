@@ -6,6 +6,7 @@
 //! print their value.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -74,8 +75,19 @@ pub struct Settings {
     pub api_keys: Vec<Secret>,
     /// File with one API key per line (blank lines and `#` comments ignored).
     pub api_key_file: Option<PathBuf>,
+    /// When no key is configured, create `api_key_file` with a fresh random key (mode 0600)
+    /// if it does not exist yet; when keys are configured a missing file is skipped. The
+    /// container sets it, so a fresh appliance is never open. Default false.
+    pub generate_api_key: bool,
+    /// Let `trident serve` listen on a non-loopback address without API keys. Default
+    /// false: it refuses, saying how to set a key.
+    pub allow_unauthenticated: bool,
     /// Serve `/metrics` without an API key. Default false.
     pub metrics_public: bool,
+    /// A second listener (on `host`) that serves only `/metrics`, without a key, for a
+    /// scraper on an internal network (compose: Prometheus on the compose network; the
+    /// port is not published). 0 (the default): none.
+    pub metrics_port: u16,
     /// Allowed CORS origins; empty disables CORS. Default empty.
     pub cors_origins: Vec<String>,
     /// `text` or `json`. Default text.
@@ -84,6 +96,23 @@ pub struct Settings {
     pub balance: Balance,
     /// Whole-request timeout for non-streaming requests, seconds. Default 600.
     pub request_timeout_secs: u64,
+    /// Time a streaming request may wait for the engine's first byte (status, headers and
+    /// first body frame), seconds. Generous: a long prompt's prefill comes first. Default 120.
+    pub first_byte_timeout_secs: f64,
+    /// Longest silence allowed between two frames of a streamed response, seconds; past it
+    /// the stream ends with an SSE error event. Local engines send a keep-alive comment
+    /// every 10 s, so only a stuck engine goes this quiet. Default 60.
+    pub stream_idle_timeout_secs: f64,
+    /// Seconds between liveness probes of a ready engine. Default 5.
+    pub liveness_interval_secs: f64,
+    /// Time one liveness probe may take, seconds. Default 5.
+    pub liveness_timeout_secs: f64,
+    /// Consecutive failed liveness probes after which an engine is declared hung, taken out
+    /// of routing, stopped (SIGTERM, then SIGKILL) and restarted. Default 3.
+    pub liveness_failures: u32,
+    /// An engine reports itself hung when its model thread has not come back from one unit
+    /// of work (a forward step or batch) for this long, seconds. Default 120.
+    pub model_stall_secs: f64,
     /// Time allowed to read request headers, seconds (slow clients are cut). Default 10.
     pub header_read_timeout_secs: u64,
     /// Time allowed to read a request body, seconds. Default 30.
@@ -97,6 +126,9 @@ pub struct Settings {
     /// Gateway worker threads, each with its own event loop and upstream connections.
     /// 0 (the default): one per CPU core.
     pub gateway_threads: usize,
+    /// Set by [`Settings::load`] when it generated `api_key_file` (not a setting).
+    #[serde(skip)]
+    pub generated_key_file: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -106,17 +138,27 @@ impl Default for Settings {
             port: 8000,
             api_keys: Vec::new(),
             api_key_file: None,
+            generate_api_key: false,
+            allow_unauthenticated: false,
             metrics_public: false,
+            metrics_port: 0,
             cors_origins: Vec::new(),
             log_format: LogFormat::Text,
             balance: Balance::LeastOutstanding,
             request_timeout_secs: 600,
+            first_byte_timeout_secs: 120.0,
+            stream_idle_timeout_secs: 60.0,
+            liveness_interval_secs: 5.0,
+            liveness_timeout_secs: 5.0,
+            liveness_failures: 3,
+            model_stall_secs: 120.0,
             header_read_timeout_secs: 10,
             body_read_timeout_secs: 30,
             max_body_bytes: 8 * 1024 * 1024,
             startup_timeout_secs: 300,
             drain_timeout_secs: 25,
             gateway_threads: 0,
+            generated_key_file: None,
         }
     }
 }
@@ -150,6 +192,15 @@ fn keys_from_list_or_csv<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<S
         .filter(|k| !k.is_empty())
         .map(Secret)
         .collect())
+}
+
+/// A duration setting in (fractional) seconds; at least 1 ms, and anything unrepresentable
+/// (NaN, huge) is "forever" rather than a panic.
+pub fn secs(value: f64) -> Duration {
+    if value.is_nan() {
+        return Duration::MAX;
+    }
+    Duration::try_from_secs_f64(value.max(0.001)).unwrap_or(Duration::MAX)
 }
 
 impl Settings {
@@ -201,6 +252,16 @@ impl Settings {
         }
         let mut settings: Settings = builder.build()?.try_deserialize()?;
         if let Some(path) = settings.api_key_file.clone() {
+            if settings.generate_api_key && !path.exists() {
+                if !settings.api_keys.is_empty() {
+                    return Ok(settings);
+                }
+                super::keygen::create_key_file(&path).map_err(|source| SettingsError::KeyFile {
+                    path: path.clone(),
+                    source,
+                })?;
+                settings.generated_key_file = Some(path.clone());
+            }
             let text = std::fs::read_to_string(&path)
                 .map_err(|source| SettingsError::KeyFile { path, source })?;
             settings.api_keys.extend(
@@ -311,6 +372,53 @@ mod tests {
         .unwrap();
         assert_eq!(s.port, 9100);
         assert!(s.api_keys.is_empty());
+    }
+
+    #[test]
+    fn a_missing_key_file_is_generated_once_with_mode_0600_and_kept() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("api_key");
+        let vars = || {
+            env(&[
+                ("TRIDENT_API_KEY_FILE", file.to_str().unwrap()),
+                ("TRIDENT_GENERATE_API_KEY", "true"),
+            ])
+        };
+        let first = Settings::load(None, false, vars(), &[]).unwrap();
+        assert_eq!(first.generated_key_file.as_deref(), Some(file.as_path()));
+        assert_eq!(first.api_keys.len(), 1);
+        let key = first.api_keys[0].expose().to_string();
+        assert!(key.len() >= 40, "{key}");
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // The next start reads the same key and generates nothing.
+        let again = Settings::load(None, false, vars(), &[]).unwrap();
+        assert_eq!(again.generated_key_file, None);
+        assert_eq!(again.api_keys[0].expose(), key);
+        // Keys configured otherwise: a missing file is skipped, not created.
+        let other = dir.path().join("other");
+        let s = Settings::load(
+            None,
+            false,
+            env(&[
+                ("TRIDENT_API_KEY_FILE", other.to_str().unwrap()),
+                ("TRIDENT_GENERATE_API_KEY", "true"),
+                ("TRIDENT_API_KEYS", "k-set"),
+            ]),
+            &[],
+        )
+        .unwrap();
+        assert!(!other.exists());
+        assert_eq!(s.api_keys.len(), 1);
+        // Without generate_api_key a missing file stays an error.
+        let err = Settings::load(
+            None,
+            false,
+            env(&[("TRIDENT_API_KEY_FILE", other.to_str().unwrap())]),
+            &[],
+        );
+        assert!(err.is_err());
     }
 
     #[test]

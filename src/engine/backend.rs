@@ -5,6 +5,8 @@
 /// Token ids and segment ids of one (query, document) pair: a plain type of the model
 /// layer, used as is so pairs cross the boundary without copies.
 pub use crate::models::encoder::PairTokens;
+/// A rerank query tokenised once per request, for all of its documents.
+pub use crate::models::encoder::PreparedQuery;
 use crate::models::ModelError;
 
 /// What an encoder engine needs to know about its model.
@@ -28,6 +30,18 @@ pub trait EncoderBackend: Send + Sync + 'static {
     fn encode_text(&self, text: &str, truncate: bool) -> Result<Vec<u32>, ModelError>;
     /// Tokenizes a pair with the model's pair template, truncating only the document.
     fn encode_pair(&self, query: &str, doc: &str) -> Result<PairTokens, ModelError>;
+    /// Tokenizes a query once for many pairs (default: keeps the text).
+    fn prepare_query(&self, query: &str) -> Result<PreparedQuery, ModelError> {
+        Ok(PreparedQuery::text(query))
+    }
+    /// [`EncoderBackend::encode_pair`] for a prepared query: only `doc` is tokenized.
+    fn encode_prepared_pair(
+        &self,
+        query: &PreparedQuery,
+        doc: &str,
+    ) -> Result<PairTokens, ModelError> {
+        self.encode_pair(query.as_str(), doc)
+    }
     fn decode(&self, ids: &[u32]) -> Result<String, ModelError>;
     fn token_strings(&self, ids: &[u32]) -> Vec<String>;
     /// Largest valid token id + 1.

@@ -1,6 +1,7 @@
-//! State and routes every engine kind shares: model identity and status, `/health`,
-//! `/v1/models`, `/metrics`, the request-metrics middleware and the router assembly with
-//! envelope fallbacks and the body limit.
+//! State and routes every engine kind shares: model identity and status, `/health`
+//! (readiness plus the model thread's liveness, see `liveness`), `/v1/models`, `/metrics`,
+//! the request-metrics middleware and the router assembly with envelope fallbacks and the
+//! body limit.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -16,6 +17,8 @@ use crate::api::types::models::{ModelCard, ModelList};
 use crate::api::{self, ApiError};
 use crate::config::ModelKind;
 use crate::metrics::{reason, Metrics};
+
+use super::liveness::{ModelWatch, Pulse};
 
 /// Lifecycle of the model inside an engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +55,8 @@ pub struct EngineCommon {
     /// The entry's display `name`, accepted as `model` like the id (the seed's commands use it).
     pub name: Option<Arc<str>>,
     pub metrics: Metrics,
+    /// The model thread's heartbeat and test fault hooks.
+    pub watch: ModelWatch,
     status: Arc<RwLock<(ModelStatus, CardFacts)>>,
 }
 
@@ -63,7 +68,29 @@ impl EngineCommon {
             aliases: aliases.into(),
             name: None,
             metrics,
+            watch: ModelWatch::default(),
             status: Arc::new(RwLock::new((ModelStatus::Loading, CardFacts::default()))),
+        }
+    }
+
+    /// Replaces the model-thread watch (stall limit from the settings, faults from the
+    /// environment).
+    pub fn with_watch(mut self, watch: ModelWatch) -> Self {
+        self.watch = watch;
+        self
+    }
+
+    /// The model's state with the model thread's liveness folded in: a stopped thread is
+    /// `Failed`, a stalled one [`Health::Hung`].
+    pub fn health(&self) -> Health {
+        match self.status() {
+            ModelStatus::Ready => match self.watch.liveness.pulse() {
+                Pulse::Alive => Health::Ready,
+                Pulse::Hung(why) => Health::Hung(why),
+                Pulse::Stopped(why) => Health::Failed(why),
+            },
+            ModelStatus::Loading => Health::Loading,
+            ModelStatus::Failed(why) => Health::Failed(why),
         }
     }
 
@@ -76,6 +103,10 @@ impl EngineCommon {
 
     pub fn set_status(&self, status: ModelStatus, facts: Option<CardFacts>) {
         let ready = i64::from(status == ModelStatus::Ready);
+        if ready == 1 {
+            // The model thread takes over from here; loading time is not a stall.
+            self.watch.liveness.beat();
+        }
         if let Ok(mut s) = self.status.write() {
             s.0 = status;
             if let Some(f) = facts {
@@ -115,19 +146,19 @@ impl EngineCommon {
             .inc();
     }
 
-    /// 503 until the model is ready.
+    /// 503 unless the model is ready and its thread alive.
     pub fn ensure_ready(&self) -> Result<(), ApiError> {
-        match self.status() {
-            ModelStatus::Ready => Ok(()),
-            ModelStatus::Loading => {
-                self.reject(reason::UNAVAILABLE);
-                Err(ApiError::unavailable("The model is still loading"))
+        let why = match self.health() {
+            Health::Ready => return Ok(()),
+            Health::Loading => "The model is still loading",
+            Health::Hung(_) => "The model is not responding; its engine is being restarted",
+            Health::Failed(_) if self.status() == ModelStatus::Ready => {
+                "The model's engine stopped; it is being restarted"
             }
-            ModelStatus::Failed(_) => {
-                self.reject(reason::UNAVAILABLE);
-                Err(ApiError::unavailable("The model failed to load"))
-            }
-        }
+            Health::Failed(_) => "The model failed to load",
+        };
+        self.reject(reason::UNAVAILABLE);
+        Err(ApiError::unavailable(why))
     }
 
     fn card(&self) -> ModelCard {
@@ -155,20 +186,27 @@ impl EngineCommon {
     }
 }
 
-/// `GET /health`: 200 once the model answered its warm-up forward pass, else 503 with the
-/// state (the supervisor probes this).
+/// An engine's health as `/health` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    Loading,
+    Ready,
+    /// Ready once, but the model thread is stuck in one unit of work.
+    Hung(String),
+    /// Loading failed, or the model thread stopped.
+    Failed(String),
+}
+
+/// `GET /health`: 200 once the model answered its warm-up forward pass and while its model
+/// thread beats; else 503 with `loading`, `hung` or `failed` (the supervisor probes this).
 async fn health(State(c): State<EngineCommon>) -> Response {
-    let status = c.status();
-    let body = match &status {
-        ModelStatus::Failed(msg) => serde_json::json!({"status": status.as_str(), "error": msg}),
-        _ => serde_json::json!({"status": status.as_str()}),
+    let body = match c.health() {
+        Health::Ready => return Json(serde_json::json!({"status": "ready"})).into_response(),
+        Health::Loading => serde_json::json!({"status": "loading"}),
+        Health::Hung(why) => serde_json::json!({"status": "hung", "error": why}),
+        Health::Failed(why) => serde_json::json!({"status": "failed", "error": why}),
     };
-    let code = if status == ModelStatus::Ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (code, Json(body)).into_response()
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
 async fn models(State(c): State<EngineCommon>) -> Json<ModelList> {

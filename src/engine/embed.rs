@@ -70,7 +70,11 @@ impl EncoderState {
                         "The model failed to process the request",
                     ));
                 }
-                Err(_) => return Err(ApiError::unavailable("The engine is shutting down")),
+                Err(_) => {
+                    return Err(ApiError::unavailable(
+                        "The model's engine stopped before answering; try again",
+                    ))
+                }
             }
         }
         Ok(out)

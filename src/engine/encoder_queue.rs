@@ -4,7 +4,9 @@
 //! [`EncoderQueue`] handle; the queue is bounded (full → 429). A dedicated OS thread owns
 //! the model: it takes token-budget batches of similar lengths from the plain
 //! [`QueueState`] (unit-tested without tokio or a model), skips items whose client has gone,
-//! runs the batch and answers each item through its oneshot.
+//! runs the batch and answers each item through its oneshot. The thread beats its
+//! [`ModelWatch`] around every batch and while idle; if it panics, the queue closes and
+//! every waiting item is dropped, so each client gets an error instead of waiting.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
@@ -13,6 +15,7 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 use super::backend::{EncoderBackend, PairTokens};
+use super::liveness::{run_guarded, ModelWatch, IDLE_BEAT};
 use crate::metrics::Metrics;
 
 /// One unit of model work.
@@ -179,17 +182,35 @@ impl EncoderQueue {
         capacity: usize,
         limits: BatchLimits,
         metrics: QueueMetrics,
+        watch: ModelWatch,
     ) -> EncoderQueue {
         let shared = Arc::new(Shared {
             state: Mutex::new(QueueState::new(capacity)),
             wake: Condvar::new(),
         });
-        let thread_shared = shared.clone();
+        let queue = EncoderQueue {
+            shared: shared.clone(),
+        };
+        let on_exit = queue.clone();
         std::thread::Builder::new()
             .name("encoder-model".into())
-            .spawn(move || model_thread(thread_shared, backend, limits, metrics))
+            .spawn(move || {
+                let liveness = watch.liveness.clone();
+                run_guarded(
+                    &liveness,
+                    || model_thread(shared, backend, limits, metrics, watch),
+                    || on_exit.fail_pending(),
+                )
+            })
             .expect("spawning the model thread. This is a bug.");
-        EncoderQueue { shared }
+        queue
+    }
+
+    /// Closes the queue and drops every waiting item (their clients see an error).
+    fn fail_pending(&self) {
+        let mut s = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.closed = true;
+        s.waiting.clear();
     }
 
     /// Queues every job of one request, or none when the queue lacks room.
@@ -211,11 +232,9 @@ impl EncoderQueue {
                 }
             })
             .collect();
-        let mut state = self
-            .shared
-            .state
-            .lock()
-            .expect("queue lock poisoned. This is a bug.");
+        let Ok(mut state) = self.shared.state.lock() else {
+            return Err(PushError::Closed);
+        };
         if state.closed {
             return Err(PushError::Closed);
         }
@@ -244,6 +263,7 @@ fn model_thread(
     backend: Arc<dyn EncoderBackend>,
     limits: BatchLimits,
     m: QueueMetrics,
+    watch: ModelWatch,
 ) {
     let labels = [m.model.as_str(), m.kind];
     loop {
@@ -270,10 +290,12 @@ fn model_thread(
                 if state.closed {
                     return;
                 }
+                watch.liveness.beat();
                 state = shared
                     .wake
-                    .wait(state)
-                    .expect("queue lock poisoned. This is a bug.");
+                    .wait_timeout(state, IDLE_BEAT)
+                    .expect("queue lock poisoned. This is a bug.")
+                    .0;
             }
             let batch = state.next_batch(limits);
             m.metrics
@@ -301,7 +323,9 @@ fn model_thread(
             .batch_tokens
             .with_label_values(&labels)
             .observe((longest * batch.len()) as f64);
+        watch.before_work();
         let result = run_batch(backend.as_ref(), &batch);
+        watch.liveness.beat();
         match result {
             Ok(outputs) => {
                 for (p, out) in batch.into_iter().zip(outputs) {

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::backend::{EncoderBackend, EncoderMeta, PairTokens};
+use super::backend::{EncoderBackend, EncoderMeta, PairTokens, PreparedQuery};
 use crate::config::{DeviceSetting, ModelEntry};
 use crate::models::decoder::DecoderModel;
 use crate::models::encoder::{EncoderKind, EncoderModel};
@@ -82,6 +82,18 @@ impl EncoderBackend for EncoderAdapter {
 
     fn encode_pair(&self, query: &str, doc: &str) -> Result<PairTokens, ModelError> {
         self.model.encode_pair(query, doc)
+    }
+
+    fn prepare_query(&self, query: &str) -> Result<PreparedQuery, ModelError> {
+        self.model.prepare_query(query)
+    }
+
+    fn encode_prepared_pair(
+        &self,
+        query: &PreparedQuery,
+        doc: &str,
+    ) -> Result<PairTokens, ModelError> {
+        self.model.encode_prepared_pair(query, doc)
     }
 
     fn decode(&self, ids: &[u32]) -> Result<String, ModelError> {

@@ -6,15 +6,18 @@
 //! fallbacks and metrics middleware in `common`. Models are reached only through
 //! `backend::EncoderBackend` (encoders) and the chat module's scheduler.
 
+pub mod access;
 pub mod backend;
 pub mod chat;
 pub mod common;
 pub mod embed;
 pub mod encoder_queue;
+pub mod liveness;
 mod loader;
 pub mod rerank;
 
 use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
@@ -106,6 +109,7 @@ pub async fn run(
             source,
         })?;
     let app = build(&opts.model_id, &entry, &opts.settings, Metrics::new());
+    let app = access::guard(app, access::EngineToken::from_env());
     tracing::info!(model = %opts.model_id, kind = entry.kind.as_str(), %addr, "engine listening");
     serve(listener, app, shutdown)
         .await
@@ -119,7 +123,9 @@ pub fn build(
     settings: &Settings,
     metrics: Metrics,
 ) -> Router {
-    let mut common = EngineCommon::new(id, entry.kind, entry.aliases.clone(), metrics.clone());
+    let stall = crate::config::settings::secs(settings.model_stall_secs);
+    let mut common = EngineCommon::new(id, entry.kind, entry.aliases.clone(), metrics.clone())
+        .with_watch(liveness::ModelWatch::new(id, stall));
     common.name = entry.name.as_deref().map(Into::into);
     common.set_status(ModelStatus::Loading, None);
     let routes = match entry.kind {
@@ -150,58 +156,79 @@ fn start_encoder(entry: crate::config::ModelEntry, state: embed::EncoderState) {
         .name("encoder-load".into())
         .spawn(move || {
             let common = state.common.clone();
-            match loader::load_encoder(&entry) {
-                Ok(backend) => {
-                    let meta = backend.meta();
-                    // A real forward pass before declaring readiness.
-                    let warm = if meta.cross_encoder {
-                        backend
-                            .encode_pair("warm-up", "warm-up")
-                            .and_then(|pair| backend.score(&[&pair]).map(|_| ()))
-                    } else {
-                        backend
-                            .encode_text("warm-up", true)
-                            .and_then(|ids| backend.embed(&[&ids]).map(|_| ()))
-                    };
-                    if let Err(e) = warm {
-                        tracing::error!(error = %e, "warm-up forward pass failed");
-                        common.set_status(ModelStatus::Failed(format!("warm-up failed: {e}")), None);
-                        return;
-                    }
-                    let limits = BatchLimits {
-                        max_batch_tokens: entry.max_batch_tokens.unwrap_or(16_384),
-                        max_batch_size: 64,
-                    };
-                    let queue = EncoderQueue::start(
-                        backend.clone(),
-                        entry.max_queue.unwrap_or(8192),
-                        limits,
-                        QueueMetrics {
-                            metrics: common.metrics.clone(),
-                            model: common.id.to_string(),
-                            kind: common.kind.as_str(),
-                        },
-                    );
-                    let facts = CardFacts {
-                        max_model_len: Some(meta.max_len),
-                        rerank_mode: (common.kind == ModelKind::Rerank).then(|| {
-                            if meta.cross_encoder {
-                                "cross-encoder".to_string()
-                            } else {
-                                "bi-encoder (cosine)".to_string()
-                            }
-                        }),
-                        dtype: Some(meta.dtype.clone()),
-                    };
-                    let _ = state.runtime.set(embed::EncoderRuntime { backend, queue });
-                    common.set_status(ModelStatus::Ready, Some(facts));
-                    tracing::info!(model = %common.id, dtype = %meta.dtype, max_len = meta.max_len, "model ready");
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "model failed to load");
-                    common.set_status(ModelStatus::Failed(e.to_string()), None);
-                }
+            let started = catch_unwind(AssertUnwindSafe(|| load_encoder(&entry, &state)));
+            if let Err(p) = started {
+                load_panicked(&common, p.as_ref());
             }
         })
         .expect("spawning the loader thread. This is a bug.");
+}
+
+/// Loads the encoder, runs the warm-up pass and starts the model thread and queue.
+fn load_encoder(entry: &crate::config::ModelEntry, state: &embed::EncoderState) {
+    let common = &state.common;
+    common.watch.faults.on_load();
+    let backend = match loader::load_encoder(entry) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "model failed to load");
+            common.set_status(ModelStatus::Failed(e.to_string()), None);
+            return;
+        }
+    };
+    let meta = backend.meta();
+    // A real forward pass before declaring readiness.
+    let warm = if meta.cross_encoder {
+        backend
+            .encode_pair("warm-up", "warm-up")
+            .and_then(|pair| backend.score(&[&pair]).map(|_| ()))
+    } else {
+        backend
+            .encode_text("warm-up", true)
+            .and_then(|ids| backend.embed(&[&ids]).map(|_| ()))
+    };
+    if let Err(e) = warm {
+        tracing::error!(error = %e, "warm-up forward pass failed");
+        common.set_status(ModelStatus::Failed(format!("warm-up failed: {e}")), None);
+        return;
+    }
+    let limits = BatchLimits {
+        max_batch_tokens: entry.max_batch_tokens.unwrap_or(16_384),
+        max_batch_size: 64,
+    };
+    let queue = EncoderQueue::start(
+        backend.clone(),
+        entry.max_queue.unwrap_or(8192),
+        limits,
+        QueueMetrics {
+            metrics: common.metrics.clone(),
+            model: common.id.to_string(),
+            kind: common.kind.as_str(),
+        },
+        common.watch.clone(),
+    );
+    let facts = CardFacts {
+        max_model_len: Some(meta.max_len),
+        rerank_mode: (common.kind == ModelKind::Rerank).then(|| {
+            if meta.cross_encoder {
+                "cross-encoder".to_string()
+            } else {
+                "bi-encoder (cosine)".to_string()
+            }
+        }),
+        dtype: Some(meta.dtype.clone()),
+    };
+    let _ = state.runtime.set(embed::EncoderRuntime { backend, queue });
+    common.set_status(ModelStatus::Ready, Some(facts));
+    tracing::info!(model = %common.id, dtype = %meta.dtype, max_len = meta.max_len, "model ready");
+}
+
+/// A panic while loading is a load failure with the panic's message, not a hang.
+pub(crate) fn load_panicked(common: &EngineCommon, payload: &(dyn std::any::Any + Send)) {
+    let why = format!(
+        "loading the model panicked: {}",
+        liveness::panic_message(payload)
+    );
+    tracing::error!(error = %why, "model failed to load");
+    common.set_status(ModelStatus::Failed(why), None);
 }

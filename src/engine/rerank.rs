@@ -102,10 +102,24 @@ async fn cross_encoder(
         let mut jobs = Vec::with_capacity(task.pairs.len());
         let mut tokens = 0;
         let many = task.seconds.len() > 1;
+        // Each query is tokenised once, not once per document (a long query times a
+        // thousand documents would otherwise pin a core).
+        let many_firsts = task.firsts.len() > 1;
+        let prepared = task
+            .firsts
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                backend.prepare_query(q).map_err(|e| {
+                    let p = task.first_param;
+                    at(input_error(p, e), p, many_firsts.then_some(i))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         for &(a, b) in &task.pairs {
             let param = task.second_param;
             let pair = backend
-                .encode_pair(&task.firsts[a], &task.seconds[b])
+                .encode_prepared_pair(&prepared[a], &task.seconds[b])
                 .map_err(|e| at(input_error(param, e), param, many.then_some(b)))?;
             // A pair that fills the whole window may have lost document tokens.
             if !opts.truncate && pair.ids.len() >= max_len {

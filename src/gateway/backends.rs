@@ -240,6 +240,8 @@ pub enum ModelState {
     Loading,
     Ready,
     Degraded,
+    /// No replica serves and at least one is being restarted after a crash or a hang.
+    Restarting,
     Failed,
 }
 
@@ -249,6 +251,7 @@ impl ModelState {
             ModelState::Loading => "loading",
             ModelState::Ready => "ready",
             ModelState::Degraded => "degraded",
+            ModelState::Restarting => "restarting",
             ModelState::Failed => "failed",
         }
     }
@@ -259,7 +262,9 @@ impl ModelBackend {
         self.replicas.iter().filter(|r| r.is_ready()).count()
     }
 
-    /// ready = every replica ready; degraded = some; failed = every replica gave up.
+    /// ready = every replica ready; degraded = some; failed = every replica gave up;
+    /// restarting = none serves and one is unhealthy, waiting to restart, or starting again
+    /// after a crash; loading otherwise (first start).
     pub fn state(&self) -> ModelState {
         let ready = self.replicas_ready();
         if ready == self.replicas.len() {
@@ -272,6 +277,14 @@ impl ModelBackend {
             .all(|r| r.state() == ReplicaState::Failed)
         {
             ModelState::Failed
+        } else if self.replicas.iter().any(|r| {
+            let life = r.life();
+            matches!(
+                life.state,
+                ReplicaState::Unhealthy | ReplicaState::Restarting
+            ) || (life.state == ReplicaState::Starting && life.restarts > 0)
+        }) {
+            ModelState::Restarting
         } else {
             ModelState::Loading
         }
@@ -293,6 +306,9 @@ impl ModelBackend {
 pub struct Backends {
     pub models: Vec<Arc<ModelBackend>>,
     by_name: HashMap<String, usize>,
+    /// The per-boot token local engines require (`engine::access`); never sent to a
+    /// remote upstream.
+    pub engine_token: Option<axum::http::HeaderValue>,
 }
 
 /// Where the supervisor puts a local replica.
@@ -330,6 +346,13 @@ pub fn upstream_base(url: &str) -> String {
 }
 
 impl Backends {
+    /// The header value local replicas get for `token` (marked sensitive: never printed).
+    pub fn token_header(token: &str) -> Option<axum::http::HeaderValue> {
+        let mut v = axum::http::HeaderValue::from_str(token).ok()?;
+        v.set_sensitive(true);
+        Some(v)
+    }
+
     /// Builds the table; `port_for(id, replica)` gives each local replica's port.
     pub fn new(file: &ModelsFile, host: &str, port_for: &PortFor<'_>) -> Backends {
         let mut models = Vec::new();
@@ -381,7 +404,11 @@ impl Backends {
                 by_name.insert(n.to_string(), at[0]);
             }
         }
-        Backends { models, by_name }
+        Backends {
+            models,
+            by_name,
+            engine_token: None,
+        }
     }
 
     /// The model with this id or alias.

@@ -13,12 +13,14 @@ use axum::response::{IntoResponse, Response};
 use futures::future::join_all;
 
 use super::GatewayState;
+use crate::engine::access::ENGINE_TOKEN_HEADER;
 
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `GET /metrics`.
 pub async fn metrics(State(s): State<GatewayState>) -> Response {
     let client = &s.client;
+    let token = &s.backends.engine_token;
     let scrapes = s.backends.models.iter().flat_map(|m| {
         let many = m.replicas.len() > 1;
         m.replicas
@@ -28,10 +30,13 @@ pub async fn metrics(State(s): State<GatewayState>) -> Response {
                 let url = format!("{}/metrics", r.base_url);
                 let client = client.clone();
                 let replica = many.then(|| r.index.to_string());
+                let token = token.clone();
                 async move {
-                    let text = client
-                        .get(url)
-                        .timeout(SCRAPE_TIMEOUT)
+                    let mut req = client.get(url).timeout(SCRAPE_TIMEOUT);
+                    if let Some(t) = token {
+                        req = req.header(ENGINE_TOKEN_HEADER, t);
+                    }
+                    let text = req
                         .send()
                         .await
                         .ok()

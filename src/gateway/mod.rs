@@ -14,6 +14,7 @@ pub mod balance;
 pub mod limits;
 pub mod metrics_merge;
 pub mod proxy;
+pub mod relay;
 pub mod status;
 
 use std::collections::HashMap;

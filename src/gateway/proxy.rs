@@ -4,17 +4,17 @@
 //! alias, or the only model of the route's kind) → per-model admission → pick a replica →
 //! send. A transport failure before any response status (refused, reset) is retried once
 //! on another replica, within the retry budget and after a jittered pause; anything after
-//! a status reached us is never retried. Bodies stream through chunk by chunk; dropping the
-//! client's body drops the upstream request (the engine sees the disconnect); an upstream
-//! failure mid-SSE ends the stream with a `data: {"error":…}` event.
+//! a status reached us is never retried. Local engines get the boot's engine token. No
+//! status within the time limit (`relay::Limits`: the request timeout, or the first-byte
+//! timeout of a stream) is a 504 `upstream_timeout`. The body then streams through
+//! `relay` chunk by chunk; dropping the client's body drops the upstream request (the
+//! engine sees the disconnect).
 
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -24,9 +24,11 @@ use serde::Deserialize;
 use super::backends::{ModelBackend, ModelState, Replica};
 use super::balance::{others_healthy, pick, retry_pause};
 use super::limits::{self, InflightGuard, X_REQUEST_ID};
+use super::relay::{self, Limits};
 use super::GatewayState;
 use crate::api::ApiError;
 use crate::config::ModelKind;
+use crate::engine::access::ENGINE_TOKEN_HEADER;
 use crate::metrics::reason;
 
 /// Which models a route serves: one kind, or any (`/tokenize`).
@@ -118,7 +120,7 @@ fn resolve<'a>(
 const FORWARDED: &[HeaderName] = &[header::CONTENT_TYPE, header::ACCEPT];
 
 /// Response headers never passed back (hop-by-hop).
-fn hop_by_hop(name: &HeaderName) -> bool {
+pub(super) fn hop_by_hop(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
         "connection"
@@ -133,11 +135,11 @@ fn hop_by_hop(name: &HeaderName) -> bool {
 }
 
 /// Records the request's metrics and releases the replica slot when the response ends.
-struct Finish {
-    s: GatewayState,
-    model: Arc<ModelBackend>,
+pub(super) struct Finish {
+    pub(super) s: GatewayState,
+    pub(super) model: Arc<ModelBackend>,
     route: &'static str,
-    status: StatusCode,
+    pub(super) status: StatusCode,
     started: Instant,
     replica: Option<Arc<Replica>>,
     _inflight: InflightGuard,
@@ -235,28 +237,28 @@ pub async fn forward(s: GatewayState, spec: RouteSpec, req: Request) -> Response
                 rb = rb.header(name, v);
             }
         }
+        if let (false, Some(token)) = (replica.remote, &s.backends.engine_token) {
+            rb = rb.header(ENGINE_TOKEN_HEADER, token);
+        }
         let Ok(upstream_req) = rb.body(Full::new(body.clone())) else {
             finish.status = StatusCode::BAD_GATEWAY;
             return ApiError::bad_gateway("The model's engine address is invalid").into_response();
         };
         let sent = Instant::now();
-        let limit = Duration::from_secs(s.settings.request_timeout_secs.max(1));
+        let limits = Limits::of(&s.settings, stream);
         let call = super::upstream().request(upstream_req);
-        let result = if stream {
-            call.await
-        } else {
-            match tokio::time::timeout(limit, call).await {
-                Ok(r) => r,
-                Err(_) => {
-                    finish.status = StatusCode::GATEWAY_TIMEOUT;
-                    return ApiError::timeout().into_response();
-                }
+        let result = match tokio::time::timeout(limits.first, call).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!(model = %model.id, replica = replica.index, secs = limits.first.as_secs_f64(), "upstream sent no response in time");
+                finish.status = StatusCode::GATEWAY_TIMEOUT;
+                return limits.timeout_error().into_response();
             }
         };
         match result {
             Ok(resp) => {
                 replica.record_success(sent.elapsed());
-                return respond(resp, finish);
+                return relay::respond(resp, finish, limits, sent);
             }
             Err(e) => {
                 // No status came back: the engine did not take the work.
@@ -287,6 +289,7 @@ fn no_backend(model: &ModelBackend, after_failure: bool) -> ApiError {
     let why = match model.state() {
         ModelState::Failed => "has failed and is not being restarted",
         ModelState::Loading => "is still loading",
+        ModelState::Restarting => "is being restarted",
         _ if after_failure => "has no other healthy engine",
         _ => "has no healthy engine",
     };
@@ -305,118 +308,6 @@ fn upstream_body(model: &ModelBackend, body: Bytes) -> Result<Bytes, ApiError> {
     serde_json::to_vec(&v)
         .map(Bytes::from)
         .map_err(|_| ApiError::internal("Could not encode the request"))
-}
-
-/// Passes the upstream response through, streaming its body.
-fn respond(resp: axum::http::Response<hyper::body::Incoming>, mut finish: Finish) -> Response {
-    let status = resp.status();
-    finish.status = status;
-    let (parts, upstream) = resp.into_parts();
-    let mut headers = HeaderMap::with_capacity(parts.headers.len());
-    for (k, v) in parts.headers {
-        if let Some(k) = k.filter(|k| !hop_by_hop(k)) {
-            headers.append(k, v);
-        }
-    }
-    let sse = headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    let relay = Relay {
-        upstream,
-        sse,
-        done: false,
-        tail: [b'\n', b'\n'],
-        finish,
-    };
-    let mut out = Response::new(Body::new(relay));
-    *out.status_mut() = status;
-    *out.headers_mut() = headers;
-    out
-}
-
-/// The response body relayed from the engine, frame by frame. An upstream failure ends an
-/// SSE stream with an error event (closing a half-written event first) and any other body
-/// with an error, which makes the server abort the response. Dropping it (the client left)
-/// drops the upstream body, which closes the engine connection.
-struct Relay {
-    upstream: hyper::body::Incoming,
-    sse: bool,
-    done: bool,
-    /// The last two bytes sent, to close a half-written SSE event before the error event.
-    tail: [u8; 2],
-    finish: Finish,
-}
-
-impl http_body::Body for Relay {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
-        let this = &mut *self;
-        if this.done {
-            return Poll::Ready(None);
-        }
-        match ready!(Pin::new(&mut this.upstream).poll_frame(cx)) {
-            Some(Ok(frame)) => {
-                if let Some(b) = frame.data_ref() {
-                    this.remember_tail(b);
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Some(Err(e)) => {
-                this.done = true;
-                tracing::warn!(model = %this.finish.model.id, error = %e, "upstream failed mid-response");
-                Poll::Ready(Some(if this.sse {
-                    Ok(http_body::Frame::data(this.error_event()))
-                } else {
-                    Err(std::io::Error::other("upstream failed mid-response"))
-                }))
-            }
-            None => {
-                this.done = true;
-                Poll::Ready(None)
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done || self.upstream.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        if self.done {
-            http_body::SizeHint::with_exact(0)
-        } else {
-            self.upstream.size_hint()
-        }
-    }
-}
-
-impl Relay {
-    fn remember_tail(&mut self, b: &[u8]) {
-        match b.len() {
-            0 => {}
-            1 => self.tail = [self.tail[1], b[0]],
-            n => self.tail = [b[n - 2], b[n - 1]],
-        }
-    }
-
-    fn error_event(&self) -> Bytes {
-        let err = ApiError::bad_gateway(
-            "The model's engine stopped while streaming; the response is incomplete",
-        );
-        let sep = if self.tail == [b'\n', b'\n'] {
-            ""
-        } else if self.tail[1] == b'\n' {
-            "\n"
-        } else {
-            "\n\n"
-        };
-        Bytes::from(format!("{sep}data: {}\n\n", err.to_json()))
-    }
 }
 
 #[cfg(test)]

@@ -26,22 +26,17 @@ struct ReadyModel {
     kind: &'static str,
     replicas_ready: usize,
     replicas: usize,
-    last_error: Option<String>,
 }
 
 /// `GET /ready`: 200 `ready` once every model serves (ready, or degraded with at least one
-/// replica up); 503 `not_ready` before, 503 `draining` after SIGTERM.
+/// replica up); 503 `not_ready` before, 503 `draining` after SIGTERM. Public, so it gives
+/// states only: why an engine failed (paths, log lines) is in `/system/info`, behind the key.
 pub async fn ready(State(s): State<GatewayState>) -> Response {
     let mut models = BTreeMap::new();
     let mut all = true;
     for m in &s.backends.models {
         let state = m.state();
         all &= matches!(state, ModelState::Ready | ModelState::Degraded);
-        let last_error = if state == ModelState::Ready {
-            None
-        } else {
-            m.last_error()
-        };
         models.insert(
             m.id.to_string(),
             ReadyModel {
@@ -49,7 +44,6 @@ pub async fn ready(State(s): State<GatewayState>) -> Response {
                 kind: m.kind.as_str(),
                 replicas_ready: m.replicas_ready(),
                 replicas: m.replicas.len(),
-                last_error,
             },
         );
     }

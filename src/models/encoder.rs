@@ -50,6 +50,44 @@ pub struct PairTokens {
     pub type_ids: Vec<u32>,
 }
 
+/// Characters tokenised per token of room: no vocabulary has tokens this long, so text past
+/// `room × CHARS_PER_TOKEN` characters would be cut after tokenising anyway, and
+/// tokenising it (a megabyte-long document times a thousand) would be work for nothing.
+pub const CHARS_PER_TOKEN: usize = 32;
+
+/// The prefix of `text` that can matter for `tokens` tokens of room.
+fn cap(text: &str, tokens: usize) -> &str {
+    match text
+        .char_indices()
+        .nth(tokens.saturating_mul(CHARS_PER_TOKEN))
+    {
+        Some((end, _)) => &text[..end],
+        None => text,
+    }
+}
+
+/// A rerank query tokenised once for all its documents: the text, and its raw tokens
+/// (already cut to the pair budget) when a real tokenizer prepared it.
+#[derive(Debug, Clone)]
+pub struct PreparedQuery {
+    text: String,
+    tokens: Option<Encoding>,
+}
+
+impl PreparedQuery {
+    /// A query kept as text (backends without a tokenizer of their own, test fakes).
+    pub fn text(text: &str) -> Self {
+        PreparedQuery {
+            text: text.to_string(),
+            tokens: None,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
 /// An encoder model with its tokenizer.
 pub struct EncoderModel {
     bert: Bert,
@@ -210,9 +248,18 @@ impl EncoderModel {
     }
 
     /// Tokenises one text with the model's specials; truncates the content so the
-    /// result fits `max_len` when `truncate`, else rejects a too-long text.
+    /// result fits `max_len` when `truncate`, else rejects a too-long text. Only the first
+    /// `max_len × CHARS_PER_TOKEN` characters are ever tokenised.
     pub fn encode_text(&self, text: &str, truncate: bool) -> Result<Vec<u32>, ModelError> {
-        let mut enc = self.raw(text)?;
+        let capped = cap(text, self.info.max_len);
+        if !truncate && capped.len() < text.len() {
+            return Err(ModelError::Input(format!(
+                "input has more than {} characters, more than the model's maximum of {} tokens can hold",
+                self.info.max_len * CHARS_PER_TOKEN,
+                self.info.max_len
+            )));
+        }
+        let mut enc = self.raw(capped)?;
         let budget = self.info.max_len.saturating_sub(self.added(false));
         if enc.len() > budget {
             if !truncate {
@@ -234,13 +281,36 @@ impl EncoderModel {
     /// Tokenises a (query, document) pair with the pair template; only the document is
     /// truncated to fit `max_len` (the query too, should it alone not fit).
     pub fn encode_pair(&self, query: &str, doc: &str) -> Result<PairTokens, ModelError> {
-        let mut q = self.raw(query)?;
-        let mut d = self.raw(doc)?;
+        self.encode_prepared_pair(&self.prepare_query(query)?, doc)
+    }
+
+    /// Tokenises a query once for many pairs, cut to the pair budget.
+    pub fn prepare_query(&self, query: &str) -> Result<PreparedQuery, ModelError> {
         let budget = self.info.max_len.saturating_sub(self.added(true));
+        let mut q = self.raw(cap(query, budget))?;
         if q.len() > budget {
             q.truncate(budget, 0, TruncationDirection::Right);
         }
-        let room = budget - q.len();
+        Ok(PreparedQuery {
+            text: query.to_string(),
+            tokens: Some(q),
+        })
+    }
+
+    /// [`EncoderModel::encode_pair`] with the query already tokenised: only the document
+    /// is tokenised here and truncated to the room the query leaves.
+    pub fn encode_prepared_pair(
+        &self,
+        query: &PreparedQuery,
+        doc: &str,
+    ) -> Result<PairTokens, ModelError> {
+        let q = match &query.tokens {
+            Some(q) => q.clone(),
+            None => return self.encode_prepared_pair(&self.prepare_query(&query.text)?, doc),
+        };
+        let budget = self.info.max_len.saturating_sub(self.added(true));
+        let room = budget.saturating_sub(q.len());
+        let mut d = self.raw(cap(doc, room))?;
         if d.len() > room {
             d.truncate(room, 0, TruncationDirection::Right);
         }
@@ -344,5 +414,21 @@ impl EncoderModel {
             })
         })?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_keeps_whole_characters_up_to_the_room() {
+        assert_eq!(cap("abc", 1), "abc");
+        let text = "é".repeat(CHARS_PER_TOKEN * 2 + 5);
+        let c = cap(&text, 2);
+        assert_eq!(c.chars().count(), CHARS_PER_TOKEN * 2);
+        assert!(text.starts_with(c));
+        assert_eq!(cap(&text, 0), "");
+        assert_eq!(cap("", 3), "");
     }
 }

@@ -3,7 +3,7 @@
 //! The body is parsed leniently so `status` keeps working while the gateway's shape evolves:
 //! `{"status": …, "models": {id: {"state": …}}}`, `{"models": {id: "ready"}}`,
 //! `{"models": [{"id": …, "state": …}]}` or a bare list of such objects. Per-model state
-//! words are the gateway's (`loading|ready|degraded|failed`); only `ready` counts as healthy.
+//! words are the gateway's (`loading|ready|degraded|restarting|failed`); only `ready` counts as healthy.
 
 use std::time::Duration;
 

@@ -1,6 +1,9 @@
 //! Restart policy of an engine: exponential backoff (1 s doubling to 60 s), reset after a
-//! stable run, and a crash-loop cutoff (5 crashes within 5 minutes → failed, no more
-//! restarts). Pure state so it is tested without processes or clocks.
+//! stable run, and a crash-loop cutoff: 5 crashes within 5 minutes, or 5 starts in a row
+//! that never became ready → failed, no more restarts. The second rule is what catches a
+//! load that keeps exceeding `startup_timeout` (or keeps failing slowly): such crashes are
+//! spaced by the load time, so with a startup timeout near the window they would never
+//! count 5 within it. Pure state so it is tested without processes or clocks.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -50,6 +53,8 @@ pub struct Backoff {
     policy: RestartPolicy,
     next: Duration,
     crashes: VecDeque<Instant>,
+    /// Crashes in a row of runs that never became ready.
+    failed_starts: usize,
 }
 
 impl Backoff {
@@ -58,6 +63,7 @@ impl Backoff {
             policy,
             next: policy.initial,
             crashes: VecDeque::new(),
+            failed_starts: 0,
         }
     }
 
@@ -75,7 +81,14 @@ impl Backoff {
         {
             self.crashes.pop_front();
         }
-        if self.crashes.len() >= self.policy.max_crashes {
+        if stable_for.is_zero() {
+            self.failed_starts += 1;
+        } else {
+            self.failed_starts = 0;
+        }
+        if self.crashes.len() >= self.policy.max_crashes
+            || self.failed_starts >= self.policy.max_crashes
+        {
             return None;
         }
         let delay = self.next;
@@ -124,5 +137,29 @@ mod tests {
         let later = t0 + 600 * S;
         assert_eq!(b.on_crash(later, 120 * S), Some(S));
         assert_eq!(b.on_crash(later + S, Duration::ZERO), Some(2 * S));
+    }
+
+    #[test]
+    fn starts_that_time_out_count_even_when_spaced_wider_than_the_window() {
+        // A load that always exceeds a startup timeout of 300 s: one crash every ~300 s.
+        let mut b = Backoff::new(RestartPolicy::default());
+        let t0 = Instant::now();
+        let gaps: Vec<Option<Duration>> = (0..5)
+            .map(|i| b.on_crash(t0 + 301 * S * i, Duration::ZERO))
+            .collect();
+        assert!(gaps[..4].iter().all(Option::is_some), "{gaps:?}");
+        assert_eq!(gaps[4], None, "the fifth failed start gives up");
+
+        // A run that became ready in between starts the count again.
+        let mut b = Backoff::new(RestartPolicy::default());
+        for i in 0..4 {
+            assert!(b.on_crash(t0 + 301 * S * i, Duration::ZERO).is_some());
+        }
+        assert!(b.on_crash(t0 + 1300 * S, 10 * S).is_some());
+        for i in 0..4 {
+            assert!(b
+                .on_crash(t0 + 1700 * S + 301 * S * i, Duration::ZERO)
+                .is_some());
+        }
     }
 }

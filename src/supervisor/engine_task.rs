@@ -1,8 +1,10 @@
 //! The life of one replica: spawn → probe `/health` until the engine answered its warm-up
-//! forward pass (or `startup_timeout` passes, or it reports `failed`) → watch it (exit,
-//! health) → on exit restart with backoff, or give up after a crash loop. Remote upstreams
-//! get a probe-only loop. Every loop stops on its `CancellationToken`, stopping its child
-//! (SIGTERM, then SIGKILL after the grace period).
+//! forward pass (or `startup_timeout` passes, or it reports `failed`) → watch it: exit, or
+//! liveness probes every `liveness.interval`; `liveness.failures` consecutive failed probes
+//! (no answer within `liveness.timeout`, or `hung` because the model thread stopped
+//! beating) declare it hung: it leaves routing and is stopped → restart with backoff, or
+//! give up after a crash loop. Remote upstreams get a probe-only loop. Every loop stops on
+//! its `CancellationToken`, stopping its child (SIGTERM, then SIGKILL after the grace).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::backoff::{Backoff, RestartPolicy};
 use super::spawn::{self, EngineCommand};
 use crate::api::types::models::{ModelCard, ModelList};
+use crate::engine::access::ENGINE_TOKEN_HEADER;
 use crate::gateway::backends::{ModelBackend, Replica, ReplicaState};
 use crate::metrics::Metrics;
 
@@ -27,6 +30,9 @@ pub struct EngineTask {
     pub policy: RestartPolicy,
     pub startup_timeout: Duration,
     pub stop_grace: Duration,
+    pub liveness: LivenessPolicy,
+    /// The engines' per-boot token (`engine::access`), sent with every probe.
+    pub token: Option<reqwest::header::HeaderValue>,
     /// Replicas that must be ready (or failed) before this one starts (shared GPUs).
     pub start_after: Vec<Arc<Replica>>,
 }
@@ -35,6 +41,26 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 const WATCH_INTERVAL: Duration = Duration::from_secs(2);
 const UNHEALTHY_AFTER: u32 = 3;
 
+/// How a ready engine is probed (settings `liveness_*`).
+#[derive(Debug, Clone, Copy)]
+pub struct LivenessPolicy {
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive failed probes that declare the engine hung.
+    pub failures: u32,
+}
+
+impl LivenessPolicy {
+    pub fn from_settings(s: &crate::config::Settings) -> Self {
+        use crate::config::settings::secs;
+        LivenessPolicy {
+            interval: secs(s.liveness_interval_secs),
+            timeout: secs(s.liveness_timeout_secs),
+            failures: s.liveness_failures.max(1),
+        }
+    }
+}
+
 enum Probe {
     Ready,
     Loading,
@@ -42,13 +68,20 @@ enum Probe {
     Unreachable,
 }
 
-async fn probe(client: &reqwest::Client, base: &str) -> Probe {
-    let resp = match client
-        .get(format!("{base}/health"))
-        .timeout(PROBE_TIMEOUT)
-        .send()
-        .await
-    {
+/// A GET to a local engine, with its token.
+fn engine_get(t: &EngineTask, path: &str, timeout: Duration) -> reqwest::RequestBuilder {
+    let mut req = t
+        .client
+        .get(format!("{}{path}", t.replica.base_url))
+        .timeout(timeout);
+    if let Some(token) = &t.token {
+        req = req.header(ENGINE_TOKEN_HEADER, token.clone());
+    }
+    req
+}
+
+async fn probe(t: &EngineTask, timeout: Duration) -> Probe {
+    let resp = match engine_get(t, "/health", timeout).send().await {
         Ok(r) => r,
         Err(_) => return Probe::Unreachable,
     };
@@ -66,10 +99,8 @@ async fn probe(client: &reqwest::Client, base: &str) -> Probe {
     }
 }
 
-async fn fetch_card(client: &reqwest::Client, base: &str) -> Option<ModelCard> {
-    let list: ModelList = client
-        .get(format!("{base}/v1/models"))
-        .timeout(PROBE_TIMEOUT)
+async fn fetch_card(t: &EngineTask) -> Option<ModelCard> {
+    let list: ModelList = engine_get(t, "/v1/models", PROBE_TIMEOUT)
         .send()
         .await
         .ok()?
@@ -159,7 +190,7 @@ pub async fn engine_task(t: EngineTask, cancel: CancellationToken) {
     }
 }
 
-/// Probes a running engine until it exits, fails or `cancel` fires.
+/// Probes a running engine until it exits, fails, hangs or `cancel` fires.
 async fn watch(t: &EngineTask, child: &mut Child, cancel: &CancellationToken) -> RunEnd {
     let r = &t.replica;
     let started = Instant::now();
@@ -178,11 +209,17 @@ async fn watch(t: &EngineTask, child: &mut Child, cancel: &CancellationToken) ->
             _ = cancel.cancelled() => return RunEnd::Cancelled,
             _ = tokio::time::sleep(interval) => {}
         }
-        match probe(&t.client, &r.base_url).await {
+        let timeout = if ready_at.is_some() {
+            t.liveness.timeout
+        } else {
+            PROBE_TIMEOUT
+        };
+        let ready_for = ready_at.map(|t| t.elapsed()).unwrap_or_default();
+        match probe(t, timeout).await {
             Probe::Ready => {
                 misses = 0;
                 if ready_at.is_none() {
-                    let card = fetch_card(&t.client, &r.base_url).await;
+                    let card = fetch_card(t).await;
                     r.update(|l| {
                         l.card = card;
                         l.last_error = None;
@@ -193,14 +230,19 @@ async fn watch(t: &EngineTask, child: &mut Child, cancel: &CancellationToken) ->
                 if r.state() != ReplicaState::Ready {
                     r.set_state(ReplicaState::Ready);
                 }
-                interval = WATCH_INTERVAL;
+                interval = t.liveness.interval;
             }
             Probe::Failed(msg) => {
                 r.set_state(ReplicaState::Restarting);
-                tracing::error!(model = %t.model.id, replica = r.index, error = %msg, "engine failed to load");
+                let what = if ready_at.is_some() {
+                    "engine failed"
+                } else {
+                    "engine failed to load"
+                };
+                tracing::error!(model = %t.model.id, replica = r.index, error = %msg, "{what}");
                 return RunEnd::Crashed {
                     reason: Some(msg),
-                    ready_for: Duration::ZERO,
+                    ready_for,
                 };
             }
             Probe::Loading | Probe::Unreachable if ready_at.is_none() => {
@@ -219,11 +261,21 @@ async fn watch(t: &EngineTask, child: &mut Child, cancel: &CancellationToken) ->
             }
             Probe::Loading | Probe::Unreachable => {
                 misses += 1;
-                if misses >= UNHEALTHY_AFTER && r.state() == ReplicaState::Ready {
-                    tracing::warn!(model = %t.model.id, replica = r.index, "engine stopped answering its health probe");
+                if misses >= t.liveness.failures {
+                    // Out of routing first, so no new request goes to it while it stops.
                     r.set_state(ReplicaState::Unhealthy);
+                    let why = format!(
+                        "the engine was hung: {misses} liveness probes in a row failed (each {:.1} s)",
+                        t.liveness.timeout.as_secs_f64()
+                    );
+                    tracing::error!(model = %t.model.id, replica = r.index, "{why}; stopping it");
+                    return RunEnd::Crashed {
+                        reason: Some(why),
+                        ready_for,
+                    };
                 }
-                interval = Duration::from_millis(500);
+                tracing::warn!(model = %t.model.id, replica = r.index, misses, "engine missed a liveness probe");
+                interval = t.liveness.interval;
             }
         }
     }

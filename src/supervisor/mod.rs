@@ -24,10 +24,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{CheckOptions, ConfigError, ModelsFile, Problem, Settings};
+use crate::engine::access::ENGINE_TOKEN_ENV;
 use crate::gateway::backends::{effective_gpus, Backends};
 use crate::gateway::{self, GatewayState, SystemFacts};
 pub use backoff::RestartPolicy;
-use engine_task::{engine_task, upstream_task, EngineTask};
+use engine_task::{engine_task, upstream_task, EngineTask, LivenessPolicy};
 use spawn::EngineCommand;
 
 /// Errors that stop `trident serve` before or while serving.
@@ -41,6 +42,19 @@ pub enum ServeError {
     GpuPlan(Vec<Problem>),
     #[error("gateway port {port} on {host} cannot be used: {source}")]
     GatewayPort {
+        host: String,
+        port: u16,
+        source: std::io::Error,
+    },
+    #[error(
+        "refusing to serve on {0} without an API key: anyone who reaches that address could use \
+         the models. Set a key (TRIDENT_API_KEYS=key1,key2, --api-key KEY, or a file of keys \
+         with TRIDENT_API_KEY_FILE), listen on loopback only (--host 127.0.0.1), or pass \
+         --allow-unauthenticated (TRIDENT_ALLOW_UNAUTHENTICATED=true) to serve without keys"
+    )]
+    Unauthenticated(String),
+    #[error("metrics port {port} on {host} cannot be used: {source}")]
+    MetricsPort {
         host: String,
         port: u16,
         source: std::io::Error,
@@ -116,6 +130,25 @@ pub async fn bind_gateway(host: &str, port: u16) -> Result<TcpListener, ServeErr
         })
 }
 
+/// True for addresses only this machine reaches (`127.0.0.0/8`, `::1`, `localhost`).
+pub fn is_loopback(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case("localhost")
+        || h.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Secure default: no API key is only allowed on loopback, or when the operator said so.
+pub fn check_exposure(settings: &Settings) -> Result<(), ServeError> {
+    if settings.api_keys.is_empty()
+        && !settings.allow_unauthenticated
+        && !is_loopback(&settings.host)
+    {
+        return Err(ServeError::Unauthenticated(settings.host.clone()));
+    }
+    Ok(())
+}
+
 /// Everything checked and built before the first engine starts.
 struct Plan {
     file: ModelsFile,
@@ -123,7 +156,7 @@ struct Plan {
     facts: SystemFacts,
 }
 
-fn plan(opts: &ServeOptions) -> Result<Plan, ServeError> {
+fn plan(opts: &ServeOptions, token: &str) -> Result<Plan, ServeError> {
     let file = ModelsFile::load(&opts.models_file, CheckOptions { check_paths: true })?;
     let mut ports: HashMap<(String, usize), u16> = HashMap::new();
     match opts.engine_ports {
@@ -158,7 +191,9 @@ fn plan(opts: &ServeOptions) -> Result<Plan, ServeError> {
             base.saturating_add(r as u16)
         })
     };
-    let backends = Arc::new(Backends::new(&file, "127.0.0.1", &port_for));
+    let mut backends = Backends::new(&file, "127.0.0.1", &port_for);
+    backends.engine_token = Backends::token_header(token);
+    let backends = Arc::new(backends);
     let (gpus, gpu_note) = match detected {
         Ok(g) => (g, None),
         Err(why) => (Vec::new(), Some(why)),
@@ -178,7 +213,24 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let started = Instant::now();
-    let plan = plan(&opts)?;
+    check_exposure(&opts.settings)?;
+    // Engines answer only requests carrying this boot's token (`engine::access`).
+    let token = std::env::var(ENGINE_TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(crate::engine::access::generate);
+    let plan = plan(&opts, &token)?;
+    let metrics_listener = match opts.settings.metrics_port {
+        0 => None,
+        port => {
+            let host = opts.settings.host.clone();
+            let l = TcpListener::bind((host.as_str(), port))
+                .await
+                .map_err(|source| ServeError::MetricsPort { host, port, source })?;
+            tracing::info!(addr = %l.local_addr().map_err(ServeError::Serve)?, "metrics listener (no key)");
+            Some(l)
+        }
+    };
     let exe = match &opts.exe {
         Some(p) => p.clone(),
         None => std::env::current_exe().map_err(ServeError::Exe)?,
@@ -190,7 +242,12 @@ pub async fn run(
         models_file: opts.models_file.clone(),
         settings_file: opts.settings_file.clone(),
         log_format: opts.log_format.clone(),
-        env: opts.engine_env.clone(),
+        env: opts
+            .engine_env
+            .iter()
+            .cloned()
+            .chain([(ENGINE_TOKEN_ENV.to_string(), token)])
+            .collect(),
     });
     let engines_stop = CancellationToken::new();
     let mut engines = JoinSet::new();
@@ -226,6 +283,8 @@ pub async fn run(
                 policy: opts.restart,
                 startup_timeout: Duration::from_secs(opts.settings.startup_timeout_secs),
                 stop_grace: opts.engine_stop_grace,
+                liveness: LivenessPolicy::from_settings(&opts.settings),
+                token: plan.backends.engine_token.clone(),
                 start_after,
             };
             engines.spawn(engine_task(task, engines_stop.clone()));
@@ -233,6 +292,24 @@ pub async fn run(
     }
     tokio::spawn(log_when_ready(state.clone(), started));
     let gateway_stop = CancellationToken::new();
+    if let Some(listener) = metrics_listener {
+        let app = axum::Router::new()
+            .route(
+                "/metrics",
+                axum::routing::get(gateway::metrics_merge::metrics),
+            )
+            .fallback(crate::api::not_found)
+            .with_state(state.clone());
+        let stop = gateway_stop.clone().cancelled_owned();
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+            {
+                tracing::error!(error = %e, "metrics listener stopped");
+            }
+        });
+    }
     let server = tokio::spawn(gateway::serve(
         listener,
         state.clone(),
@@ -304,6 +381,9 @@ pub struct ServeArgs {
     /// Accepted API key (repeatable; replaces TRIDENT_API_KEYS and settings keys).
     #[arg(long = "api-key")]
     pub api_keys: Vec<String>,
+    /// Serve on a non-loopback address without API keys (refused otherwise).
+    #[arg(long)]
+    pub allow_unauthenticated: bool,
     /// Write the gateway's bound address to this file once listening.
     #[arg(long, hide = true)]
     pub addr_file: Option<PathBuf>,
@@ -328,6 +408,11 @@ pub async fn run_cli(
     settings_file: Option<PathBuf>,
     log_format: Option<String>,
 ) -> Result<(), ServeError> {
+    check_exposure(&settings)?;
+    if let Some(path) = &settings.generated_key_file {
+        // Never the key itself: only where it is.
+        tracing::warn!(file = %path.display(), "no API key was configured: generated one; read it with `./deploy.sh key` (or the file)");
+    }
     let listener = bind_gateway(&settings.host, settings.port).await?;
     let addr = listener.local_addr().map_err(ServeError::Serve)?;
     tracing::info!(%addr, "gateway listening");
@@ -349,4 +434,32 @@ pub async fn run_cli(
     }
     opts.engine_stop_grace = Duration::from_millis(args.engine_stop_grace_ms);
     run(opts, listener, crate::shutdown_signal()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_addresses_and_the_exposure_rule() {
+        for h in ["127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost"] {
+            assert!(is_loopback(h), "{h}");
+        }
+        for h in ["0.0.0.0", "::", "10.0.0.5", "example.org"] {
+            assert!(!is_loopback(h), "{h}");
+        }
+        let mut s = Settings::default();
+        assert!(matches!(
+            check_exposure(&s),
+            Err(ServeError::Unauthenticated(_))
+        ));
+        s.allow_unauthenticated = true;
+        assert!(check_exposure(&s).is_ok());
+        s.allow_unauthenticated = false;
+        s.api_keys = vec![crate::config::Secret::new("k")];
+        assert!(check_exposure(&s).is_ok());
+        s.api_keys.clear();
+        s.host = "127.0.0.1".into();
+        assert!(check_exposure(&s).is_ok());
+    }
 }

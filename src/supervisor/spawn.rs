@@ -35,7 +35,11 @@ pub struct EngineCommand {
 }
 
 /// Environment variables that must not reach engines (secrets).
-const SCRUBBED_ENV: &[&str] = &["TRIDENT_API_KEYS", "TRIDENT_API_KEY_FILE"];
+const SCRUBBED_ENV: &[&str] = &[
+    "TRIDENT_API_KEYS",
+    "TRIDENT_API_KEY_FILE",
+    "TRIDENT_GENERATE_API_KEY",
+];
 
 /// Starts one replica's engine.
 pub fn spawn(
@@ -136,6 +140,7 @@ pub async fn stop(child: &mut Child, grace: Duration) {
         return;
     };
     let group = Pid::from_raw(pid as i32);
+    // A stopped (SIGSTOP) or wedged engine ignores this; the SIGKILL below follows.
     let _ = killpg(group, Signal::SIGTERM);
     if tokio::time::timeout(grace, child.wait()).await.is_err() {
         tracing::warn!(

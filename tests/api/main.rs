@@ -7,6 +7,7 @@ mod chat;
 mod common;
 mod embeddings;
 mod errors;
+mod faults;
 mod gateway;
 mod rerank;
 mod structured;

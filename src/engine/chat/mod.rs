@@ -184,71 +184,92 @@ pub fn limits(entry: &ModelEntry, info: &DecoderInfo, kv_bytes: usize) -> ChatLi
 }
 
 /// Loads the model on a dedicated thread, runs a warm-up forward pass, reports ready and
-/// then keeps that thread as the model thread.
+/// then keeps that thread as the model thread. A panic while loading is a load failure;
+/// one in the model loop stops the thread with every pending request failed.
 pub fn start(entry: ModelEntry, state: ChatState) {
     std::thread::Builder::new()
         .name("chat-model".into())
         .spawn(move || {
             let common = state.common.clone();
-            let (model, cuda) = match super::loader::load_decoder(&entry) {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::error!(error = %e, "model failed to load");
-                    common.set_status(ModelStatus::Failed(e.to_string()), None);
-                    return;
+            let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                common.watch.faults.on_load();
+                load(&entry, &state)
+            }));
+            match loaded {
+                Err(p) => super::load_panicked(&common, p.as_ref()),
+                Ok(None) => {}
+                Ok(Some((model, queue, cfg))) => {
+                    let metrics = RunnerMetrics {
+                        metrics: common.metrics.clone(),
+                        model: common.id.to_string(),
+                    };
+                    metrics.zero();
+                    queue.run(model, cfg, metrics, common.watch.clone());
                 }
-            };
-            if let Err(e) = warm_up(&model) {
-                tracing::error!(error = %e, "warm-up forward pass failed");
-                common.set_status(ModelStatus::Failed(format!("warm-up failed: {e}")), None);
-                return;
             }
-            let info = model.info().clone();
-            let template = match ChatTemplate::new(
-                info.chat_template.as_deref(),
-                info.bos_token.clone(),
-                info.eos_token.clone(),
-            ) {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::error!(error = %e, "chat template");
-                    common.set_status(ModelStatus::Failed(e.to_string()), None);
-                    return;
-                }
-            };
-            if template.is_fallback() {
-                tracing::warn!("the model has no chat template; using ChatML");
-            }
-            let lim = limits(&entry, &info, kv_budget_bytes(&entry, cuda));
-            let queue = ChatQueue::new(lim.max_queue);
-            let runtime = ChatRuntime {
-                tokenizer: Arc::new(model.tokenizer().clone()),
-                info: info.clone(),
-                template,
-                queue: queue.clone(),
-                max_model_len: lim.max_model_len,
-                grammars: OnceLock::new(),
-            };
-            let _ = state.runtime.set(Arc::new(runtime));
-            let facts = CardFacts {
-                max_model_len: Some(lim.max_model_len),
-                rerank_mode: None,
-                dtype: Some(info.dtype.clone()),
-            };
-            common.set_status(ModelStatus::Ready, Some(facts));
-            tracing::info!(
-                model = %common.id, dtype = %info.dtype, max_model_len = lim.max_model_len,
-                kv_budget_tokens = lim.scheduler.kv_budget_tokens,
-                max_num_seqs = lim.scheduler.max_num_seqs, "model ready"
-            );
-            let metrics = RunnerMetrics {
-                metrics: common.metrics.clone(),
-                model: common.id.to_string(),
-            };
-            metrics.zero();
-            queue.run(model, lim.scheduler, metrics);
         })
         .expect("spawning the model thread. This is a bug.");
+}
+
+/// Loads and warms the model and publishes the runtime; `None` when it failed (the status
+/// says why).
+fn load(
+    entry: &ModelEntry,
+    state: &ChatState,
+) -> Option<(DecoderModel, ChatQueue, SchedulerConfig)> {
+    let common = &state.common;
+    let (model, cuda) = match super::loader::load_decoder(entry) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(error = %e, "model failed to load");
+            common.set_status(ModelStatus::Failed(e.to_string()), None);
+            return None;
+        }
+    };
+    if let Err(e) = warm_up(&model) {
+        tracing::error!(error = %e, "warm-up forward pass failed");
+        common.set_status(ModelStatus::Failed(format!("warm-up failed: {e}")), None);
+        return None;
+    }
+    let info = model.info().clone();
+    let template = match ChatTemplate::new(
+        info.chat_template.as_deref(),
+        info.bos_token.clone(),
+        info.eos_token.clone(),
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "chat template");
+            common.set_status(ModelStatus::Failed(e.to_string()), None);
+            return None;
+        }
+    };
+    if template.is_fallback() {
+        tracing::warn!("the model has no chat template; using ChatML");
+    }
+    let lim = limits(entry, &info, kv_budget_bytes(entry, cuda));
+    let queue = ChatQueue::new(lim.max_queue);
+    let runtime = ChatRuntime {
+        tokenizer: Arc::new(model.tokenizer().clone()),
+        info: info.clone(),
+        template,
+        queue: queue.clone(),
+        max_model_len: lim.max_model_len,
+        grammars: OnceLock::new(),
+    };
+    let _ = state.runtime.set(Arc::new(runtime));
+    let facts = CardFacts {
+        max_model_len: Some(lim.max_model_len),
+        rerank_mode: None,
+        dtype: Some(info.dtype.clone()),
+    };
+    common.set_status(ModelStatus::Ready, Some(facts));
+    tracing::info!(
+        model = %common.id, dtype = %info.dtype, max_model_len = lim.max_model_len,
+        kv_budget_tokens = lim.scheduler.kv_budget_tokens,
+        max_num_seqs = lim.scheduler.max_num_seqs, "model ready"
+    );
+    Some((model, queue, lim.scheduler))
 }
 
 /// One real forward pass before declaring readiness.

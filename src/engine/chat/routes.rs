@@ -166,17 +166,17 @@ async fn chat_completions(
         shape: Shape::Chat,
         include_usage: req.stream_options.as_ref().is_some_and(|o| o.include_usage),
     };
-    if req.stream && tool_spec.is_none() {
-        return Ok(sse(rx, meta).into_response());
+    if req.stream {
+        return Ok(match tool_spec {
+            None => sse(rx, meta).into_response(),
+            Some(t) => sse_tool_answer(rx, t, meta).into_response(),
+        });
     }
     let done = collect(rx).await?;
     let (content, calls) = match &tool_spec {
         Some(t) => tools::extract(&done.text, t),
         None => (Some(done.text.clone()), Vec::new()),
     };
-    if req.stream {
-        return Ok(sse_tool_answer(done, content, calls, meta).into_response());
-    }
     let finish = if calls.is_empty() {
         done.finish_reason
     } else {

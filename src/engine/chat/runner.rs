@@ -4,7 +4,10 @@
 //! full → 429) and read [`Event`]s from their own bounded channel. One OS thread owns the
 //! model, every KV cache and the [`Scheduler`]: it moves the inbox into the scheduler,
 //! runs steps while there is work, records the metrics of each step and sleeps on a
-//! condition variable when idle. Dropping the receiver is how a handler cancels.
+//! condition variable when idle. Dropping the receiver is how a handler cancels. The thread
+//! beats its [`ModelWatch`] around every step and while idle; when it panics, the running
+//! sequences' channels drop with the scheduler and the inbox closes and empties, so every
+//! client gets an error event instead of waiting.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
@@ -12,6 +15,7 @@ use std::time::Duration;
 
 use super::backend::DecoderBackend;
 use super::scheduler::{GenRequest, Scheduler, SchedulerConfig, StepStats};
+use crate::engine::liveness::{run_guarded, ModelWatch, IDLE_BEAT};
 use crate::metrics::Metrics;
 
 /// How often undelivered final events are retried when nothing else runs.
@@ -106,6 +110,7 @@ impl ChatQueue {
         cfg: SchedulerConfig,
         capacity: usize,
         metrics: RunnerMetrics,
+        watch: ModelWatch,
     ) -> Self
     where
         B: DecoderBackend + Send + 'static,
@@ -114,15 +119,34 @@ impl ChatQueue {
         let q = queue.clone();
         std::thread::Builder::new()
             .name("chat-model".into())
-            .spawn(move || q.run(backend, cfg, metrics))
+            .spawn(move || q.run(backend, cfg, metrics, watch))
             .expect("spawning the model thread. This is a bug.");
         queue
     }
 
     /// Runs the model loop on the calling thread (the one that loaded the model) until
-    /// [`ChatQueue::close`].
-    pub fn run<B: DecoderBackend>(&self, backend: B, cfg: SchedulerConfig, metrics: RunnerMetrics) {
-        model_task(self.shared.clone(), backend, cfg, metrics);
+    /// [`ChatQueue::close`]; a panic in it is caught, recorded on `watch` and fails every
+    /// pending request.
+    pub fn run<B: DecoderBackend>(
+        &self,
+        backend: B,
+        cfg: SchedulerConfig,
+        metrics: RunnerMetrics,
+        watch: ModelWatch,
+    ) {
+        let liveness = watch.liveness.clone();
+        run_guarded(
+            &liveness,
+            || model_task(self.shared.clone(), backend, cfg, metrics, watch),
+            || self.fail_pending(),
+        );
+    }
+
+    /// Closes the inbox and drops every request in it (their clients see an error).
+    fn fail_pending(&self) {
+        let mut inbox = self.shared.inbox.lock().unwrap_or_else(|p| p.into_inner());
+        inbox.closed = true;
+        inbox.queue.clear();
     }
 
     /// A handle whose inbox holds at most `capacity` requests waiting for admission.
@@ -170,6 +194,7 @@ fn model_task<B: DecoderBackend>(
     backend: B,
     cfg: SchedulerConfig,
     metrics: RunnerMetrics,
+    watch: ModelWatch,
 ) {
     let mut sched: Scheduler<B::Cache> = Scheduler::new(cfg);
     loop {
@@ -194,14 +219,17 @@ fn model_task<B: DecoderBackend>(
                     };
                     break;
                 }
-                inbox = match shared.wake.wait(inbox) {
-                    Ok(g) => g,
+                watch.liveness.beat();
+                inbox = match shared.wake.wait_timeout(inbox, IDLE_BEAT) {
+                    Ok((g, _)) => g,
                     Err(_) => return,
                 };
             }
             inbox.waiting = sched.waiting_len();
         }
+        watch.before_work();
         let stats = sched.step(&backend);
+        watch.liveness.beat();
         if let Some(e) = &stats.failed {
             tracing::error!(error = %e, "forward step failed");
         }
@@ -270,6 +298,7 @@ mod tests {
                 metrics: metrics.clone(),
                 model: "m".into(),
             },
+            ModelWatch::default(),
         );
         let (a, mut ra) = req(5);
         q.submit(a).unwrap();

@@ -5,7 +5,7 @@
 
 use std::convert::Infallible;
 
-use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures::stream::{self, Stream, StreamExt};
 use tokio::sync::mpsc;
 
@@ -158,15 +158,34 @@ impl ResponseMeta {
 }
 
 /// The SSE response of a chat generation that may end in tool calls: the text is collected
-/// first (a tool call is only known once it is complete), then sent as OpenAI streams it — the
-/// role, any content, each call as one `tool_calls` delta (id, name and the whole
-/// `arguments`), the finish chunk, usage, `[DONE]`.
+/// first (a tool call is only known once it is complete; keep-alive comments flow meanwhile),
+/// then sent as OpenAI streams it — the role, any content, each call as one `tool_calls` delta
+/// (id, name and the whole `arguments`), the finish chunk, usage, `[DONE]`.
 pub fn sse_tool_answer(
-    done: Collected,
-    content: Option<String>,
-    calls: Vec<super::tools::ToolCall>,
+    rx: mpsc::Receiver<Event>,
+    tools: super::tools::Tools,
     meta: ResponseMeta,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let events = stream::once(async move {
+        match collect(rx).await {
+            Ok(done) => {
+                let (content, calls) = super::tools::extract(&done.text, &tools);
+                tool_answer_chunks(&meta, done, content, &calls)
+            }
+            Err(e) => vec![e.to_json()],
+        }
+    })
+    .flat_map(stream::iter);
+    Sse::new(events.map(|data| Ok(SseEvent::default().data(data))))
+        .keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE))
+}
+
+fn tool_answer_chunks(
+    meta: &ResponseMeta,
+    done: Collected,
+    content: Option<String>,
+    calls: &[super::tools::ToolCall],
+) -> Vec<String> {
     let delta =
         |content: Option<String>, tool_calls: Option<serde_json::Value>, role: bool| Delta {
             role: role.then(|| "assistant".to_string()),
@@ -196,8 +215,12 @@ pub fn sse_tool_answer(
         out.push(meta.usage_chunk(done.usage));
     }
     out.push("[DONE]".to_string());
-    Sse::new(stream::iter(out).map(|data| Ok(SseEvent::default().data(data))))
+    out
 }
+
+/// Silence after which a stream sends an SSE comment: a long prefill never looks like a
+/// stuck engine to the gateway's stream idle timeout.
+pub const SSE_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The SSE response of a streamed generation. Dropping it (client gone) drops `rx`, which
 /// the model thread notices before its next step.
@@ -229,6 +252,7 @@ pub fn sse(
         head.chain(body)
             .map(|data| Ok(SseEvent::default().data(data))),
     )
+    .keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE))
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use tower::ServiceExt;
 
 use super::*;
 use crate::config::ModelKind;
-use crate::engine::backend::{EncoderMeta, PairTokens};
+use crate::engine::backend::{EncoderMeta, PairTokens, PreparedQuery};
 use crate::engine::common::{self, EngineCommon, ModelStatus};
 use crate::engine::embed::EncoderRuntime;
 use crate::engine::encoder_queue::{BatchLimits, EncoderQueue, QueueMetrics};
@@ -25,6 +25,8 @@ const VOCAB: u32 = 100;
 struct Fake {
     cross: bool,
     max_len: usize,
+    /// Queries prepared (tokenised) so far.
+    queries: std::sync::atomic::AtomicUsize,
 }
 
 fn word_ids(text: &str) -> Vec<u32> {
@@ -57,6 +59,11 @@ impl EncoderBackend for Fake {
             w.truncate(self.max_len - 2);
         }
         Ok([vec![1], w, vec![2]].concat())
+    }
+    fn prepare_query(&self, query: &str) -> Result<PreparedQuery, ModelError> {
+        self.queries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(PreparedQuery::text(query))
     }
     fn encode_pair(&self, query: &str, doc: &str) -> Result<PairTokens, ModelError> {
         let (mut q, mut d) = (word_ids(query), word_ids(doc));
@@ -103,7 +110,16 @@ fn pair_logit(p: &PairTokens) -> f32 {
 }
 
 fn app(cross: bool, capacity: usize) -> Router {
-    let backend: Arc<dyn EncoderBackend> = Arc::new(Fake { cross, max_len: 12 });
+    app_and_fake(cross, capacity).0
+}
+
+fn app_and_fake(cross: bool, capacity: usize) -> (Router, Arc<Fake>) {
+    let fake = Arc::new(Fake {
+        cross,
+        max_len: 12,
+        queries: Default::default(),
+    });
+    let backend: Arc<dyn EncoderBackend> = fake.clone();
     let metrics = Metrics::new();
     let common = EngineCommon::new(
         "rr",
@@ -123,6 +139,7 @@ fn app(cross: bool, capacity: usize) -> Router {
             model: "rr".into(),
             kind: "rerank",
         },
+        common.watch.clone(),
     );
     let runtime = Arc::new(OnceLock::new());
     let _ = runtime.set(EncoderRuntime { backend, queue });
@@ -131,7 +148,7 @@ fn app(cross: bool, capacity: usize) -> Router {
         common: common.clone(),
         runtime,
     };
-    common::finish_router(routes(state), common, 1 << 20)
+    (common::finish_router(routes(state), common, 1 << 20), fake)
 }
 
 async fn post(app: &Router, path: &str, body: Value) -> (StatusCode, Value) {
@@ -175,6 +192,16 @@ async fn v1_cross_encoder_sigmoid_sorted_top_n_with_documents() {
     assert!(close(&v["results"][0]["relevance_score"], 1.0), "{v}");
     assert!(close(&v["results"][1]["relevance_score"], -1.0), "{v}");
     assert!(v["results"][0].get("document").is_none());
+}
+
+#[tokio::test]
+async fn the_query_is_tokenised_once_per_request_not_per_document() {
+    let (app, fake) = app_and_fake(true, 64);
+    let docs: Vec<String> = (0..20).map(|i| format!("doc {i}")).collect();
+    let (st, v) = post(&app, "/v1/rerank", json!({"query": "q", "documents": docs})).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["results"].as_array().unwrap().len(), 20);
+    assert_eq!(fake.queries.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
 
 #[tokio::test]

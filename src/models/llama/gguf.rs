@@ -17,6 +17,9 @@ use super::{inv_freq, DecoderConfig, Layer, Llama, RopeStyle};
 use crate::models::quant::QLinear;
 use crate::models::ModelError;
 
+/// Bound on head counts and head sizes read from a header (real models: ≤ 256 heads of ≤ 256).
+const MAX_DIM: usize = 1 << 16;
+
 /// An open GGUF file: its header and a reader for tensor data.
 pub struct GgufFile {
     pub path: PathBuf,
@@ -31,10 +34,23 @@ impl GgufFile {
             what: "cannot open GGUF file".into(),
             path: path.to_path_buf(),
         })?;
-        let content = Content::read(&mut file).map_err(|e| ModelError::Invalid {
+        // candle's reader checks most sizes but divides by the file's alignment unchecked
+        // (`general.alignment = 0`): a panic there is a bad header, not a crash.
+        let read =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Content::read(&mut file)));
+        let invalid = |reason: String| ModelError::Invalid {
             path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        let content = match read {
+            Ok(r) => r.map_err(|e| invalid(e.to_string()))?,
+            Err(p) => {
+                return Err(invalid(format!(
+                    "malformed GGUF header ({})",
+                    crate::engine::liveness::panic_message(p.as_ref())
+                )))
+            }
+        };
         Ok(GgufFile {
             path: path.to_path_buf(),
             content,
@@ -98,14 +114,35 @@ impl GgufFile {
             [r, c] => (*r, *c),
             _ => return Err(self.invalid(format!("tensor `{name}` has shape {dims:?}"))),
         };
+        if rows == 0 || cols == 0 {
+            // An empty buffer has no aligned address for candle to view as blocks.
+            return Err(self.invalid(format!("tensor `{name}` has a zero dimension: {dims:?}")));
+        }
         let dtype = info.ggml_dtype;
         if cols % dtype.block_size() != 0 {
             return Err(self.invalid(format!(
                 "tensor `{name}`: {cols} columns in {dtype:?} blocks"
             )));
         }
-        let size = rows * cols / dtype.block_size() * dtype.type_size();
-        let start = self.content.tensor_data_offset + info.offset;
+        // Every size is checked against the file before anything is allocated: a header
+        // may claim any dimensions and offsets.
+        let file_len = self.file.metadata()?.len();
+        let size = rows
+            .checked_mul(cols)
+            .map(|n| n / dtype.block_size())
+            .and_then(|blocks| blocks.checked_mul(dtype.type_size()))
+            .ok_or_else(|| self.invalid(format!("tensor `{name}`: {rows}x{cols} overflows")))?;
+        let start = self
+            .content
+            .tensor_data_offset
+            .checked_add(info.offset)
+            .filter(|s| s.checked_add(size as u64).is_some_and(|end| end <= file_len))
+            .ok_or_else(|| {
+                self.invalid(format!(
+                    "tensor `{name}` ({size} bytes at offset {}) runs past the end of the file ({file_len} bytes)",
+                    info.offset
+                ))
+            })?;
         let mut bytes = vec![0u8; size];
         self.file.seek(SeekFrom::Start(start))?;
         self.file
@@ -161,7 +198,14 @@ impl GgufFile {
         let head_dim = self
             .meta_usize(&k("attention.key_length"))
             .unwrap_or(hidden / heads.max(1));
-        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 || !head_dim.is_multiple_of(2) {
+        if heads == 0
+            || kv_heads == 0
+            || heads % kv_heads != 0
+            || !head_dim.is_multiple_of(2)
+            || head_dim > MAX_DIM
+            || heads > MAX_DIM
+            || hidden > MAX_DIM * 16
+        {
             return Err(self.invalid(format!(
                 "{heads} heads, {kv_heads} kv heads, head_dim {head_dim}"
             )));
@@ -208,6 +252,15 @@ impl GgufFile {
             cfg.num_kv_heads * cfg.head_dim,
         );
         let embed = self.linear("token_embd", cfg.vocab_size, hs)?;
+        // Each layer has several tensors: more layers than tensors is a lying header (and
+        // must not size an allocation).
+        if cfg.num_layers == 0 || cfg.num_layers > self.content.tensor_infos.len() {
+            return Err(self.invalid(format!(
+                "block_count {} does not fit the {} tensors in the file",
+                cfg.num_layers,
+                self.content.tensor_infos.len()
+            )));
+        }
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
             let p = |s: &str| format!("blk.{i}.{s}");

@@ -1,5 +1,6 @@
-//! The supervisor under faults: an engine killed mid-stream, a crash loop, the supervisor
-//! itself SIGKILLed, SIGTERM draining, and refusals before anything starts.
+//! The supervisor under faults: a crash loop, the supervisor itself SIGKILLed, SIGTERM
+//! draining, and refusals before anything starts. The numbered fault suite (`faults`)
+//! covers hung and killed engines.
 
 use std::process::Command;
 use std::time::Duration;
@@ -8,65 +9,10 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
 
-use super::{client, get_json, poll, process_gone, sse_events, Appliance, Opts, EXE};
+use super::{client, get_json, poll, process_gone, Appliance, Opts, EXE};
 
 fn stream_body() -> Value {
     json!({"model": "chat", "stream": true, "messages": [{"role": "user", "content": "hi"}]})
-}
-
-#[tokio::test]
-async fn an_engine_killed_mid_stream_gives_an_error_event_and_comes_back() {
-    let app = Appliance::start(
-        json!({"chat": {"type": "chat"}}),
-        Opts {
-            behaviour: Some(json!({"chat": "tokens=100,token_delay_ms=50"})),
-            ..Default::default()
-        },
-    )
-    .await;
-    let engine = app.engines("chat", None).await.remove(0);
-    let pid = engine["pid"].as_i64().unwrap() as i32;
-    let mut resp = client()
-        .post(app.url("/v1/chat/completions"))
-        .json(&stream_body())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let first = resp.chunk().await.unwrap().unwrap();
-    assert!(
-        String::from_utf8_lossy(&first).starts_with("data: {"),
-        "{first:?}"
-    );
-    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
-    let mut rest = String::new();
-    while let Ok(Some(c)) = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
-        .await
-        .unwrap()
-    {
-        rest.push_str(&String::from_utf8_lossy(&c));
-    }
-    let last = rest.lines().rfind(|l| l.starts_with("data: ")).unwrap();
-    let event: Value = serde_json::from_str(last.trim_start_matches("data: ")).unwrap();
-    assert!(event["error"]["message"].is_string(), "{last}");
-    assert!(!rest.contains("[DONE]"));
-    // The supervisor restarts it and the model serves again.
-    let engine = poll(Duration::from_secs(20), || async {
-        let e = app.engines("chat", None).await.remove(0);
-        (e["restarts"] == 1 && e["state"] == "ready").then_some(e)
-    })
-    .await
-    .unwrap_or_else(|| panic!("not restarted:\n{}", app.log_text()));
-    assert_ne!(engine["pid"].as_i64().unwrap() as i32, pid);
-    app.wait_ready(Duration::from_secs(5)).await;
-    let r = client()
-        .post(app.url("/v1/chat/completions"))
-        .json(&stream_body())
-        .send()
-        .await
-        .unwrap();
-    let events = sse_events(r).await;
-    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
 }
 
 #[tokio::test]
@@ -88,9 +34,14 @@ async fn a_crash_loop_ends_in_failed_with_the_engines_last_error() {
     .unwrap_or_else(|| panic!("never failed:\n{}", app.log_text()));
     assert_eq!(failed["status"], "not_ready");
     assert_eq!(failed["models"]["good"]["state"], "ready");
-    let err = failed["models"]["bad"]["last_error"].as_str().unwrap();
-    assert!(err.contains("simulated start-up crash"), "{err}");
+    // The public /ready says no more than the state; the reason is in /system/info.
+    assert!(
+        failed["models"]["bad"].get("last_error").is_none(),
+        "{failed}"
+    );
     let engine = app.engines("bad", None).await.remove(0);
+    let err = engine["last_error"].as_str().unwrap();
+    assert!(err.contains("simulated start-up crash"), "{err}");
     assert_eq!(engine["restarts"], 4, "five starts, then no more: {engine}");
     assert!(engine["pid"].is_null());
     let r = client()

@@ -201,7 +201,7 @@ async fn a_hung_engine_times_out_with_504() {
         .unwrap();
     assert_eq!(r.status(), 504);
     let b: Value = r.json().await.unwrap();
-    assert_eq!(b["error"]["code"], "timeout");
+    assert_eq!(b["error"]["code"], "upstream_timeout");
 }
 
 #[tokio::test]

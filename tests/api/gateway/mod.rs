@@ -8,6 +8,7 @@ mod inprocess;
 mod limits;
 mod real;
 mod routing;
+mod secure;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,6 +17,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub const EXE: &str = env!("CARGO_BIN_EXE_trident");
+
+/// The engine token test appliances use instead of a random one, so tests can also talk
+/// to engines directly.
+pub const ENGINE_TOKEN: &str = "test-engine-token";
 
 /// How to start a test appliance.
 #[derive(Default)]
@@ -29,6 +34,12 @@ pub struct Opts<'a> {
     pub real_engines: bool,
     /// Do not wait for `/ready`.
     pub no_wait: bool,
+    /// Engines listen on the entries' `port`s instead of OS-picked ones.
+    pub config_ports: bool,
+    /// Gateway port (default: OS-picked).
+    pub gateway_port: Option<u16>,
+    /// First restart delay (default 50 ms).
+    pub restart_backoff_ms: Option<u64>,
 }
 
 /// A running `trident serve`; SIGKILLed on drop (its engines die with it).
@@ -71,20 +82,26 @@ impl Appliance {
         let log = dir.path().join("serve.log");
         let mut cmd = Command::new(EXE);
         cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["serve", "--port", "0", "--host", "127.0.0.1"])
+            .args(["serve", "--host", "127.0.0.1", "--port"])
+            .arg(opts.gateway_port.unwrap_or(0).to_string())
             .arg("--config")
             .arg(&file)
             .arg("--addr-file")
             .arg(&addr_file)
-            .args(["--ephemeral-engine-ports", "--restart-backoff-ms", "50"])
+            .arg("--restart-backoff-ms")
+            .arg(opts.restart_backoff_ms.unwrap_or(50).to_string())
             .args(["--engine-stop-grace-ms", "2000"])
             .env("NO_COLOR", "1")
+            .env("TRIDENT_ENGINE_TOKEN", ENGINE_TOKEN)
             .env_remove("TRIDENT_API_KEYS")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         if !opts.real_engines {
             cmd.args(["--engine-subcommand", "mock-engine"]);
+        }
+        if !opts.config_ports {
+            cmd.arg("--ephemeral-engine-ports");
         }
         for k in opts.api_keys {
             cmd.args(["--api-key", k]);
@@ -231,7 +248,11 @@ pub async fn get_json(app: &Appliance, path: &str, key: Option<&str>) -> Value {
     if let Some(k) = key {
         rb = rb.bearer_auth(k);
     }
-    rb.send().await.unwrap().json().await.unwrap_or(Value::Null)
+    // Null when the gateway is gone, so callers fail with their own message (and log).
+    match rb.send().await {
+        Ok(r) => r.json().await.unwrap_or(Value::Null),
+        Err(_) => Value::Null,
+    }
 }
 
 /// POSTs JSON; returns status, headers and the parsed body (Null when not JSON).

@@ -3,11 +3,19 @@
 
 use serde_json::{json, Value};
 
-use super::{client, get_json, sse_events, Appliance, Opts};
+use super::{client, get_json, sse_events, Appliance, Opts, ENGINE_TOKEN};
 use crate::common::{floats, minilm, repo};
+use trident::engine::access::ENGINE_TOKEN_HEADER;
 
+/// POSTs to the gateway or (with the test's engine token) straight to an engine.
 async fn post_json(url: String, body: &Value) -> (u16, Value) {
-    let r = client().post(url).json(body).send().await.unwrap();
+    let r = client()
+        .post(url)
+        .header(ENGINE_TOKEN_HEADER, ENGINE_TOKEN)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
