@@ -67,6 +67,10 @@ pub struct CheckConfigArgs {
     /// Do not check that model paths exist (e.g. when checking a container's file outside it).
     #[arg(long)]
     pub no_paths: bool,
+    /// Also check the GPU plan against this machine's GPUs (NVML), as `serve` does before
+    /// starting engines: assigned GPUs exist, memory shares fit, the driver is new enough.
+    #[arg(long)]
+    pub gpus: bool,
 }
 
 #[derive(Debug, Subcommand)]

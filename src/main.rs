@@ -67,6 +67,16 @@ fn ops_exit(r: Result<i32, trident::ops::OpsError>) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
+/// `check-config --gpus`: the supervisor's GPU plan against this machine; prints every problem.
+fn gpu_plan_ok(file: &ModelsFile) -> bool {
+    let detected = trident::supervisor::gpu::detect();
+    let problems = trident::supervisor::gpu::check_plan(file, &detected);
+    for p in &problems {
+        eprintln!("{p}");
+    }
+    problems.is_empty()
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut overrides = Vec::new();
     if let Some(f) = &cli.log_format {
@@ -78,6 +88,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 check_paths: !args.no_paths,
             };
             match ModelsFile::load(&args.config, opts) {
+                Ok(file) if args.gpus && !gpu_plan_ok(&file) => Ok(ExitCode::FAILURE),
                 Ok(file) => {
                     println!(
                         "{}: OK ({} models)",
