@@ -24,6 +24,7 @@ pub fn load_options(entry: &ModelEntry) -> LoadOptions {
         } else {
             DeviceChoice::Cpu
         },
+        generic: false,
     }
 }
 
