@@ -38,6 +38,30 @@ pub enum Command {
     /// A fault-injecting stand-in for an engine (tests and benchmarks).
     #[command(hide = true)]
     MockEngine(crate::mock_engine::MockEngineArgs),
+    /// Model fixtures made from local files (scripts/gpu-check.sh): no hub is reachable.
+    #[command(subcommand, hide = true)]
+    Fixture(FixtureCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FixtureCommand {
+    /// A GGUF decoder dequantised into a Hugging Face safetensors directory.
+    Dequantize {
+        #[arg(long)]
+        gguf: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// f32, f16 or bf16.
+        #[arg(long, default_value = "bf16")]
+        dtype: String,
+    },
+    /// A cross-encoder: a BERT embedding model plus a seeded classification head.
+    CrossEncoder {
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

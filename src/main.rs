@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use trident::cli::{BenchCommand, Cli, Command};
+use trident::cli::{BenchCommand, Cli, Command, FixtureCommand};
 use trident::config::{CheckOptions, LogFormat, ModelsFile, Settings};
 
 /// mimalloc instead of glibc's malloc: the gateway allocates a little on every request from
@@ -83,6 +83,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         overrides.push(("log_format", f.clone()));
     }
     match &cli.command {
+        Command::Fixture(f) => {
+            match f {
+                FixtureCommand::Dequantize { gguf, out, dtype } => {
+                    let dtype: trident::models::DTypeChoice = serde_json::from_value(
+                        serde_json::Value::String(dtype.clone()),
+                    )
+                    .map_err(|_| anyhow::anyhow!("--dtype {dtype}: use f32, f16 or bf16"))?;
+                    trident::models::export::gguf_to_safetensors(gguf, out, dtype)?;
+                }
+                FixtureCommand::CrossEncoder { from, out } => {
+                    trident::models::testutil::write_minilm_cross_encoder(from, out)?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::CheckConfig(args) => {
             let opts = CheckOptions {
                 check_paths: !args.no_paths,

@@ -302,3 +302,44 @@ fn smollm2_gguf_matches_the_fast_path() {
     assert!(d <= 0.05 * spread, "{d} (spread {spread})");
     assert_eq!(greedy[0].0, greedy[1].0);
 }
+
+/// `trident fixture dequantize`: the SmolLM2 GGUF written as a Hugging Face checkpoint (q/k
+/// rows permuted back) is the same model: its logits on the fast safetensors path are close
+/// to the GGUF's, and its bf16 form loads on the generic path (what gpu-check serves).
+#[test]
+fn smollm2_dequantized_to_safetensors_is_the_same_model() {
+    use trident::models::export::gguf_to_safetensors;
+    let file = root().join("models/chat/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !file.exists() {
+        eprintln!(
+            "SKIPPED: {} not found (run scripts/fetch-models.sh)",
+            file.display()
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    gguf_to_safetensors(&file, tmp.path(), DTypeChoice::F32).unwrap();
+    let gguf = DecoderModel::load(&file, &LoadOptions::default()).unwrap();
+    let st = DecoderModel::load(tmp.path(), &opts(DTypeChoice::F32, false)).unwrap();
+    assert_eq!(st.info().model_type, "llama");
+    assert_eq!(st.info().eos_token_ids, gguf.info().eos_token_ids);
+    assert_eq!(st.info().chat_template, gguf.info().chat_template);
+    let prompt =
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
+    let ids = encode(&gguf, prompt);
+    assert_eq!(encode(&st, prompt), ids);
+    let want = forced_logits(&gguf, &ids, &[]).remove(0);
+    let got = forced_logits(&st, &ids, &[]).remove(0);
+    let spread =
+        want.iter().fold(f32::MIN, |a, b| a.max(*b)) - want.iter().fold(f32::MAX, |a, b| a.min(*b));
+    let d = max_abs(&got, &want);
+    eprintln!("dequantised SmolLM2: max |Δlogit| = {d:e} (spread {spread:.1})");
+    assert!(d <= 0.05 * spread, "{d} (spread {spread})");
+    assert_eq!(common::argmax(&got), common::argmax(&want));
+    let bf16 = tempfile::tempdir().unwrap();
+    gguf_to_safetensors(&file, bf16.path(), DTypeChoice::Bf16).unwrap();
+    let g = DecoderModel::load(bf16.path(), &opts(DTypeChoice::Bf16, true)).unwrap();
+    assert_eq!(g.info().dtype, "bf16");
+    let got = forced_logits(&g, &ids, &[]).remove(0);
+    assert_eq!(common::argmax(&got), common::argmax(&want));
+}

@@ -10,6 +10,7 @@ pub mod bert;
 pub mod decoder;
 pub mod device;
 pub mod encoder;
+pub mod export;
 pub mod files;
 pub mod gguf_tokenizer;
 pub mod kernels;
