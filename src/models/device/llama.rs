@@ -7,7 +7,8 @@
 //! A step runs the tokens of all its sequences through every linear layer as one matrix
 //! (weights read once per step, as on the CPU path); rotary embeddings use candle's fused
 //! kernel with a position per token; attention runs per sequence against its cache, scores
-//! and softmax in f32. Caches grow by doubling (`slice_set` into a larger buffer).
+//! and softmax in f32. The residual stream and the norms stay f32, as on the CPU path; the
+//! matmul inputs, the heads and the KV cache are in the activations' dtype. Caches grow by doubling (`slice_set` into a larger buffer).
 
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, QMatMul};
 use candle_core::{DType, Device, Module, Tensor};
@@ -159,10 +160,17 @@ impl DeviceLlama {
             Some(Weights::Dense(_))
         );
         let dtype = if quantised { DType::F32 } else { dtype };
+        // Norm weights stay f32: they scale the f32 residual stream.
         let vec = |v: &[f32]| -> Result<Tensor, ModelError> {
-            Ok(Tensor::from_slice(v, v.len(), device)?.to_dtype(dtype)?)
+            Ok(Tensor::from_slice(v, v.len(), device)?)
         };
-        let opt = |v: &Option<Vec<f32>>| v.as_deref().map(vec).transpose();
+        // q/k norms act on the heads, which are in the activations' dtype.
+        let opt = |v: &Option<Vec<f32>>| -> Result<Option<Tensor>, ModelError> {
+            match v {
+                Some(v) => Ok(Some(vec(v)?.to_dtype(dtype)?)),
+                None => Ok(None),
+            }
+        };
         let mut layers = Vec::with_capacity(m.layers.len());
         for l in &m.layers {
             layers.push(Layer {
@@ -279,10 +287,12 @@ impl DeviceLlama {
             y.reshape((n, heads, hd))
         };
         let ids = Tensor::from_vec(ids, n, dev)?;
-        let mut x = self.embed.index_select(&ids, 0)?;
+        // The residual stream is f32 (as on the CPU path); matmul inputs are cast to dtype.
+        let mut x = self.embed.index_select(&ids, 0)?.to_dtype(DType::F32)?;
+        let dt = self.dtype;
         let scale = 1.0 / (hd as f64).sqrt();
         for (li, layer) in self.layers.iter().enumerate() {
-            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
+            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?.to_dtype(dt)?;
             let qkv = layer.qkv.forward(&h)?;
             let mut q = qkv.narrow(1, 0, qd)?.reshape((n, nh, hd))?;
             let mut k = qkv.narrow(1, qd, kvd)?.reshape((n, nkv, hd))?;
@@ -311,11 +321,11 @@ impl DeviceLlama {
                 off += t;
             }
             let attn = Tensor::cat(&outs, 0)?;
-            x = (x + layer.o.forward(&attn)?)?;
-            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
+            x = (x + layer.o.forward(&attn)?.to_dtype(DType::F32)?)?;
+            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?.to_dtype(dt)?;
             let gu = layer.gate_up.forward(&h)?;
             let mlp = (candle_nn::ops::silu(&gu.narrow(1, 0, is)?)? * gu.narrow(1, is, is)?)?;
-            x = (x + layer.down.forward(&mlp)?)?;
+            x = (x + layer.down.forward(&mlp)?.to_dtype(DType::F32)?)?;
         }
         let mut last = Vec::with_capacity(items.len());
         let mut off = 0;
@@ -325,7 +335,7 @@ impl DeviceLlama {
         }
         let m = last.len();
         let last = x.index_select(&Tensor::from_vec(last, m, dev)?, 0)?;
-        let last = candle_nn::ops::rms_norm(&last, &self.norm, eps)?;
+        let last = candle_nn::ops::rms_norm(&last, &self.norm, eps)?.to_dtype(dt)?;
         self.lm_head
             .forward(&last)?
             .to_dtype(DType::F32)?
