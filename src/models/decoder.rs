@@ -46,13 +46,13 @@ pub struct DecoderInfo {
     pub dtype: String,
 }
 
-/// The KV cache of one sequence.
-#[derive(Debug, Clone)]
+/// The KV cache of one sequence (not `Clone`: on the device path it owns blocks of a pool).
+#[derive(Debug)]
 pub struct SeqCache {
     inner: CacheInner,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 enum CacheInner {
     Fast(KvCache),
     Device(DeviceCache),

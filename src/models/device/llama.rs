@@ -13,6 +13,7 @@
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, QMatMul};
 use candle_core::{DType, Device, Module, Tensor};
 
+use super::kv::{BlockTable, KvPool, SharedPool};
 use crate::models::llama::{DecoderConfig, Llama, RopeStyle};
 use crate::models::quant::{QLinear, Weights};
 use crate::models::ModelError;
@@ -70,68 +71,11 @@ struct Layer {
     down: Lin,
 }
 
-/// One layer's keys and values of a sequence: `[capacity, kv_heads, head_dim]` buffers of
-/// which the first `len` rows (the cache's length) are valid.
+/// The KV cache of one sequence: its length and its blocks in the model's [`KvPool`].
 #[derive(Debug)]
-struct Kv {
-    k: Tensor,
-    v: Tensor,
-}
-
-/// The KV cache of one sequence, on the model's device.
-#[derive(Debug, Default)]
 pub struct DeviceCache {
     pub len: usize,
-    layers: Vec<Option<Kv>>,
-}
-
-impl Clone for DeviceCache {
-    /// A deep copy: appends write into the buffers in place, so clones must not share them.
-    fn clone(&self) -> Self {
-        let layers = self
-            .layers
-            .iter()
-            .map(|l| {
-                l.as_ref().map(|kv| Kv {
-                    k: kv.k.copy().expect("copying a KV buffer. This is a bug."),
-                    v: kv.v.copy().expect("copying a KV buffer. This is a bug."),
-                })
-            })
-            .collect();
-        DeviceCache {
-            len: self.len,
-            layers,
-        }
-    }
-}
-
-/// Appends `k`, `v` (`[t, kv_heads, head_dim]`) after the first `len` rows of `slot`,
-/// growing it, and returns the valid prefix of both buffers.
-fn append(
-    slot: &mut Option<Kv>,
-    len: usize,
-    k: &Tensor,
-    v: &Tensor,
-) -> candle_core::Result<(Tensor, Tensor)> {
-    let t = k.dim(0)?;
-    let cap = slot.as_ref().map_or(0, |kv| kv.k.dim(0).unwrap_or(0));
-    if len + t > cap {
-        let new_cap = (2 * cap).max(len + t).max(16);
-        let (_, kvh, hd) = k.dims3()?;
-        let grown = Kv {
-            k: Tensor::zeros((new_cap, kvh, hd), k.dtype(), k.device())?,
-            v: Tensor::zeros((new_cap, kvh, hd), v.dtype(), v.device())?,
-        };
-        if let Some(old) = slot.as_ref().filter(|_| len > 0) {
-            grown.k.slice_set(&old.k.narrow(0, 0, len)?, 0, 0)?;
-            grown.v.slice_set(&old.v.narrow(0, 0, len)?, 0, 0)?;
-        }
-        *slot = Some(grown);
-    }
-    let kv = slot.as_ref().expect("allocated above. This is a bug.");
-    kv.k.slice_set(&k.contiguous()?, 0, len)?;
-    kv.v.slice_set(&v.contiguous()?, 0, len)?;
-    Ok((kv.k.narrow(0, 0, len + t)?, kv.v.narrow(0, 0, len + t)?))
+    table: BlockTable,
 }
 
 /// One sequence's part of a step on the device path.
@@ -150,6 +94,7 @@ pub struct DeviceLlama {
     layers: Vec<Layer>,
     norm: Tensor,
     lm_head: Lin,
+    kv: SharedPool,
 }
 
 impl DeviceLlama {
@@ -192,6 +137,12 @@ impl DeviceLlama {
             layers,
             norm: vec(&m.norm)?,
             lm_head: Lin::from_q(&m.lm_head, device, dtype)?,
+            kv: std::sync::Arc::new(std::sync::Mutex::new(KvPool::new(
+                m.cfg.num_layers,
+                m.cfg.num_kv_heads * m.cfg.head_dim,
+                dtype,
+                device,
+            ))),
         })
     }
 
@@ -204,7 +155,7 @@ impl DeviceLlama {
     pub fn new_cache(&self) -> DeviceCache {
         DeviceCache {
             len: 0,
-            layers: (0..self.cfg.num_layers).map(|_| None).collect(),
+            table: BlockTable::new(&self.kv),
         }
     }
 
@@ -232,7 +183,7 @@ impl DeviceLlama {
                     self.cfg.max_position_embeddings
                 )));
             }
-            if it.cache.layers.len() != self.cfg.num_layers {
+            if !it.cache.table.is_on(&self.kv) {
                 return Err(ModelError::Input("cache belongs to another model".into()));
             }
         }
@@ -286,6 +237,19 @@ impl DeviceLlama {
             };
             y.reshape((n, heads, hd))
         };
+        // Slots for this step's keys and values, and what attention reads: decoding sequences
+        // (one new token) as one padded batch, longer chunks one by one.
+        let mut pool = self.kv.lock().unwrap_or_else(|p| p.into_inner());
+        let mut new_slots = Vec::with_capacity(n * kvd);
+        for it in items.iter_mut() {
+            let end = it.cache.len + it.tokens.len();
+            it.cache.table.reserve(&mut pool, end)?;
+            for p in it.cache.len..end {
+                new_slots.extend(std::iter::repeat_n(it.cache.table.slot(p), kvd));
+            }
+        }
+        let new_slots = Tensor::from_vec(new_slots, (n, kvd), dev)?;
+        let plan = AttentionPlan::new(items, dev)?;
         let ids = Tensor::from_vec(ids, n, dev)?;
         // The residual stream is f32 (as on the CPU path); matmul inputs are cast to dtype.
         let mut x = self.embed.index_select(&ids, 0)?.to_dtype(DType::F32)?;
@@ -305,22 +269,8 @@ impl DeviceLlama {
             }
             let q = rope(q, nh)?;
             let k = rope(k, nkv)?;
-            let mut outs = Vec::with_capacity(items.len());
-            let mut off = 0;
-            for it in items.iter_mut() {
-                let t = it.tokens.len();
-                let start = it.cache.len;
-                let (kc, vc) = append(
-                    &mut it.cache.layers[li],
-                    start,
-                    &k.narrow(0, off, t)?,
-                    &v.narrow(0, off, t)?,
-                )?;
-                let qi = q.narrow(0, off, t)?;
-                outs.push(attend(&qi, &kc, &vc, start, scale)?);
-                off += t;
-            }
-            let attn = Tensor::cat(&outs, 0)?;
+            pool.write(li, &new_slots, &k.reshape((n, kvd))?, &v.reshape((n, kvd))?)?;
+            let attn = plan.attend(&pool, li, &q, (nkv, hd), scale)?;
             x = (x + layer.o.forward(&attn)?.to_dtype(DType::F32)?)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?.to_dtype(dt)?;
             let gu = layer.gate_up.forward(&h)?;
@@ -340,6 +290,128 @@ impl DeviceLlama {
             .forward(&last)?
             .to_dtype(DType::F32)?
             .to_vec2::<f32>()
+    }
+}
+
+/// What a step's attention reads from the pool, worked out once for all layers.
+struct AttentionPlan {
+    /// Rows of the step (in item order) of the sequences that decode one token.
+    decode_rows: Vec<u32>,
+    /// Their cache slots, padded to the longest: `[batch * max_len]`.
+    decode_slots: Option<Tensor>,
+    /// `0` / `-inf` per (sequence, position): `[batch, 1, 1, max_len]`.
+    decode_mask: Option<Tensor>,
+    max_len: usize,
+    /// Prefill chunks: (first row, tokens, cached before, slots of every position).
+    chunks: Vec<(usize, usize, usize, Tensor)>,
+    /// Where each row of the step is in `[decode rows…, chunk rows…]`.
+    order: Tensor,
+}
+
+impl AttentionPlan {
+    fn new(items: &[DeviceStep<'_>], dev: &Device) -> candle_core::Result<Self> {
+        let decoding: Vec<usize> = (0..items.len())
+            .filter(|&i| items[i].tokens.len() == 1)
+            .collect();
+        let max_len = decoding
+            .iter()
+            .map(|&i| items[i].cache.len + 1)
+            .max()
+            .unwrap_or(0);
+        let (mut slots, mut mask) = (Vec::new(), Vec::new());
+        for &i in &decoding {
+            let (t, len) = (&items[i].cache.table, items[i].cache.len + 1);
+            for p in 0..max_len {
+                // Padding reads slot 0 of the sequence's own first block; the mask drops it.
+                slots.push(t.slot(if p < len { p } else { 0 }));
+                mask.push(if p < len { 0f32 } else { f32::NEG_INFINITY });
+            }
+        }
+        let b = decoding.len();
+        let mut rows = Vec::with_capacity(items.len());
+        let mut off = 0;
+        let mut chunks = Vec::new();
+        let mut decode_rows = Vec::with_capacity(b);
+        for it in items {
+            let t = it.tokens.len();
+            if t == 1 {
+                decode_rows.push(off as u32);
+            } else {
+                let all: Vec<u32> = (0..it.cache.len + t)
+                    .map(|p| it.cache.table.slot(p))
+                    .collect();
+                chunks.push((
+                    off,
+                    t,
+                    it.cache.len,
+                    Tensor::from_vec(all, it.cache.len + t, dev)?,
+                ));
+            }
+            rows.push((off, t, t == 1));
+            off += t;
+        }
+        // Output rows come as [decode rows…, chunk rows…]; `order` maps each step row there.
+        let mut order = Vec::with_capacity(off);
+        let (mut d, mut c) = (0u32, b as u32);
+        for (_, t, dec) in rows {
+            let next = if dec { &mut d } else { &mut c };
+            order.extend(*next..*next + t as u32);
+            *next += t as u32;
+        }
+        Ok(AttentionPlan {
+            decode_slots: (b > 0)
+                .then(|| Tensor::from_vec(slots, b * max_len, dev))
+                .transpose()?,
+            decode_mask: (b > 0)
+                .then(|| Tensor::from_vec(mask, (b, 1, 1, max_len), dev))
+                .transpose()?,
+            decode_rows,
+            max_len,
+            chunks,
+            order: Tensor::from_vec(order, off, dev)?,
+        })
+    }
+
+    /// Attention of every query row `q` (`[n, heads, head_dim]`) of `layer`; `[n, heads * head_dim]`.
+    fn attend(
+        &self,
+        pool: &KvPool,
+        layer: usize,
+        q: &Tensor,
+        (nkv, hd): (usize, usize),
+        scale: f64,
+    ) -> candle_core::Result<Tensor> {
+        let (_, nh, _) = q.dims3()?;
+        let group = nh / nkv;
+        let mut outs = Vec::with_capacity(1 + self.chunks.len());
+        if let (Some(slots), Some(mask)) = (&self.decode_slots, &self.decode_mask) {
+            let b = self.decode_rows.len();
+            let rows = Tensor::from_slice(&self.decode_rows, b, q.device())?;
+            let (k, v) = pool.gather(layer, slots)?;
+            let heads = |t: Tensor| {
+                t.reshape((b, self.max_len, nkv, hd))?
+                    .transpose(1, 2)?
+                    .contiguous()
+            };
+            let (k, v) = (heads(k)?, heads(v)?);
+            let qb = q.index_select(&rows, 0)?.reshape((b, nkv, group, hd))?;
+            let scores = (qb.matmul(&k.transpose(2, 3)?)?.to_dtype(DType::F32)? * scale)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(mask)?)?;
+            outs.push(
+                probs
+                    .to_dtype(v.dtype())?
+                    .matmul(&v)?
+                    .reshape((b, nh * hd))?,
+            );
+        }
+        for (off, t, start, slots) in &self.chunks {
+            let (k, v) = pool.gather(layer, slots)?;
+            let len = start + t;
+            let k = k.reshape((len, nkv, hd))?;
+            let v = v.reshape((len, nkv, hd))?;
+            outs.push(attend(&q.narrow(0, *off, *t)?, &k, &v, *start, scale)?);
+        }
+        Tensor::cat(&outs, 0)?.index_select(&self.order, 0)
     }
 }
 

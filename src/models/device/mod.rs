@@ -6,6 +6,7 @@
 //! between the two paths; default CPU traffic never takes the generic one.
 
 pub mod bert;
+pub mod kv;
 pub mod llama;
 
 use candle_core::DType;
