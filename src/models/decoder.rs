@@ -357,6 +357,14 @@ impl DecoderModel {
         &self.tokenizer
     }
 
+    /// Bounds the device KV cache by `bytes` (the engine's KV budget); the CPU path's caches
+    /// are plain per-sequence vectors, bounded by the scheduler alone.
+    pub fn set_kv_budget(&self, bytes: usize) {
+        if let Net::Device(m) = &self.net {
+            m.set_kv_budget(bytes);
+        }
+    }
+
     /// An empty KV cache for a new sequence.
     pub fn new_sequence(&self) -> SeqCache {
         let inner = match &self.net {

@@ -22,6 +22,8 @@ pub struct KvPool {
     k: Vec<Tensor>,
     v: Vec<Tensor>,
     blocks: usize,
+    /// The most blocks the buffers may grow to (from the KV budget); unlimited before set.
+    max_blocks: usize,
     free: Vec<u32>,
     layers: usize,
     kv_dim: usize,
@@ -39,6 +41,7 @@ impl KvPool {
             k: Vec::new(),
             v: Vec::new(),
             blocks: 0,
+            max_blocks: usize::MAX,
             free: Vec::new(),
             layers,
             kv_dim,
@@ -47,8 +50,20 @@ impl KvPool {
         }
     }
 
+    /// Bounds the buffers by `bytes` of K and V over all layers (the engine's KV budget).
+    pub fn set_budget(&mut self, bytes: usize) {
+        let per_block = 2 * self.layers * self.kv_dim * BLOCK * self.dtype.size_in_bytes();
+        self.max_blocks = (bytes / per_block.max(1)).max(1);
+    }
+
     fn grow(&mut self) -> candle_core::Result<()> {
-        let new = (2 * self.blocks).max(FIRST_BLOCKS);
+        let new = (2 * self.blocks).max(FIRST_BLOCKS).min(self.max_blocks);
+        if new <= self.blocks {
+            candle_core::bail!(
+                "the KV cache is full ({} blocks of {BLOCK} tokens, the KV budget)",
+                self.blocks
+            );
+        }
         let rows = new * BLOCK;
         let mut k = Vec::with_capacity(self.layers);
         let mut v = Vec::with_capacity(self.layers);
@@ -192,5 +207,18 @@ mod tests {
         let mut b = BlockTable::new(&pool);
         b.reserve(&mut pool.lock().unwrap(), 1).unwrap();
         assert_eq!(b.slot(5), 5, "the lowest block is handed out first");
+    }
+
+    #[test]
+    fn the_budget_bounds_growth() {
+        let dev = Device::Cpu;
+        let mut p = KvPool::new(2, 4, DType::F32, &dev);
+        // 10 blocks: 2 layers × (K + V) × 4 floats × 16 tokens × 4 bytes each.
+        p.set_budget(10 * 2 * 2 * 4 * BLOCK * 4);
+        for _ in 0..10 {
+            p.take().unwrap();
+        }
+        let err = p.take().unwrap_err().to_string();
+        assert!(err.contains("KV cache is full"), "{err}");
     }
 }

@@ -146,6 +146,14 @@ impl DeviceLlama {
         })
     }
 
+    /// Bounds the KV pool by `bytes` (the engine's KV budget).
+    pub fn set_kv_budget(&self, bytes: usize) {
+        self.kv
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_budget(bytes);
+    }
+
     /// The dtype of activations and of the KV cache.
     pub fn dtype(&self) -> DType {
         self.dtype
