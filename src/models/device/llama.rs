@@ -6,9 +6,11 @@
 //!
 //! A step runs the tokens of all its sequences through every linear layer as one matrix
 //! (weights read once per step, as on the CPU path); rotary embeddings use candle's fused
-//! kernel with a position per token; attention runs per sequence against its cache, scores
-//! and softmax in f32. The residual stream and the norms stay f32, as on the CPU path; the
-//! matmul inputs, the heads and the KV cache are in the activations' dtype. Caches grow by doubling (`slice_set` into a larger buffer).
+//! kernel with a position per token. Keys and values live in the model's paged pool
+//! (`device::kv`); the sequences that decode one token attend as one padded batch, prefill
+//! chunks one by one, scores and softmax in f32. The residual stream and the norms stay f32,
+//! as on the CPU path; the matmul inputs, the heads and the KV cache are in the activations'
+//! dtype.
 
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, QMatMul};
 use candle_core::{DType, Device, Module, Tensor};
@@ -355,13 +357,13 @@ impl AttentionPlan {
                     Tensor::from_vec(all, it.cache.len + t, dev)?,
                 ));
             }
-            rows.push((off, t, t == 1));
+            rows.push((t, t == 1));
             off += t;
         }
         // Output rows come as [decode rows…, chunk rows…]; `order` maps each step row there.
         let mut order = Vec::with_capacity(off);
         let (mut d, mut c) = (0u32, b as u32);
-        for (_, t, dec) in rows {
+        for (t, dec) in rows {
             let next = if dec { &mut d } else { &mut c };
             order.extend(*next..*next + t as u32);
             *next += t as u32;
