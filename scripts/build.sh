@@ -8,6 +8,9 @@
 # Docker build context cannot follow. So the image is built from a staged context: the source
 # files the Dockerfile needs plus models/ with every symlink resolved, hard-linked where the
 # filesystem allows (no copy), at a fixed path so BuildKit transfers only what changed.
+# --cuda builds docker/Dockerfile.cuda, which packages a binary built here by
+# scripts/build-cuda.sh (or TRIDENT_CUDA_BIN) with the CUDA runtime libraries of
+# scripts/cuda-toolchain.sh; compute capability from --compute-cap or CUDA_COMPUTE_CAP (90).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,8 +19,8 @@ TRIDENT_ROOT=$root
 . "$root/scripts/lib/docker.sh"
 
 tag=${TRIDENT_IMAGE:-}
-skip_models=0 no_cache=() cuda=0 compute_cap=${CUDA_COMPUTE_CAP:-80} progress=${PROGRESS:-auto}
-usage() { sed -n '2,11s/^# \{0,1\}//p' "$0"; }
+skip_models=0 no_cache=() cuda=0 compute_cap=${CUDA_COMPUTE_CAP:-90} progress=${PROGRESS:-auto}
+usage() { sed -n '2,14s/^# \{0,1\}//p' "$0"; }
 while [ $# -gt 0 ]; do
   case $1 in
     --tag) tag=${2:?--tag needs a value}; shift ;;
@@ -69,15 +72,38 @@ if [ $skip_models = 0 ]; then
   step "models: $(cd "$ctx/models" && ls | tr '\n' ' ')($(du -shL "$ctx/models" | cut -f1))"
 fi
 
+# --- CUDA: the host-built binary and the runtime libraries -------------------------------------
+if [ $cuda = 1 ]; then
+  cuda_root=$("$root/scripts/cuda-toolchain.sh")
+  mkdir -p "$ctx/bin" "$ctx/cuda/lib"
+  if [ -n "${TRIDENT_CUDA_BIN:-}" ]; then
+    install -m 0755 "$TRIDENT_CUDA_BIN" "$ctx/bin/trident"
+  else
+    step "building the CUDA binary (scripts/build-cuda.sh, sm_$compute_cap)"
+    CUDA_COMPUTE_CAP=$compute_cap "$root/scripts/build-cuda.sh" --out "$ctx/bin/trident" >&2
+  fi
+  [ "${STRIP_DEBUG:-1}" = 1 ] && objcopy --strip-debug "$ctx/bin/trident"
+  # What the binary links (cudart, cuBLAS + cuBLASLt, cuRAND, NVRTC + its builtins), never
+  # the stand-in libcuda: the container runtime brings the host's driver.
+  for lib in libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libcurand.so.10 \
+             libnvrtc.so.13 libnvrtc-builtins.so.13.0; do
+    link_or_copy "$cuda_root/lib/$lib" "$ctx/cuda/lib"
+  done
+  # The shared .dockerignore admits only the CPU build's inputs; this context has two more.
+  # (Rewritten, not appended: the staged copy is a hard link to the repository's file.)
+  { cat "$root/.dockerignore"; printf '!bin/\n!cuda/\n'; } >"$ctx/.dockerignore.new"
+  mv "$ctx/.dockerignore.new" "$ctx/.dockerignore"
+fi
+
 # --- build --------------------------------------------------------------------------------------
 args=(--progress "$progress" -t "$tag" "${no_cache[@]}"
       --label "org.opencontainers.image.revision=$(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)"
       --label "org.opencontainers.image.version=$(sed -n 's/^version *= *"\(.*\)"/\1/p' "$root/Cargo.toml" | head -1)")
-for a in RUST_IMAGE RUNTIME_IMAGE CUDA_DEVEL_IMAGE CUDA_RUNTIME_IMAGE CARGO_PROFILE STRIP_DEBUG; do
+for a in RUST_IMAGE RUNTIME_IMAGE CARGO_PROFILE STRIP_DEBUG; do
   [ -n "${!a:-}" ] && args+=(--build-arg "$a=${!a}")
 done
 if [ $cuda = 1 ]; then
-  args+=(-f "$root/docker/Dockerfile.cuda" --build-arg "CUDA_COMPUTE_CAP=$compute_cap")
+  args+=(-f "$root/docker/Dockerfile.cuda" --label "trident.cuda.compute-cap=$compute_cap")
 else
   args+=(-f "$root/docker/Dockerfile")
 fi

@@ -41,6 +41,30 @@ pub enum Command {
     /// A fault-injecting stand-in for an engine (tests and benchmarks).
     #[command(hide = true)]
     MockEngine(crate::mock_engine::MockEngineArgs),
+    /// Model fixtures made from local files (scripts/gpu-check.sh): no hub is reachable.
+    #[command(subcommand, hide = true)]
+    Fixture(FixtureCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FixtureCommand {
+    /// A GGUF decoder dequantised into a Hugging Face safetensors directory.
+    Dequantize {
+        #[arg(long)]
+        gguf: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// f32, f16 or bf16.
+        #[arg(long, default_value = "bf16")]
+        dtype: String,
+    },
+    /// A cross-encoder: a BERT embedding model plus a seeded classification head.
+    CrossEncoder {
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -70,6 +94,10 @@ pub struct CheckConfigArgs {
     /// Do not check that model paths exist (e.g. when checking a container's file outside it).
     #[arg(long)]
     pub no_paths: bool,
+    /// Also check the GPU plan against this machine's GPUs (NVML), as `serve` does before
+    /// starting engines: assigned GPUs exist, memory shares fit, the driver is new enough.
+    #[arg(long)]
+    pub gpus: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,6 +3,10 @@
 //! A supervisor starts chat, embedding and rerank engines (child processes of the same
 //! binary) and fronts them with one OpenAI-compatible gateway. See `docs/ARCHITECTURE.md`.
 
+// Every unsafe operation sits in its own `unsafe` block with a SAFETY comment, also inside
+// `unsafe fn`s (whose callers' obligations are in their `# Safety` sections).
+#![deny(unsafe_op_in_unsafe_fn)]
+
 pub mod api;
 pub mod bench;
 pub mod bundle;

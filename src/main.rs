@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use trident::cli::{BenchCommand, Cli, Command};
+use trident::cli::{BenchCommand, Cli, Command, FixtureCommand};
 use trident::config::{CheckOptions, LogFormat, ModelsFile, Settings};
 
 /// mimalloc instead of glibc's malloc: the gateway allocates a little on every request from
@@ -67,17 +67,43 @@ fn ops_exit(r: Result<i32, trident::ops::OpsError>) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
+/// `check-config --gpus`: the supervisor's GPU plan against this machine; prints every problem.
+fn gpu_plan_ok(file: &ModelsFile) -> bool {
+    let detected = trident::supervisor::gpu::detect();
+    let problems = trident::supervisor::gpu::check_plan(file, &detected);
+    for p in &problems {
+        eprintln!("{p}");
+    }
+    problems.is_empty()
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut overrides = Vec::new();
     if let Some(f) = &cli.log_format {
         overrides.push(("log_format", f.clone()));
     }
     match &cli.command {
+        Command::Fixture(f) => {
+            match f {
+                FixtureCommand::Dequantize { gguf, out, dtype } => {
+                    let dtype: trident::models::DTypeChoice = serde_json::from_value(
+                        serde_json::Value::String(dtype.clone()),
+                    )
+                    .map_err(|_| anyhow::anyhow!("--dtype {dtype}: use f32, f16 or bf16"))?;
+                    trident::models::export::gguf_to_safetensors(gguf, out, dtype)?;
+                }
+                FixtureCommand::CrossEncoder { from, out } => {
+                    trident::models::testutil::write_minilm_cross_encoder(from, out)?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::CheckConfig(args) => {
             let opts = CheckOptions {
                 check_paths: !args.no_paths,
             };
             match ModelsFile::load(&args.config, opts) {
+                Ok(file) if args.gpus && !gpu_plan_ok(&file) => Ok(ExitCode::FAILURE),
                 Ok(file) => {
                     println!(
                         "{}: OK ({} models)",

@@ -24,6 +24,8 @@ pub fn load_options(entry: &ModelEntry) -> LoadOptions {
         } else {
             DeviceChoice::Cpu
         },
+        // The device-generic path on the CPU, for scripts/gpu-check.sh's DEVICE=cpu mode.
+        generic: std::env::var("TRIDENT_GENERIC_PATH").is_ok_and(|v| v == "1"),
     }
 }
 

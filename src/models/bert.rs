@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use super::kernels::linear::{sgemm, Linear, MatMut, MatRef};
 use super::kernels::math;
+use super::kernels::SharedMut;
 use super::tensors::Store;
 use super::ModelError;
 
@@ -149,15 +150,31 @@ thread_local! {
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-struct SyncPtr(*mut f32);
-// SAFETY: attention tasks write disjoint (sequence, head) blocks of the context buffer.
-unsafe impl Sync for SyncPtr {}
-unsafe impl Send for SyncPtr {}
-
-impl SyncPtr {
-    fn get(&self) -> *mut f32 {
-        self.0
+/// Rejects sequences the model cannot take (too long, unknown ids, bad type ids); shared
+/// with the device-generic encoder.
+pub(crate) fn check_seqs(cfg: &Config, seqs: &[Seq]) -> Result<(), ModelError> {
+    let max = cfg
+        .max_position_embeddings
+        .saturating_sub(cfg.position_offset());
+    for s in seqs {
+        if s.ids.len() > max {
+            return Err(ModelError::Input(format!(
+                "sequence of {} tokens exceeds the model's {max} positions",
+                s.ids.len(),
+            )));
+        }
+        if let Some(&bad) = s.ids.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+            return Err(ModelError::Input(format!(
+                "token id {bad} is outside the vocabulary"
+            )));
+        }
+        if let Some(tt) = s.type_ids {
+            if tt.len() != s.ids.len() || tt.iter().any(|&t| t as usize >= cfg.type_vocab_size) {
+                return Err(ModelError::Input("invalid token type ids".into()));
+            }
+        }
     }
+    Ok(())
 }
 
 const PREFIXES: [&str; 4] = ["", "bert.", "roberta.", "model."];
@@ -296,28 +313,7 @@ impl Bert {
     }
 
     fn check(&self, seqs: &[Seq]) -> Result<(), ModelError> {
-        for s in seqs {
-            if s.ids.len() > self.max_positions() {
-                return Err(ModelError::Input(format!(
-                    "sequence of {} tokens exceeds the model's {} positions",
-                    s.ids.len(),
-                    self.max_positions()
-                )));
-            }
-            if let Some(&bad) = s.ids.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
-                return Err(ModelError::Input(format!(
-                    "token id {bad} is outside the vocabulary"
-                )));
-            }
-            if let Some(tt) = s.type_ids {
-                if tt.len() != s.ids.len()
-                    || tt.iter().any(|&t| t as usize >= self.cfg.type_vocab_size)
-                {
-                    return Err(ModelError::Input("invalid token type ids".into()));
-                }
-            }
-        }
-        Ok(())
+        check_seqs(&self.cfg, seqs)
     }
 
     /// Runs the encoder; calls `f(seq_index, hidden [len, hidden])` for every sequence.
@@ -418,7 +414,7 @@ impl Bert {
         let d = h / nh;
         let scale = 1.0 / (d as f32).sqrt();
         let nseq = starts.len() - 1;
-        let out = SyncPtr(ctx.as_mut_ptr());
+        let out = SharedMut::new(ctx);
         let job = |j: usize| {
             let (s, hd) = (j / nh, j % nh);
             let (r0, r1) = (starts[s], starts[s + 1]);

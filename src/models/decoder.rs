@@ -4,7 +4,9 @@
 //!
 //! The model itself is [`super::llama::Llama`]; this module finds the files, the tokenizer
 //! (`tokenizer.json`, or rebuilt from GGUF metadata by [`super::gguf_tokenizer`]) and the
-//! generation settings (eos/bos tokens, chat template).
+//! generation settings (eos/bos tokens, chat template). On CUDA (or with
+//! `LoadOptions::generic`) the loaded model moves to `models::device::llama`, chosen by
+//! `models::device::choose`, with its KV caches on the device.
 
 use std::path::{Path, PathBuf};
 
@@ -12,10 +14,12 @@ use candle_core::DType;
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
+use super::device::llama::{DeviceCache, DeviceLlama, DeviceStep};
+use super::device::{self, ModelPath};
 use super::files::resolve;
 use super::llama::gguf::GgufFile;
 use super::llama::{st, KvCache, Llama, SeqStep};
-use super::{gguf_tokenizer, DTypeChoice, DeviceChoice, LoadOptions, ModelError};
+use super::{gguf_tokenizer, DTypeChoice, LoadOptions, ModelError};
 
 /// What the chat engine needs to know about a loaded decoder.
 #[derive(Debug, Clone)]
@@ -26,7 +30,8 @@ pub struct DecoderInfo {
     pub num_layers: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
-    /// K+V bytes for one token over all layers, at the cache dtype (f32).
+    /// K+V bytes for one token over all layers, at the cache dtype (f32 on the CPU path, the
+    /// activations' dtype on the device path).
     pub kv_bytes_per_token: usize,
     /// Every token id that ends generation (config, generation config, GGUF, tokenizer).
     pub eos_token_ids: Vec<u32>,
@@ -41,21 +46,30 @@ pub struct DecoderInfo {
     pub dtype: String,
 }
 
-/// The KV cache of one sequence.
-#[derive(Debug, Clone)]
+/// The KV cache of one sequence (not `Clone`: on the device path it owns blocks of a pool).
+#[derive(Debug)]
 pub struct SeqCache {
-    inner: KvCache,
+    inner: CacheInner,
+}
+
+#[derive(Debug)]
+enum CacheInner {
+    Fast(KvCache),
+    Device(DeviceCache),
 }
 
 impl SeqCache {
     /// Number of tokens cached (the position of the next token).
     pub fn len(&self) -> usize {
-        self.inner.len
+        match &self.inner {
+            CacheInner::Fast(c) => c.len,
+            CacheInner::Device(c) => c.len,
+        }
     }
 
     /// Whether no token has been cached yet.
     pub fn is_empty(&self) -> bool {
-        self.inner.len == 0
+        self.len() == 0
     }
 }
 
@@ -65,9 +79,15 @@ pub struct StepItem<'a> {
     pub cache: &'a mut SeqCache,
 }
 
+/// The network behind a [`DecoderModel`].
+enum Net {
+    Fast(Box<Llama>),
+    Device(Box<DeviceLlama>),
+}
+
 /// A loaded decoder with its tokenizer; lives on one dedicated model thread.
 pub struct DecoderModel {
-    model: Llama,
+    net: Net,
     tokenizer: Tokenizer,
     info: DecoderInfo,
 }
@@ -204,21 +224,42 @@ impl DecoderModel {
     /// Loads a decoder from a directory (safetensors or one `.gguf`), a Hugging Face cache
     /// directory, or a `.gguf` file.
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<Self, ModelError> {
-        if opts.device != DeviceChoice::Cpu {
-            return Err(ModelError::Unsupported(
-                "the decoder backend runs on CPU only".into(),
-            ));
-        }
+        let choice = device::choose(opts)?;
         let path = resolve(path)?;
-        if path.is_file() {
-            return Self::load_gguf(&path);
-        }
-        if !path.join("config.json").exists() {
-            if let Some(g) = single_gguf(&path)? {
-                return Self::load_gguf(&g);
+        let gguf = if path.is_file() {
+            Some(path.clone())
+        } else if !path.join("config.json").exists() {
+            single_gguf(&path)?
+        } else {
+            None
+        };
+        let mut model = match (&gguf, &choice) {
+            (Some(g), _) => Self::load_gguf(g)?,
+            (None, ModelPath::Fast) => Self::load_safetensors(&path, opts.dtype)?,
+            // Dense weights are read in the device's dtype, so the host copy is no larger.
+            (None, ModelPath::Generic { dtype, .. }) => {
+                let choice = match dtype {
+                    DType::BF16 => DTypeChoice::Bf16,
+                    DType::F16 => DTypeChoice::F16,
+                    _ => DTypeChoice::F32,
+                };
+                Self::load_safetensors(&path, choice)?
             }
+        };
+        if let ModelPath::Generic { device, dtype } = choice {
+            let Net::Fast(fast) = &model.net else {
+                unreachable!("loaders build the fast model first. This is a bug.")
+            };
+            let d = DeviceLlama::from_llama(fast, &device, dtype)?;
+            let c = &d.cfg;
+            model.info.kv_bytes_per_token =
+                2 * c.num_layers * c.num_kv_heads * c.head_dim * d.dtype().size_in_bytes();
+            if gguf.is_none() {
+                model.info.dtype = format!("{:?}", d.dtype()).to_lowercase();
+            }
+            model.net = Net::Device(Box::new(d));
         }
-        Self::load_safetensors(&path, opts.dtype)
+        Ok(model)
     }
 
     fn load_gguf(file: &Path) -> Result<Self, ModelError> {
@@ -262,6 +303,7 @@ impl DecoderModel {
     }
 
     fn assemble(model: Llama, tokenizer: Tokenizer, meta: Meta, dtype: String) -> Self {
+        let model = Box::new(model);
         let c = &model.cfg;
         let mut eos = meta.eos;
         let eos_tok = meta
@@ -299,7 +341,7 @@ impl DecoderModel {
             dtype,
         };
         DecoderModel {
-            model,
+            net: Net::Fast(model),
             tokenizer,
             info,
         }
@@ -315,11 +357,21 @@ impl DecoderModel {
         &self.tokenizer
     }
 
+    /// Bounds the device KV cache by `bytes` (the engine's KV budget); the CPU path's caches
+    /// are plain per-sequence vectors, bounded by the scheduler alone.
+    pub fn set_kv_budget(&self, bytes: usize) {
+        if let Net::Device(m) = &self.net {
+            m.set_kv_budget(bytes);
+        }
+    }
+
     /// An empty KV cache for a new sequence.
     pub fn new_sequence(&self) -> SeqCache {
-        SeqCache {
-            inner: self.model.new_cache(),
-        }
+        let inner = match &self.net {
+            Net::Fast(m) => CacheInner::Fast(m.new_cache()),
+            Net::Device(m) => CacheInner::Device(m.new_cache()),
+        };
+        SeqCache { inner }
     }
 
     /// One forward step over several sequences: each item appends `tokens` (a prefill chunk
@@ -327,13 +379,34 @@ impl DecoderModel {
     /// (empty chunk, unknown token id, too many positions) is a [`ModelError::Input`] and
     /// leaves every cache unchanged.
     pub fn step(&self, items: &mut [StepItem<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
-        let mut steps: Vec<SeqStep<'_>> = items
-            .iter_mut()
-            .map(|it| SeqStep {
-                tokens: it.tokens,
-                cache: &mut it.cache.inner,
-            })
-            .collect();
-        self.model.step(&mut steps)
+        let foreign = || ModelError::Input("cache belongs to another model".into());
+        match &self.net {
+            Net::Fast(m) => {
+                let mut steps = Vec::with_capacity(items.len());
+                for it in items.iter_mut() {
+                    let CacheInner::Fast(cache) = &mut it.cache.inner else {
+                        return Err(foreign());
+                    };
+                    steps.push(SeqStep {
+                        tokens: it.tokens,
+                        cache,
+                    });
+                }
+                m.step(&mut steps)
+            }
+            Net::Device(m) => {
+                let mut steps = Vec::with_capacity(items.len());
+                for it in items.iter_mut() {
+                    let CacheInner::Device(cache) = &mut it.cache.inner else {
+                        return Err(foreign());
+                    };
+                    steps.push(DeviceStep {
+                        tokens: it.tokens,
+                        cache,
+                    });
+                }
+                m.step(&mut steps)
+            }
+        }
     }
 }

@@ -10,12 +10,17 @@
 //! mode keeps cosine ≥ 0.9999 against the f32 sentence-transformers reference on MiniLM
 //! (tests/encoder.rs checks ≥ 0.999); activations are rounded to bf16 only as matmul
 //! inputs, accumulation, norms, softmax and GELU stay f32.
+//!
+//! On CUDA (or with `LoadOptions::generic`) the model is `models::device::bert` instead,
+//! chosen by `models::device::choose`; the API and the results are the same.
 
 use std::path::Path;
 
 use tokenizers::{Encoding, Tokenizer, TruncationDirection};
 
 use super::bert::{Bert, Config, Seq};
+use super::device::bert::DeviceBert;
+use super::device::{self, ModelPath};
 use super::pooling::{self, read_st_config};
 use super::tensors::Mmaps;
 use super::{files, DTypeChoice, LoadOptions, ModelError};
@@ -88,12 +93,22 @@ impl PreparedQuery {
     }
 }
 
+/// The network behind an [`EncoderModel`].
+enum Net {
+    /// The fast CPU kernels on a private thread pool.
+    Fast {
+        bert: Box<Bert>,
+        pool: rayon::ThreadPool,
+    },
+    /// The device-generic candle path (CUDA, or the CPU backend when asked for).
+    Device(Box<DeviceBert>),
+}
+
 /// An encoder model with its tokenizer.
 pub struct EncoderModel {
-    bert: Bert,
+    net: Net,
     tokenizer: Tokenizer,
     info: EncoderInfo,
-    pool: rayon::ThreadPool,
     threads: usize,
 }
 
@@ -147,11 +162,6 @@ fn tokenizer_max_len(dir: &Path) -> Option<usize> {
 impl EncoderModel {
     /// Loads a BERT / (XLM-)RoBERTa encoder directory (or Hugging Face cache entry).
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<Self, ModelError> {
-        if !matches!(opts.device, super::DeviceChoice::Cpu) {
-            return Err(ModelError::Unsupported(
-                "the encoder backend runs on CPU only".into(),
-            ));
-        }
         let dir = files::resolve(path)?;
         let cfg = read_config(&dir)?;
         // The one place that dispatches on model_type for encoders.
@@ -164,14 +174,38 @@ impl EncoderModel {
             }
         }
         let st_cfg = read_st_config(&dir)?;
-        let mmaps = Mmaps::open(&files::safetensors_files(&dir)?)?;
-        let mut bert = Bert::load(cfg.clone(), &mmaps.store()?)?;
-        drop(mmaps);
-        let bf16 = matches!(opts.dtype, DTypeChoice::Auto | DTypeChoice::Bf16)
-            && super::kernels::bf16::supported();
-        if bf16 {
-            bert.use_bf16();
-        }
+        let threads = default_threads();
+        let weights = files::safetensors_files(&dir)?;
+        let (net, dtype) = match device::choose(opts)? {
+            ModelPath::Fast => {
+                let mmaps = Mmaps::open(&weights)?;
+                let mut bert = Bert::load(cfg.clone(), &mmaps.store()?)?;
+                drop(mmaps);
+                let bf16 = matches!(opts.dtype, DTypeChoice::Auto | DTypeChoice::Bf16)
+                    && super::kernels::bf16::supported();
+                if bf16 {
+                    bert.use_bf16();
+                }
+                let net = Net::Fast {
+                    bert: Box::new(bert),
+                    pool: build_pool(threads)?,
+                };
+                (net, if bf16 { "bf16" } else { "f32" }.to_string())
+            }
+            ModelPath::Generic { device, dtype } => {
+                // SAFETY: the weight files are memory-mapped read-only; trident does not
+                // modify model files while serving them (the contract of mmap loaders).
+                let vb = unsafe {
+                    candle_nn::VarBuilder::from_mmaped_safetensors(&weights, dtype, &device)?
+                };
+                let net = Net::Device(Box::new(DeviceBert::load(cfg.clone(), vb)?));
+                (net, format!("{dtype:?}").to_lowercase())
+            }
+        };
+        let has_head = match &net {
+            Net::Fast { bert, .. } => bert.has_head(),
+            Net::Device(d) => d.has_head(),
+        };
 
         let tok_path = dir.join("tokenizer.json");
         let mut tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| ModelError::Files {
@@ -182,13 +216,15 @@ impl EncoderModel {
         tokenizer.with_truncation(None).map_err(tok_err)?;
         tokenizer.with_padding(None);
 
-        let positions = bert.max_positions();
+        let positions = cfg
+            .max_position_embeddings
+            .saturating_sub(cfg.position_offset());
         let max_len = st_cfg
             .max_seq_length
             .or_else(|| tokenizer_max_len(&dir))
             .unwrap_or(positions)
             .min(positions);
-        let kind = if bert.has_head() {
+        let kind = if has_head {
             EncoderKind::CrossEncoder {
                 num_labels: cfg.labels(),
             }
@@ -206,14 +242,12 @@ impl EncoderModel {
             max_len,
             pooling,
             normalize: st_cfg.normalize,
-            dtype: if bf16 { "bf16" } else { "f32" }.into(),
+            dtype,
         };
-        let threads = default_threads();
         Ok(EncoderModel {
-            bert,
+            net,
             tokenizer,
             info,
-            pool: build_pool(threads)?,
             threads,
         })
     }
@@ -228,12 +262,26 @@ impl EncoderModel {
         self.threads
     }
 
-    /// Sets the number of threads the forward pass uses (at least 1).
+    /// Sets the number of threads the forward pass uses (at least 1; CPU path only).
     pub fn set_threads(&mut self, threads: usize) -> Result<(), ModelError> {
         let threads = threads.max(1);
-        self.pool = build_pool(threads)?;
+        if let Net::Fast { pool, .. } = &mut self.net {
+            *pool = build_pool(threads)?;
+        }
         self.threads = threads;
         Ok(())
+    }
+
+    /// Runs the network over `seqs`, calling `f(index, hidden [len, hidden])` per sequence.
+    fn forward<F: FnMut(usize, &[f32]) + Send>(
+        &self,
+        seqs: &[Seq],
+        f: F,
+    ) -> Result<(), ModelError> {
+        match &self.net {
+            Net::Fast { bert, pool } => pool.install(|| bert.forward(seqs, self.threads, f)),
+            Net::Device(d) => d.forward(seqs, f),
+        }
     }
 
     fn added(&self, pair: bool) -> usize {
@@ -348,21 +396,19 @@ impl EncoderModel {
             .collect();
         let h = self.info.hidden_size;
         let mut out = vec![Vec::new(); batch.len()];
-        self.pool.install(|| {
-            self.bert.forward(&seqs, self.threads, |i, hidden| {
-                let mut v = pooling::pool(hidden, h, self.info.pooling);
-                if self.info.normalize {
-                    pooling::normalize(&mut v);
-                }
-                out[i] = v;
-            })
+        self.forward(&seqs, |i, hidden| {
+            let mut v = pooling::pool(hidden, h, self.info.pooling);
+            if self.info.normalize {
+                pooling::normalize(&mut v);
+            }
+            out[i] = v;
         })?;
         Ok(out)
     }
 
     /// Cross-encoder scores: the first label's raw logit per pair.
     pub fn score(&self, batch: &[&PairTokens]) -> Result<Vec<f32>, ModelError> {
-        if !self.bert.has_head() {
+        if !matches!(self.info.kind, EncoderKind::CrossEncoder { .. }) {
             return Err(ModelError::Unsupported(
                 "score() needs a sequence-classification model; embed() and cosine for bi-encoders"
                     .into(),
@@ -375,20 +421,27 @@ impl EncoderModel {
                 type_ids: Some(&p.type_ids),
             })
             .collect();
+        let bert = match &self.net {
+            Net::Fast { bert, .. } => bert,
+            Net::Device(d) => {
+                return Ok(d
+                    .classify(&seqs)?
+                    .into_iter()
+                    .map(|l| l.first().copied().unwrap_or(f32::NAN))
+                    .collect())
+            }
+        };
         let h = self.info.hidden_size;
         let mut cls = vec![0.0f32; batch.len() * h];
-        self.pool.install(|| {
-            self.bert.forward(&seqs, self.threads, |i, hidden| {
-                if hidden.len() >= h {
-                    cls[i * h..(i + 1) * h].copy_from_slice(&hidden[..h]);
-                }
-            })
+        self.forward(&seqs, |i, hidden| {
+            if hidden.len() >= h {
+                cls[i * h..(i + 1) * h].copy_from_slice(&hidden[..h]);
+            }
         })?;
         Ok(cls
             .chunks_exact(h)
             .map(|c| {
-                self.bert
-                    .classify(c)
+                bert.classify(c)
                     .and_then(|l| l.first().copied())
                     .unwrap_or(f32::NAN)
             })
@@ -404,14 +457,16 @@ impl EncoderModel {
                 type_ids: Some(&p.type_ids),
             })
             .collect();
+        let bert = match &self.net {
+            Net::Fast { bert, .. } => bert,
+            Net::Device(d) => return d.classify(&seqs),
+        };
         let h = self.info.hidden_size;
         let mut out = vec![Vec::new(); batch.len()];
-        self.pool.install(|| {
-            self.bert.forward(&seqs, self.threads, |i, hidden| {
-                if hidden.len() >= h {
-                    out[i] = self.bert.classify(&hidden[..h]).unwrap_or_default();
-                }
-            })
+        self.forward(&seqs, |i, hidden| {
+            if hidden.len() >= h {
+                out[i] = bert.classify(&hidden[..h]).unwrap_or_default();
+            }
         })?;
         Ok(out)
     }

@@ -15,6 +15,7 @@ use std::sync::Mutex;
 
 use rayon::prelude::*;
 
+use super::kernels::SharedMut;
 use super::quant::act::Q8Act;
 use super::quant::QLinear;
 use super::ModelError;
@@ -191,12 +192,6 @@ fn rope(x: &mut [f32], cos: &[f32], sin: &[f32], style: RopeStyle) {
         }
     }
 }
-
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: attention tasks write disjoint (token, head) slices of the output, see `attention`.
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
 
 impl Llama {
     /// Assembles a model from loaded parts.
@@ -410,7 +405,7 @@ impl Llama {
             }
             off += it.tokens.len();
         }
-        let ptr = SharedOut(out.as_mut_ptr());
+        let ptr = SharedMut::new(out);
         units.par_iter().for_each(|&(off, len, start, kc, vc, h)| {
             let p = ptr;
             let g = h / group;
@@ -443,7 +438,7 @@ impl Llama {
                 let inv = 1.0 / sum;
                 for (i, a) in acc.iter().enumerate() {
                     // SAFETY: (token r, head h) is written by this task only; in bounds.
-                    unsafe { *p.0.add(r * qd + h * hd + i) = a * inv };
+                    unsafe { *p.get().add(r * qd + h * hd + i) = a * inv };
                 }
             }
         });

@@ -3,10 +3,14 @@
 //! The engine servers above talk to models only through the plain-Rust APIs exposed here
 //! (token ids in, vectors/scores/logits out), never through `candle_core::Tensor`.
 //! `files` resolves where a model's files are (local directory or Hugging Face cache layout).
+//! Each family has a fast CPU implementation (`bert`, `llama` + `kernels`, `quant`) and a
+//! device-generic one (`device`) that CUDA runs; `device::choose` picks.
 
 pub mod bert;
 pub mod decoder;
+pub mod device;
 pub mod encoder;
+pub mod export;
 pub mod files;
 pub mod gguf_tokenizer;
 pub mod kernels;
@@ -93,4 +97,7 @@ impl DeviceChoice {
 pub struct LoadOptions {
     pub dtype: DTypeChoice,
     pub device: DeviceChoice,
+    /// Run the device-generic path (`models::device`) on the CPU too, instead of the fast
+    /// kernels: for the equivalence tests and the CPU side of `scripts/gpu-check.sh`.
+    pub generic: bool,
 }

@@ -5,6 +5,7 @@
 
 mod chat;
 mod common;
+mod devices;
 mod embeddings;
 mod errors;
 mod faults;

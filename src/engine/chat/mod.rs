@@ -247,7 +247,9 @@ fn load(
     if template.is_fallback() {
         tracing::warn!("the model has no chat template; using ChatML");
     }
-    let lim = limits(entry, &info, kv_budget_bytes(entry, cuda));
+    let kv_bytes = kv_budget_bytes(entry, cuda);
+    model.set_kv_budget(kv_bytes);
+    let lim = limits(entry, &info, kv_bytes);
     let queue = ChatQueue::new(lim.max_queue);
     let runtime = ChatRuntime {
         tokenizer: Arc::new(model.tokenizer().clone()),

@@ -10,6 +10,8 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+use super::SharedMut;
+
 thread_local! {
     /// Activations rounded to bf16 pairs, reused between calls on the same thread.
     static XB: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
@@ -75,17 +77,6 @@ pub struct PackedBf16 {
     data: Vec<u32>,
 }
 
-struct SendPtr(*mut f32);
-// SAFETY: tasks write disjoint tiles of the destination (see `matmul_acc`).
-unsafe impl Sync for SendPtr {}
-unsafe impl Send for SendPtr {}
-
-impl SendPtr {
-    fn get(&self) -> *mut f32 {
-        self.0
-    }
-}
-
 impl PackedBf16 {
     /// Packs a PyTorch-layout weight `[out, in]`.
     pub fn pack(w: &[f32], out_f: usize, in_f: usize) -> Self {
@@ -130,7 +121,7 @@ impl PackedBf16 {
         let kp = self.kp;
         let chunks = rows.div_ceil(ROW_CHUNK);
         let tasks = chunks * self.panels;
-        let dptr = SendPtr(dst.as_mut_ptr());
+        let dptr = SharedMut::new(dst);
         let run = |t: usize| {
             let (c, p) = (t / self.panels, t % self.panels);
             let r0 = c * ROW_CHUNK;
@@ -199,6 +190,9 @@ mod avx {
 
     /// Rounds `x` to bf16 (nearest even) into consecutive pairs; `x.len()` is a multiple
     /// of 32 and `xb` holds `x.len() / 2` words.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F/BW/VL and AVX512_BF16.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     pub unsafe fn convert(x: &[f32], xb: &mut [u32]) {
         let n = x.len() / 32;
@@ -214,6 +208,12 @@ mod avx {
         }
     }
 
+    /// The AVX512_BF16 body of the outer [`tile`](super::tile): `M` rows of `xs` (bf16 pairs,
+    /// `kp` per row) times one packed panel `w`, accumulated into `d`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F/BW/VL and AVX512_BF16; `xs` holds `M * kp` words, `w`
+    /// holds `kp * NR`, and `d` addresses `M` rows of `cols` (≤ 64) writable floats, stride `ld`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     pub unsafe fn tile<const M: usize>(
         xs: &[u32],

@@ -40,6 +40,8 @@ macro_rules! multiversion {
         pub fn $name($($arg: $ty),*) {
             #[inline(always)]
             fn imp($($arg: $ty),*) $body
+            /// # Safety
+            /// The CPU must support AVX-512 F/BW/VL, AVX2 and FMA.
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
             unsafe fn avx512($($arg: $ty),*) {
@@ -55,3 +57,28 @@ macro_rules! multiversion {
     };
 }
 pub(crate) use multiversion;
+
+/// The destination buffer of a parallel kernel, shared by the rayon tasks that each write
+/// their own disjoint part of it (tiles, rows, (sequence, head) blocks). The one place a raw
+/// output pointer crosses threads: every user states, at its `unsafe` write, why its part
+/// is disjoint from every other task's and in bounds.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut(*mut f32);
+
+// SAFETY: the pointer is only dereferenced inside `unsafe` blocks whose users guarantee that
+// concurrent tasks write disjoint elements of a buffer that outlives the parallel region
+// (the buffer is mutably borrowed by the caller for that whole region).
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// Shares `buf` for the duration of one parallel region.
+    pub(crate) fn new(buf: &mut [f32]) -> Self {
+        SharedMut(buf.as_mut_ptr())
+    }
+
+    /// The buffer's first element.
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}

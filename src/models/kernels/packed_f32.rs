@@ -7,6 +7,8 @@
 
 use rayon::prelude::*;
 
+use super::SharedMut;
+
 const NR: usize = 64;
 const MR: usize = 6;
 const ROW_CHUNK: usize = 96;
@@ -17,17 +19,6 @@ pub struct PackedF32 {
     in_f: usize,
     panels: usize,
     data: Vec<f32>,
-}
-
-struct SendPtr(*mut f32);
-// SAFETY: tasks write disjoint tiles of the destination (see `matmul_acc`).
-unsafe impl Sync for SendPtr {}
-unsafe impl Send for SendPtr {}
-
-impl SendPtr {
-    fn get(&self) -> *mut f32 {
-        self.0
-    }
 }
 
 impl PackedF32 {
@@ -70,7 +61,7 @@ impl PackedF32 {
         );
         let k = self.in_f;
         let tasks = rows.div_ceil(ROW_CHUNK) * self.panels;
-        let dptr = SendPtr(dst.as_mut_ptr());
+        let dptr = SharedMut::new(dst);
         let run = |t: usize| {
             let (c, p) = (t / self.panels, t % self.panels);
             let r0 = c * ROW_CHUNK;
@@ -105,6 +96,11 @@ impl PackedF32 {
     }
 }
 
+/// One `M × cols` tile (`cols` ≤ 64) of `xs` times the packed panel `w`, accumulated into `d`.
+///
+/// # Safety
+/// The CPU must support AVX-512 F/BW/VL and FMA; `xs` holds `M * k` floats, `w` holds
+/// `k * NR`, and `d` addresses `M` rows of `cols` writable floats with stride `ld`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
 unsafe fn tile<const M: usize>(
@@ -153,6 +149,10 @@ unsafe fn tile<const M: usize>(
     }
 }
 
+/// Never called: `PackedF32` is only built on x86_64.
+///
+/// # Safety
+/// None needed; it panics.
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn tile<const M: usize>(_: &[f32], _: usize, _: &[f32], _: *mut f32, _: usize, _: usize) {
     unreachable!("PackedF32 is only built on x86_64 with AVX-512. This is a bug.")

@@ -126,6 +126,29 @@ pub fn pack_q8_0(ggml: &[u8], row_bytes: usize) -> Vec<u8> {
     out
 }
 
+/// Undoes [`pack_q4_1`] for one row (`dst` gets ggml's blocks).
+pub fn unpack_q4_1_row(src: &[u8], dst: &mut [u8]) {
+    let nb = src.len() / Q4_1_BYTES;
+    for (b, blk) in dst.chunks_exact_mut(Q4_1_BYTES).enumerate() {
+        blk[0..2].copy_from_slice(&src[nb * 16 + 2 * b..nb * 16 + 2 * b + 2]);
+        blk[2..4].copy_from_slice(&src[nb * 18 + 2 * b..nb * 18 + 2 * b + 2]);
+        for i in 0..16 {
+            blk[4 + i] = src[slot(nb, b, i, 16)];
+        }
+    }
+}
+
+/// Undoes [`pack_q8_0`] for one row (`dst` gets ggml's blocks).
+pub fn unpack_q8_0_row(src: &[u8], dst: &mut [u8]) {
+    let nb = src.len() / Q8_0_BYTES;
+    for (b, blk) in dst.chunks_exact_mut(Q8_0_BYTES).enumerate() {
+        blk[0..2].copy_from_slice(&src[nb * QK + 2 * b..nb * QK + 2 * b + 2]);
+        for i in 0..QK {
+            blk[2 + i] = src[slot(nb, b, i, QK)] ^ 0x80;
+        }
+    }
+}
+
 /// Dequantises one packed `Q4_1` row into `out`.
 pub fn dequant_q4_1(row: &[u8], out: &mut [f32]) {
     let nb = row.len() / Q4_1_BYTES;
@@ -184,225 +207,7 @@ fn scalar<const N: usize, const Q8: bool>(row: &[u8], xs: &[ActRow<'_>; N], out:
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::{ActRow, GROUP, Q4_1_BYTES, Q8_0_BYTES, QK};
-    use std::arch::x86_64::*;
-
-    #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
-    }
-
-    /// Loads `len` (≤ 32) bytes at `p`, zero-filling the rest.
-    #[inline(always)]
-    unsafe fn load32(p: *const u8, len: usize) -> __m256i {
-        if len == 32 {
-            _mm256_loadu_si256(p as *const __m256i)
-        } else {
-            let mut tmp = [0u8; 32];
-            std::ptr::copy_nonoverlapping(p, tmp.as_mut_ptr(), len);
-            _mm256_loadu_si256(tmp.as_ptr() as *const __m256i)
-        }
-    }
-
-    /// Loads `len` (≤ 8) f16 values at `p` as f32, zero-filling the rest.
-    #[inline(always)]
-    unsafe fn load_f16x8(p: *const i16, len: usize) -> __m256 {
-        if len == 8 {
-            return _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
-        }
-        let mut tmp = [0i16; 8];
-        std::ptr::copy_nonoverlapping(p, tmp.as_mut_ptr(), len);
-        _mm256_cvtph_ps(_mm_loadu_si128(tmp.as_ptr() as *const __m128i))
-    }
-
-    /// Loads `len` (≤ 8) f32 values at `p`, zero-filling the rest.
-    #[inline(always)]
-    unsafe fn load_f32x8(p: *const f32, len: usize) -> __m256 {
-        if len == 8 {
-            return _mm256_loadu_ps(p);
-        }
-        let mut tmp = [0f32; 8];
-        std::ptr::copy_nonoverlapping(p, tmp.as_mut_ptr(), len);
-        _mm256_loadu_ps(tmp.as_ptr())
-    }
-
-    /// AVX2: eight blocks per register (half a group). `maddubs` cannot take Q8_0's offset
-    /// bytes without saturating, so Q8_0 goes back to signed bytes and the sign trick.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn avx2<const N: usize, const Q8: bool>(
-        row: &[u8],
-        xs: &[ActRow<'_>; N],
-        out: &mut [f32; N],
-    ) {
-        let (bpb, nb) = if Q8 {
-            (QK, row.len() / Q8_0_BYTES)
-        } else {
-            (16, row.len() / Q4_1_BYTES)
-        };
-        let qs = row.as_ptr();
-        let dp = qs.add(nb * bpb) as *const i16;
-        let mp = dp.add(nb);
-        let m4 = _mm256_set1_epi8(0xF);
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); N];
-        let mut accm = [_mm256_setzero_ps(); N];
-        let mut g = 0;
-        while g < nb {
-            let r = (nb - g).min(GROUP);
-            let step = 4 * r;
-            for h in 0..r.div_ceil(8) {
-                let lanes = (r - 8 * h).min(8);
-                let len = 4 * lanes;
-                let b0 = g + 8 * h;
-                let wbase = qs.add(g * bpb + 32 * h);
-                let dw = load_f16x8(dp.add(b0), lanes);
-                let mut isum = [_mm256_setzero_si256(); N];
-                if Q8 {
-                    for j in 0..8 {
-                        let w = _mm256_xor_si256(
-                            load32(wbase.add(j * step), len),
-                            _mm256_set1_epi8(-128),
-                        );
-                        let aw = _mm256_sign_epi8(w, w);
-                        for n in 0..N {
-                            let xp = xs[n].qs.as_ptr().add(g * QK + 32 * h) as *const u8;
-                            let xv = _mm256_sign_epi8(load32(xp.add(j * step), len), w);
-                            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, xv), ones);
-                            isum[n] = _mm256_add_epi32(isum[n], p);
-                        }
-                    }
-                } else {
-                    for j in 0..4 {
-                        let v = load32(wbase.add(j * step), len);
-                        let lo = _mm256_and_si256(v, m4);
-                        let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-                        for n in 0..N {
-                            let xp = xs[n].qs.as_ptr().add(g * QK + 32 * h) as *const u8;
-                            let xl = load32(xp.add(j * step), len);
-                            let xh = load32(xp.add((j + 4) * step), len);
-                            let p = _mm256_add_epi16(
-                                _mm256_maddubs_epi16(lo, xl),
-                                _mm256_maddubs_epi16(hi, xh),
-                            );
-                            isum[n] = _mm256_add_epi32(isum[n], _mm256_madd_epi16(p, ones));
-                        }
-                    }
-                }
-                let mw = if Q8 {
-                    _mm256_setzero_ps()
-                } else {
-                    load_f16x8(mp.add(b0), lanes)
-                };
-                for n in 0..N {
-                    let x = &xs[n];
-                    let sc = _mm256_mul_ps(dw, load_f32x8(x.d.as_ptr().add(b0), lanes));
-                    acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[n]), sc, acc[n]);
-                    if !Q8 {
-                        let sx = load_f32x8(x.s.as_ptr().add(b0), lanes);
-                        accm[n] = _mm256_fmadd_ps(mw, sx, accm[n]);
-                    }
-                }
-            }
-            g += GROUP;
-        }
-        for n in 0..N {
-            out[n] = hsum(_mm256_add_ps(acc[n], accm[n]));
-        }
-    }
-
-    /// The integer block sums of one group (`step` bytes per slice) against every row, in
-    /// two halves; `load` reads one slice (plain for whole groups, masked for the last).
-    #[inline(always)]
-    unsafe fn group512<const N: usize, const Q8: bool>(
-        wbase: *const i8,
-        xs: &[ActRow<'_>; N],
-        xoff: usize,
-        step: usize,
-        load: impl Fn(*const i8) -> __m512i,
-    ) -> ([__m512i; N], [__m512i; N]) {
-        let mut ia = [_mm512_setzero_si512(); N];
-        let mut ib = [_mm512_setzero_si512(); N];
-        if Q8 {
-            for j in (0..8).step_by(2) {
-                let w0 = load(wbase.add(j * step));
-                let w1 = load(wbase.add((j + 1) * step));
-                for n in 0..N {
-                    let xp = xs[n].qs.as_ptr().add(xoff);
-                    ia[n] = _mm512_dpbusd_epi32(ia[n], w0, load(xp.add(j * step)));
-                    ib[n] = _mm512_dpbusd_epi32(ib[n], w1, load(xp.add((j + 1) * step)));
-                }
-            }
-        } else {
-            let m4 = _mm512_set1_epi8(0xF);
-            for j in 0..4 {
-                let v = load(wbase.add(j * step));
-                let lo = _mm512_and_si512(v, m4);
-                let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
-                for n in 0..N {
-                    let xp = xs[n].qs.as_ptr().add(xoff);
-                    ia[n] = _mm512_dpbusd_epi32(ia[n], lo, load(xp.add(j * step)));
-                    ib[n] = _mm512_dpbusd_epi32(ib[n], hi, load(xp.add((j + 4) * step)));
-                }
-            }
-        }
-        (ia, ib)
-    }
-
-    /// AVX-512 VNNI: a whole group per register, one block per 32-bit lane.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    pub unsafe fn avx512<const N: usize, const Q8: bool>(
-        row: &[u8],
-        xs: &[ActRow<'_>; N],
-        out: &mut [f32; N],
-    ) {
-        let (bpb, nb) = if Q8 {
-            (QK, row.len() / Q8_0_BYTES)
-        } else {
-            (16, row.len() / Q4_1_BYTES)
-        };
-        let qs = row.as_ptr();
-        let dp = qs.add(nb * bpb) as *const i16;
-        let mp = dp.add(nb);
-        let mut acc = [_mm512_setzero_ps(); N];
-        let mut accm = [_mm512_setzero_ps(); N];
-        let mut g = 0;
-        while g < nb {
-            let r = (nb - g).min(GROUP);
-            let step = 4 * r;
-            let m16 = ((1u32 << r) - 1) as __mmask16;
-            let lanes: __mmask64 = if r == GROUP { !0 } else { (1u64 << step) - 1 };
-            let dw = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m16, dp.add(g)));
-            let mw = if Q8 {
-                _mm512_mul_ps(dw, _mm512_set1_ps(-128.0))
-            } else {
-                _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m16, mp.add(g)))
-            };
-            let wbase = qs.add(g * bpb) as *const i8;
-            let xoff = g * QK;
-            // Two integer accumulators per row keep two dependency chains in flight.
-            let (ia, ib) = if r == GROUP {
-                group512::<N, Q8>(wbase, xs, xoff, 64, |p| _mm512_loadu_si512(p as *const _))
-            } else {
-                group512::<N, Q8>(wbase, xs, xoff, step, |p| _mm512_maskz_loadu_epi8(lanes, p))
-            };
-            for n in 0..N {
-                let x = &xs[n];
-                let sc = _mm512_mul_ps(dw, _mm512_maskz_loadu_ps(m16, x.d.as_ptr().add(g)));
-                let isum = _mm512_add_epi32(ia[n], ib[n]);
-                acc[n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), sc, acc[n]);
-                accm[n] =
-                    _mm512_fmadd_ps(mw, _mm512_maskz_loadu_ps(m16, x.s.as_ptr().add(g)), accm[n]);
-            }
-            g += GROUP;
-        }
-        for n in 0..N {
-            out[n] = _mm512_reduce_add_ps(_mm512_add_ps(acc[n], accm[n]));
-        }
-    }
-}
+mod x86;
 
 #[inline]
 fn dispatch<const N: usize, const Q8: bool>(
@@ -472,6 +277,27 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn unpacking_gives_back_the_ggml_rows() {
+        // 40 blocks: two whole groups of 16 and a partial one.
+        for (block, seed) in [(Q4_1_BYTES, 3), (Q8_0_BYTES, 4)] {
+            let row = 40 * block;
+            let ggml = rand_bytes(3 * row, seed);
+            type Unpack = fn(&[u8], &mut [u8]);
+            let (packed, unpack): (Vec<u8>, Unpack) = if block == Q4_1_BYTES {
+                (pack_q4_1(&ggml, row), unpack_q4_1_row)
+            } else {
+                (pack_q8_0(&ggml, row), unpack_q8_0_row)
+            };
+            assert_ne!(packed, ggml);
+            let mut back = vec![0u8; ggml.len()];
+            for (src, dst) in packed.chunks_exact(row).zip(back.chunks_exact_mut(row)) {
+                unpack(src, dst);
+            }
+            assert_eq!(back, ggml, "block size {block}");
+        }
     }
 
     fn check(isa: Isa, cols: usize) {

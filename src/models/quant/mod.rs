@@ -16,6 +16,7 @@ use rayon::prelude::*;
 
 use self::act::{Q8Act, QK};
 use self::kernels::{ActRow, Isa, Q4_1_BYTES, Q8_0_BYTES};
+use super::kernels::SharedMut;
 use super::ModelError;
 
 /// Weight storage of a [`QLinear`].
@@ -159,6 +160,31 @@ impl QLinear {
         Ok(out)
     }
 
+    /// The weights in ggml's own block layout (undoing the kernels' repacking), for
+    /// formats that have one; for the device-generic path's `QMatMul`s.
+    pub fn ggml_bytes(&self) -> Option<(GgmlDType, Vec<u8>)> {
+        let unpack = |packed: &[u8], block: usize, f: fn(&[u8], &mut [u8])| {
+            let row = self.cols / QK * block;
+            let mut out = vec![0u8; packed.len()];
+            for (src, dst) in packed.chunks_exact(row).zip(out.chunks_exact_mut(row)) {
+                f(src, dst);
+            }
+            out
+        };
+        match &self.weights {
+            Weights::Q4_1(b) => Some((
+                GgmlDType::Q4_1,
+                unpack(b, Q4_1_BYTES, kernels::unpack_q4_1_row),
+            )),
+            Weights::Q8_0(b) => Some((
+                GgmlDType::Q8_0,
+                unpack(b, Q8_0_BYTES, kernels::unpack_q8_0_row),
+            )),
+            Weights::Ggml { dtype, bytes, .. } => Some((*dtype, bytes.to_vec())),
+            Weights::Dense(_) => None,
+        }
+    }
+
     fn ggml_dtype(&self) -> Option<GgmlDType> {
         match &self.weights {
             Weights::Q4_1(_) => Some(GgmlDType::Q4_1),
@@ -294,13 +320,6 @@ impl QLinear {
     }
 }
 
-/// A raw pointer that may be shared by the rayon tasks writing disjoint parts of one buffer.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: every task writes a disjoint set of indices (its own rows), see `gemm_blocks`.
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
 type Dot4 = fn(Isa, &[u8], &[ActRow<'_>; 4], &mut [f32; 4]);
 type Dot1 = fn(Isa, &[u8], &[ActRow<'_>; 1], &mut [f32; 1]);
 
@@ -325,7 +344,7 @@ fn gemm_blocks(
     let threads = rayon::current_num_threads().max(1);
     let chunk = (rows / (threads * 8)).clamp(4, 64);
     let nchunks = rows.div_ceil(chunk);
-    let ptr = SharedOut(out.as_mut_ptr());
+    let ptr = SharedMut::new(out);
     // A task owns `chunk` weight rows and runs every activation row against them, four at a
     // time, so its weights stay in L1/L2 while the activations stream once per task.
     let work = |c: usize| {
@@ -339,7 +358,7 @@ fn gemm_blocks(
                 dot4(isa, &w[r * row_bytes..(r + 1) * row_bytes], &x4, &mut o);
                 for (i, v) in o.iter().enumerate() {
                     // SAFETY: (t+i, r) is in bounds and row r belongs to this task only.
-                    unsafe { *p.0.add((t + i) * rows + r) = *v };
+                    unsafe { *p.get().add((t + i) * rows + r) = *v };
                 }
             }
             t += 4;
@@ -352,7 +371,7 @@ fn gemm_blocks(
                 let mut o = [0f32; 1];
                 dot1(isa, &w[r * row_bytes..(r + 1) * row_bytes], &[*x], &mut o);
                 // SAFETY: as above.
-                unsafe { *p.0.add(t * rows + r) = o[0] };
+                unsafe { *p.get().add(t * rows + r) = o[0] };
             }
         }
     };
