@@ -237,4 +237,33 @@ async fn metrics_merge_gateway_and_engine_series() {
     );
     // Two replicas of chat: each engine's series is told apart by `replica`.
     assert!(text.contains("replica=\"1\""), "{text}");
+    // The gateway's own gauges from the routing table: readiness per model (stays while an
+    // engine is down), restart/retry/ejection counters at 0 from the first scrape, its
+    // process figures (Linux).
+    let gw_ready = |m: &str| {
+        metric_value(
+            &text,
+            "trident_model_ready",
+            &[("model", m), ("component", "gateway")],
+        )
+    };
+    assert_eq!((gw_ready("chat"), gw_ready("embed")), (1.0, 1.0), "{text}");
+    for family in [
+        "trident_engine_restarts_total",
+        "trident_upstream_retries_total",
+        "trident_upstream_ejections_total",
+    ] {
+        assert!(
+            text.contains(&format!(
+                "{family}{{model=\"embed\",component=\"gateway\"}} 0"
+            )),
+            "{family}: {text}"
+        );
+    }
+    assert!(text.contains("# TYPE trident_gateway_inflight_requests gauge"));
+    #[cfg(target_os = "linux")]
+    assert!(
+        metric_value(&text, "process_open_fds", &[("component", "gateway")]) > 0.0,
+        "{text}"
+    );
 }
