@@ -267,3 +267,63 @@ async fn metrics_merge_gateway_and_engine_series() {
         "{text}"
     );
 }
+
+/// `trident top --once` against a running gateway: one frame with a row per model, the
+/// gateway's request rate over the interval; without the key it says so and exits 1.
+#[tokio::test]
+async fn top_prints_one_frame_from_the_gateway_metrics() {
+    let app = Appliance::start(
+        json!({"embed": {"type": "embedding"}, "chat": {"type": "chat"}}),
+        Opts {
+            api_keys: KEYS,
+            ..Default::default()
+        },
+    )
+    .await;
+    let url = app.url("/metrics");
+    let top = |key: Option<&str>| {
+        let mut cmd = tokio::process::Command::new(super::EXE);
+        cmd.args(["top", "--once", "--interval-secs", "1", "--url", &url]);
+        if let Some(k) = key {
+            cmd.args(["--api-key", k]);
+        }
+        cmd.output()
+    };
+    let (out, ()) = tokio::join!(top(Some(KEYS[0])), async {
+        // Requests land between the two scrapes of the frame.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for _ in 0..5 {
+            let r = client()
+                .post(app.url("/v1/embeddings"))
+                .bearer_auth(KEYS[0])
+                .json(&json!({"model": "embed", "input": "a"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    });
+    let out = out.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = |m: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(m))
+            .unwrap_or_else(|| panic!("no row for {m}: {text}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let embed = row("embed");
+    assert_eq!(embed[1..3], ["embedding", "ready"], "{text}");
+    let rate: f64 = embed[3].parse().unwrap();
+    assert!(rate > 0.0, "5 requests within the interval: {text}");
+    assert_eq!(row("chat")[2], "ready", "{text}");
+    let denied = top(None).await.unwrap();
+    assert_eq!(denied.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("HTTP 401"));
+}
