@@ -33,6 +33,8 @@ pub enum Command {
     Logs(crate::ops::LogsArgs),
     /// Probe the gateway (the image's HEALTHCHECK): exit 0 iff it answers 200.
     Healthcheck(crate::ops::HealthcheckArgs),
+    /// Per-model state, req/s, p50/p95, tokens/s, queue and KV from the gateway's /metrics.
+    Top(crate::ops::TopArgs),
     /// The offline bundle: pack, verify, load, inspect, keygen, inventory.
     #[command(subcommand)]
     Bundle(crate::bundle::BundleCommand),

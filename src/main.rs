@@ -188,5 +188,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Healthcheck(args) => {
             ops_exit(current_thread()?.block_on(trident::ops::healthcheck::run(args)))
         }
+        Command::Top(args) => ops_exit(current_thread()?.block_on(trident::ops::top::run(args))),
     }
 }

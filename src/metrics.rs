@@ -7,7 +7,8 @@
 //! and tests refer to the constants below.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub const REQUESTS_TOTAL: &str = "trident_requests_total";
@@ -28,6 +29,50 @@ pub const UPSTREAM_RETRIES_TOTAL: &str = "trident_upstream_retries_total";
 pub const UPSTREAM_EJECTIONS_TOTAL: &str = "trident_upstream_ejections_total";
 pub const REJECTED_REQUESTS_TOTAL: &str = "trident_rejected_requests_total";
 pub const MODEL_READY: &str = "trident_model_ready";
+/// Requests the gateway holds right now (set when `/metrics` is scraped).
+pub const GATEWAY_INFLIGHT_REQUESTS: &str = "trident_gateway_inflight_requests";
+
+// GPU families, labelled `gpu` (the device index). Registered here so the dashboards, alert
+// rules and tests share one schema; the CUDA build fills them from NVML and a CPU build
+// leaves them without series (docs/MONITORING.md lists them as may-be-empty).
+pub const GPU_UTILIZATION_RATIO: &str = "trident_gpu_utilization_ratio";
+pub const GPU_MEMORY_USED_BYTES: &str = "trident_gpu_memory_used_bytes";
+pub const GPU_MEMORY_TOTAL_BYTES: &str = "trident_gpu_memory_total_bytes";
+pub const GPU_TEMPERATURE_CELSIUS: &str = "trident_gpu_temperature_celsius";
+pub const GPU_POWER_WATTS: &str = "trident_gpu_power_watts";
+/// 1 for each (gpu, model) pair the GPU plan placed.
+pub const GPU_MODEL_ASSIGNED: &str = "trident_gpu_model_assigned";
+
+/// GPU families, for dashboards and tests (empty on CPU builds).
+pub const GPU: &[&str] = &[
+    GPU_UTILIZATION_RATIO,
+    GPU_MEMORY_USED_BYTES,
+    GPU_MEMORY_TOTAL_BYTES,
+    GPU_TEMPERATURE_CELSIUS,
+    GPU_POWER_WATTS,
+    GPU_MODEL_ASSIGNED,
+];
+
+// The prometheus crate's process collector (Linux), in every process: the gateway's samples
+// carry `component="gateway"`, each engine's `component="engine"` and its `model`.
+pub const PROCESS_CPU_SECONDS_TOTAL: &str = "process_cpu_seconds_total";
+pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "process_resident_memory_bytes";
+pub const PROCESS_VIRTUAL_MEMORY_BYTES: &str = "process_virtual_memory_bytes";
+pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+pub const PROCESS_MAX_FDS: &str = "process_max_fds";
+pub const PROCESS_START_TIME_SECONDS: &str = "process_start_time_seconds";
+pub const PROCESS_THREADS: &str = "process_threads";
+
+/// Process families, for dashboards and tests.
+pub const PROCESS: &[&str] = &[
+    PROCESS_CPU_SECONDS_TOTAL,
+    PROCESS_RESIDENT_MEMORY_BYTES,
+    PROCESS_VIRTUAL_MEMORY_BYTES,
+    PROCESS_OPEN_FDS,
+    PROCESS_MAX_FDS,
+    PROCESS_START_TIME_SECONDS,
+    PROCESS_THREADS,
+];
 
 /// Every metric name, for dashboards and tests.
 pub const ALL: &[&str] = &[
@@ -49,6 +94,7 @@ pub const ALL: &[&str] = &[
     UPSTREAM_EJECTIONS_TOTAL,
     REJECTED_REQUESTS_TOTAL,
     MODEL_READY,
+    GATEWAY_INFLIGHT_REQUESTS,
 ];
 
 /// Reasons for `trident_rejected_requests_total{reason}`.
@@ -92,6 +138,13 @@ pub struct Metrics {
     pub ejections: IntCounterVec,
     pub rejected: IntCounterVec,
     pub ready: IntGaugeVec,
+    pub gateway_inflight: IntGauge,
+    pub gpu_utilization: GaugeVec,
+    pub gpu_memory_used: GaugeVec,
+    pub gpu_memory_total: GaugeVec,
+    pub gpu_temperature: GaugeVec,
+    pub gpu_power: GaugeVec,
+    pub gpu_model_assigned: IntGaugeVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -104,6 +157,14 @@ fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterV
 
 fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels)
+        .expect("metric definition is valid. This is a bug.");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once. This is a bug.");
+    g
+}
+
+fn float_gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let g = GaugeVec::new(Opts::new(name, help), labels)
         .expect("metric definition is valid. This is a bug.");
     r.register(Box::new(g.clone()))
         .expect("metric registered once. This is a bug.");
@@ -128,16 +189,25 @@ impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new();
         let mk = ["model", "kind"];
-        let kv_usage = prometheus::GaugeVec::new(
-            Opts::new(
-                KV_CACHE_USAGE_RATIO,
-                "Fraction of the KV cache budget in use",
-            ),
+        let kv_usage = float_gauge(
+            &r,
+            KV_CACHE_USAGE_RATIO,
+            "Fraction of the KV cache budget in use",
             &["model"],
+        );
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("process collector registered once. This is a bug.");
+        let gateway_inflight = IntGauge::new(
+            GATEWAY_INFLIGHT_REQUESTS,
+            "Requests the gateway holds right now",
         )
         .expect("metric definition is valid. This is a bug.");
-        r.register(Box::new(kv_usage.clone()))
+        r.register(Box::new(gateway_inflight.clone()))
             .expect("metric registered once. This is a bug.");
+        let gpu = ["gpu"];
         Metrics {
             requests: counter(
                 &r,
@@ -233,6 +303,18 @@ impl Metrics {
                 "1 when the model answered a forward pass and serves",
                 &["model", "kind"],
             ),
+            gateway_inflight,
+            gpu_utilization: float_gauge(&r, GPU_UTILIZATION_RATIO, "GPU busy fraction", &gpu),
+            gpu_memory_used: float_gauge(&r, GPU_MEMORY_USED_BYTES, "GPU memory in use", &gpu),
+            gpu_memory_total: float_gauge(&r, GPU_MEMORY_TOTAL_BYTES, "GPU memory size", &gpu),
+            gpu_temperature: float_gauge(&r, GPU_TEMPERATURE_CELSIUS, "GPU core temperature", &gpu),
+            gpu_power: float_gauge(&r, GPU_POWER_WATTS, "GPU power draw", &gpu),
+            gpu_model_assigned: gauge(
+                &r,
+                GPU_MODEL_ASSIGNED,
+                "1 for each GPU a model's engine was placed on",
+                &["gpu", "model"],
+            ),
             registry: r,
         }
     }
@@ -284,8 +366,24 @@ mod tests {
             .with_label_values(&["m", "chat", reason::QUEUE_FULL])
             .inc();
         m.ready.with_label_values(&["m", "chat"]).set(1);
+        m.gateway_inflight.set(0);
+        m.gpu_utilization.with_label_values(&["0"]).set(0.5);
+        m.gpu_memory_used.with_label_values(&["0"]).set(1.0);
+        m.gpu_memory_total.with_label_values(&["0"]).set(2.0);
+        m.gpu_temperature.with_label_values(&["0"]).set(40.0);
+        m.gpu_power.with_label_values(&["0"]).set(100.0);
+        m.gpu_model_assigned.with_label_values(&["0", "m"]).set(1);
         let text = m.render();
-        for name in ALL {
+        for name in ALL.iter().chain(GPU) {
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn process_families_are_exported_untouched() {
+        let text = Metrics::new().render();
+        for name in PROCESS {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
         }
     }

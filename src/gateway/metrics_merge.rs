@@ -3,7 +3,16 @@
 //!
 //! Every sample gets `component="gateway"` or `component="engine"` so the gateway's request
 //! counters and the engines' do not collide; `replica` is added only for models with more
-//! than one replica, keeping cardinality low. Engine series already carry `model`.
+//! than one replica, keeping cardinality low. Engine series already carry `model`; the ones
+//! that do not (the process collector's `process_*`) get the engine's model id, so three
+//! engines' process figures stay three series.
+//!
+//! Before rendering, the gateway sets its own gauges from the routing table:
+//! `trident_model_ready{component="gateway"}` (1 while a replica serves; this series stays
+//! when an engine is down and its own series with it), the in-flight request count, and
+//! `trident_engine_restarts_total`, `…_upstream_retries_total` and `…_ejections_total` at 0
+//! for every model (a counter that first appears at 1 hides its first event from
+//! `increase()`).
 
 use std::time::Duration;
 
@@ -23,10 +32,12 @@ pub async fn metrics(State(s): State<GatewayState>) -> Response {
     let token = &s.backends.engine_token;
     let scrapes = s.backends.models.iter().flat_map(|m| {
         let many = m.replicas.len() > 1;
+        let model = m.id.to_string();
         m.replicas
             .iter()
             .filter(|r| !r.remote && r.is_ready())
             .map(move |r| {
+                let model = model.clone();
                 let url = format!("{}/metrics", r.base_url);
                 let client = client.clone();
                 let replica = many.then(|| r.index.to_string());
@@ -44,7 +55,7 @@ pub async fn metrics(State(s): State<GatewayState>) -> Response {
                         .text()
                         .await
                         .ok()?;
-                    let mut labels = vec![("component", "engine".to_string())];
+                    let mut labels = vec![("component", "engine".to_string()), ("model", model)];
                     if let Some(i) = replica {
                         labels.push(("replica", i));
                     }
@@ -52,6 +63,7 @@ pub async fn metrics(State(s): State<GatewayState>) -> Response {
                 }
             })
     });
+    set_gateway_gauges(&s);
     let mut sources = vec![(
         s.metrics.render(),
         vec![("component", "gateway".to_string())],
@@ -64,6 +76,23 @@ pub async fn metrics(State(s): State<GatewayState>) -> Response {
         .into_response()
 }
 
+/// The gateway's own gauges, from the routing table, just before they are rendered.
+fn set_gateway_gauges(s: &GatewayState) {
+    for m in &s.backends.models {
+        s.metrics
+            .ready
+            .with_label_values(&[&m.id, m.kind.as_str()])
+            .set(i64::from(m.replicas_ready() > 0));
+        // Exported at 0 before the first event, so `increase()` sees the first one.
+        s.metrics.restarts.with_label_values(&[&m.id]);
+        s.metrics.retries.with_label_values(&[&m.id]);
+        s.metrics.ejections.with_label_values(&[&m.id]);
+    }
+    s.metrics
+        .gateway_inflight
+        .set(i64::try_from(s.inflight.count()).unwrap_or(i64::MAX));
+}
+
 struct Family {
     name: String,
     help: Option<String>,
@@ -71,7 +100,8 @@ struct Family {
     samples: Vec<String>,
 }
 
-/// Merges expositions, adding `labels` to every sample of its source.
+/// Merges expositions, adding `labels` to every sample of its source (a label the sample
+/// already has keeps the sample's value).
 pub fn merge(sources: &[(String, Vec<(&str, String)>)]) -> String {
     let mut families: Vec<Family> = Vec::new();
     let index = |families: &mut Vec<Family>, name: &str| -> usize {
@@ -89,11 +119,10 @@ pub fn merge(sources: &[(String, Vec<(&str, String)>)]) -> String {
         }
     };
     for (text, labels) in sources {
-        let extra: String = labels
+        let extra: Vec<(&str, String)> = labels
             .iter()
-            .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-            .collect::<Vec<_>>()
-            .join(",");
+            .map(|(k, v)| (*k, format!("{k}=\"{}\"", escape(v))))
+            .collect();
         let mut current: Option<String> = None;
         for line in text.lines() {
             let line = line.trim_end();
@@ -157,15 +186,44 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-fn with_labels(line: &str, name_end: usize, extra: &str) -> String {
-    if extra.is_empty() {
+/// True when the label set `inner` (between the braces) has a label named `key`.
+fn has_label(inner: &str, key: &str) -> bool {
+    let mut quoted = false;
+    let mut escaped = false;
+    let mut start = 0;
+    for (i, c) in inner.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '=' if !quoted && inner[start..i].trim() == key => return true,
+            ',' if !quoted => start = i + 1,
+            _ => {}
+        }
+    }
+    false
+}
+
+fn with_labels(line: &str, name_end: usize, labels: &[(&str, String)]) -> String {
+    if labels.is_empty() {
         return line.to_string();
     }
     let (name, rest) = line.split_at(name_end);
-    if rest.starts_with('{') {
-        // The value after the closing brace never contains '}'.
-        let close = rest.rfind('}').unwrap_or(rest.len());
-        let inner = &rest[1..close];
+    // The value after the closing brace never contains '}'.
+    let close = rest
+        .starts_with('{')
+        .then(|| rest.rfind('}').unwrap_or(rest.len()));
+    let inner = close.map(|c| &rest[1..c]).unwrap_or("");
+    let extra = labels
+        .iter()
+        .filter(|(k, _)| !has_label(inner, k))
+        .map(|(_, kv)| kv.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    if extra.is_empty() {
+        return line.to_string();
+    }
+    if let Some(close) = close {
         let sep = if inner.trim().is_empty() { "" } else { "," };
         let after = rest.get(close + 1..).unwrap_or("");
         format!("{name}{{{inner}{sep}{extra}}}{after}")
@@ -203,5 +261,24 @@ mod tests {
         let c_sample = out.find("t_req{model=\"c\"").unwrap();
         let lat_type = out.find("# TYPE t_lat").unwrap();
         assert!(req_type < c_sample && c_sample < lat_type, "{out}");
+    }
+
+    #[test]
+    fn a_label_the_sample_has_is_not_added_again() {
+        let a = "# TYPE t_req counter\nt_req{model=\"chat\",route=\"/a,model=x\"} 3\nprocess_open_fds 9\n";
+        let out = merge(&[(
+            a.to_string(),
+            vec![("component", "engine".into()), ("model", "chat".into())],
+        )]);
+        assert!(
+            out.contains("t_req{model=\"chat\",route=\"/a,model=x\",component=\"engine\"} 3"),
+            "{out}"
+        );
+        assert!(
+            out.contains("process_open_fds{component=\"engine\",model=\"chat\"} 9"),
+            "{out}"
+        );
+        assert!(has_label("a=\"1\", model=\"m\"", "model"));
+        assert!(!has_label("a=\"model=\\\"x\"", "model"));
     }
 }

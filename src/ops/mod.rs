@@ -1,5 +1,5 @@
-//! Operator commands around the container deployment: `trident status`, `trident logs` and
-//! `trident healthcheck`.
+//! Operator commands around the container deployment: `trident status`, `trident logs`,
+//! `trident healthcheck` and `trident top` (the gateway's metrics as a terminal view).
 //!
 //! `status` and `logs` talk to the Docker Engine API (through `bollard`) about the containers
 //! of one compose project (label `com.docker.compose.project`), so they work the same with
@@ -13,6 +13,7 @@ pub mod healthcheck;
 pub mod logs;
 pub mod ready;
 pub mod status;
+pub mod top;
 
 use std::collections::HashMap;
 
@@ -23,6 +24,7 @@ use bollard::Docker;
 pub use healthcheck::HealthcheckArgs;
 pub use logs::LogsArgs;
 pub use status::StatusArgs;
+pub use top::TopArgs;
 
 /// Compose's label naming the project a container belongs to (v1 and v2 alike).
 pub const PROJECT_LABEL: &str = "com.docker.compose.project";

@@ -237,4 +237,93 @@ async fn metrics_merge_gateway_and_engine_series() {
     );
     // Two replicas of chat: each engine's series is told apart by `replica`.
     assert!(text.contains("replica=\"1\""), "{text}");
+    // The gateway's own gauges from the routing table: readiness per model (stays while an
+    // engine is down), restart/retry/ejection counters at 0 from the first scrape, its
+    // process figures (Linux).
+    let gw_ready = |m: &str| {
+        metric_value(
+            &text,
+            "trident_model_ready",
+            &[("model", m), ("component", "gateway")],
+        )
+    };
+    assert_eq!((gw_ready("chat"), gw_ready("embed")), (1.0, 1.0), "{text}");
+    for family in [
+        "trident_engine_restarts_total",
+        "trident_upstream_retries_total",
+        "trident_upstream_ejections_total",
+    ] {
+        assert!(
+            text.contains(&format!(
+                "{family}{{model=\"embed\",component=\"gateway\"}} 0"
+            )),
+            "{family}: {text}"
+        );
+    }
+    assert!(text.contains("# TYPE trident_gateway_inflight_requests gauge"));
+    #[cfg(target_os = "linux")]
+    assert!(
+        metric_value(&text, "process_open_fds", &[("component", "gateway")]) > 0.0,
+        "{text}"
+    );
+}
+
+/// `trident top --once` against a running gateway: one frame with a row per model, the
+/// gateway's request rate over the interval; without the key it says so and exits 1.
+#[tokio::test]
+async fn top_prints_one_frame_from_the_gateway_metrics() {
+    let app = Appliance::start(
+        json!({"embed": {"type": "embedding"}, "chat": {"type": "chat"}}),
+        Opts {
+            api_keys: KEYS,
+            ..Default::default()
+        },
+    )
+    .await;
+    let url = app.url("/metrics");
+    let top = |key: Option<&str>| {
+        let mut cmd = tokio::process::Command::new(super::EXE);
+        cmd.args(["top", "--once", "--interval-secs", "1", "--url", &url]);
+        if let Some(k) = key {
+            cmd.args(["--api-key", k]);
+        }
+        cmd.output()
+    };
+    let (out, ()) = tokio::join!(top(Some(KEYS[0])), async {
+        // Requests land between the two scrapes of the frame.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for _ in 0..5 {
+            let r = client()
+                .post(app.url("/v1/embeddings"))
+                .bearer_auth(KEYS[0])
+                .json(&json!({"model": "embed", "input": "a"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    });
+    let out = out.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = |m: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(m))
+            .unwrap_or_else(|| panic!("no row for {m}: {text}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let embed = row("embed");
+    assert_eq!(embed[1..3], ["embedding", "ready"], "{text}");
+    let rate: f64 = embed[3].parse().unwrap();
+    assert!(rate > 0.0, "5 requests within the interval: {text}");
+    assert_eq!(row("chat")[2], "ready", "{text}");
+    let denied = top(None).await.unwrap();
+    assert_eq!(denied.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("HTTP 401"));
 }
