@@ -209,7 +209,11 @@ step "./deploy.sh restart"
 id_before=$(compose ps -q trident)
 ./deploy.sh restart --no-wait
 wait_ready 300
-XX
+[ "$(compose ps -q trident)" = "$id_before" ] || fail "restart replaced the container"
+restarted=$(docker inspect -f '{{.State.StartedAt}}' "$id_before")
+ok "restarted in place (started $restarted) and ready again"
+[ "$(./deploy.sh key 2>/dev/null)" = "$key" ] || fail "the generated key changed across the restart"
+ok "the generated key survives the restart"
 api_checks "$base" "after restart:"
 
 # --- nginx ---------------------------------------------------------------------------------------
