@@ -64,11 +64,16 @@ fi
 tests/docker/base-images.sh >/dev/null || fail "base images"
 QUIET=1 scripts/fetch-models.sh || fail "scripts/fetch-models.sh"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/trident/target}
-# The test profile's binary (scripts/test.sh built it already); E2E_RELEASE=1 for figures.
-profile=dev dir=debug
-[ "${E2E_RELEASE:-0}" = 1 ] && profile=release dir=release
-cargo build --profile "$profile" --quiet --bin trident || fail "cargo build --profile $profile"
-bin=$CARGO_TARGET_DIR/$dir/trident
+# The test build's binary (scripts/test.sh built it already: `cargo test` unifies the
+# dev-dependencies' features, so a plain `cargo build` would recompile most crates);
+# E2E_RELEASE=1 for figures.
+if [ "${E2E_RELEASE:-0}" = 1 ]; then
+  cargo build --release --quiet --bin trident || fail "cargo build --release"
+  bin=$CARGO_TARGET_DIR/release/trident
+else
+  cargo test --quiet --no-run --test bundle 2>/dev/null || fail "cargo test --no-run"
+  bin=$CARGO_TARGET_DIR/debug/trident
+fi
 if ! docker image inspect trident:slim >/dev/null 2>&1; then
   scripts/build.sh --skip-models --tag trident:slim >"$work/build.log" 2>&1 \
     || { tail -n 40 "$work/build.log"; fail "scripts/build.sh --skip-models"; }
