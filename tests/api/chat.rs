@@ -472,17 +472,9 @@ async fn disconnected_client_frees_its_sequence() {
 #[tokio::test]
 async fn openai_python_client_streams_a_chat_completion() {
     let Some(e) = engine().await else { return };
-    let python = std::env::var("TRIDENT_PYTHON").unwrap_or_else(|_| "python3".into());
-    let has_openai = std::process::Command::new(&python)
-        .args(["-c", "import openai"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_openai {
-        eprintln!(
-            "SKIPPED: the openai Python package is not installed for {python} (pip install openai)"
-        );
+    let Some(python) = crate::common::chat::openai_python() else {
         return;
-    }
+    };
     let script = root().join("tests/openai_stream.py");
     let out = tokio::process::Command::new(&python)
         .arg(&script)

@@ -138,17 +138,9 @@ async fn streamed_tool_calls_and_the_second_turn() {
 #[tokio::test]
 async fn openai_python_client_runs_a_tool_loop_and_structured_output() {
     let Some(e) = engine().await else { return };
-    let python = std::env::var("TRIDENT_PYTHON").unwrap_or_else(|_| "python3".into());
-    let has_openai = std::process::Command::new(&python)
-        .args(["-c", "import openai"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_openai {
-        eprintln!(
-            "SKIPPED: the openai Python package is not installed for {python} (pip install openai)"
-        );
+    let Some(python) = crate::common::chat::openai_python() else {
         return;
-    }
+    };
     let out = tokio::process::Command::new(&python)
         .arg(root().join("tests/openai_tools.py"))
         .arg(format!("{}/v1", e.base))

@@ -94,3 +94,19 @@ pub fn metric_value(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// The Python with the official `openai` package (`TRIDENT_PYTHON`, else `python3`), or `None`
+/// after printing why the client test is skipped.
+pub fn openai_python() -> Option<String> {
+    let python = std::env::var("TRIDENT_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = std::process::Command::new(&python)
+        .args(["-c", "import openai"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!(
+            "SKIPPED: the openai Python package is not installed for {python} (pip install openai)"
+        );
+    }
+    ok.then_some(python)
+}
