@@ -97,19 +97,32 @@ impl State {
 
 /// sha256 of a file, streamed.
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    hash_file(path, None).map(|(_, sha)| sha)
+}
+
+/// Size and sha256 of a file, streamed, counting the bytes into `progress`.
+pub fn hash_file(
+    path: &Path,
+    progress: Option<&super::progress::Phase>,
+) -> std::io::Result<(u64, String)> {
     use sha2::{Digest, Sha256};
     use std::io::Read as _;
     let mut f = std::fs::File::open(path)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
     loop {
         let n = f.read(&mut buf)?;
         if n == 0 {
             break;
         }
         h.update(&buf[..n]);
+        size += n as u64;
+        if let Some(p) = progress {
+            p.inc(n as u64);
+        }
     }
-    Ok(super::parts::hex(h.finalize()))
+    Ok((size, super::parts::hex(h.finalize())))
 }
 
 #[derive(Debug, Args)]

@@ -14,7 +14,6 @@
 //!
 //! A rerun skips files and images already present with the right digest.
 
-use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -222,9 +221,12 @@ pub fn load(a: &LoadArgs, mode: Mode) -> Result<Outcome, BundleError> {
             missing.push(format!("file {} (sha256 {})", f.path, f.sha256));
         }
     }
-    if let Some(e) = &engine {
+    if let Some(e) = engine
+        .as_ref()
+        .filter(|_| m.images.iter().any(|i| i.file.is_none()))
+    {
+        let have = e.tagged_images()?;
         for i in m.images.iter().filter(|i| i.file.is_none()) {
-            let have = e.tagged_images()?;
             if !have.values().any(|id| *id == i.id) {
                 missing.push(format!("image {} ({})", i.reference, i.id));
             }
@@ -325,7 +327,6 @@ pub fn load(a: &LoadArgs, mode: Mode) -> Result<Outcome, BundleError> {
         std::fs::rename(&dir, &a.target).map_err(|e| BundleError::io(&a.target, e))?;
         staging.keep = true;
     } else {
-        let mut placed = BTreeSet::new();
         for f in &written {
             let to = a.target.join(&f.path);
             let from = dir.join(&f.path);
@@ -345,7 +346,6 @@ pub fn load(a: &LoadArgs, mode: Mode) -> Result<Outcome, BundleError> {
                 std::fs::create_dir_all(p).map_err(|e| BundleError::io(p, e))?;
             }
             std::fs::rename(&from, &to).map_err(|e| BundleError::io(&to, e))?;
-            placed.insert(f.path.clone());
         }
         for name in [
             super::manifest::MANIFEST,

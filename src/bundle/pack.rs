@@ -117,30 +117,13 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(v)
 }
 
-/// sha256 and size of a file, counted into `phase`.
-fn hash_file(path: &Path, phase: &Phase) -> Result<(u64, String), BundleError> {
-    let mut f = File::open(path).map_err(|e| BundleError::io(path, e))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n_total = 0u64;
-    loop {
-        let n = f.read(&mut buf).map_err(|e| BundleError::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        n_total += n as u64;
-        phase.inc(n as u64);
-    }
-    Ok((n_total, hex(h.finalize())))
-}
-
 fn entry_for(
     s: &Source,
     phase: &Phase,
     base: Option<&Inventory>,
 ) -> Result<FileEntry, BundleError> {
-    let (size, sha256) = hash_file(&s.disk, phase)?;
+    let (size, sha256) =
+        super::install::hash_file(&s.disk, Some(phase)).map_err(|e| BundleError::io(&s.disk, e))?;
     let mut f = FileEntry {
         path: s.bundle_path.clone(),
         size,

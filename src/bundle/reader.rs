@@ -105,8 +105,7 @@ pub fn read(
     if let Err(e) = parts.drain() {
         walk.problems.push(format!("reading the bundle: {e}"));
     }
-    let part_problems = part_problems(parts.checked());
-    let mut problems = part_problems;
+    let mut problems = part_problems(parts.checked());
     match outcome {
         Ok(()) => {}
         Err(BundleError::Verify(p)) => problems.extend(p),

@@ -231,28 +231,7 @@ impl Llama {
     /// Checks a step's input without touching any cache.
     fn validate(&self, items: &[SeqStep<'_>]) -> Result<(), ModelError> {
         for (i, it) in items.iter().enumerate() {
-            if it.tokens.is_empty() {
-                return Err(ModelError::Input(format!(
-                    "sequence {i} of the step has no tokens"
-                )));
-            }
-            if let Some(t) = it
-                .tokens
-                .iter()
-                .find(|&&t| t as usize >= self.cfg.vocab_size)
-            {
-                return Err(ModelError::Input(format!(
-                    "token id {t} is outside the vocabulary ({} tokens)",
-                    self.cfg.vocab_size
-                )));
-            }
-            let end = it.cache.len + it.tokens.len();
-            if end > self.cfg.max_position_embeddings {
-                return Err(ModelError::Input(format!(
-                    "sequence of {end} tokens exceeds the model's {} positions",
-                    self.cfg.max_position_embeddings
-                )));
-            }
+            check_tokens(&self.cfg, i, it.tokens, it.cache.len)?;
             if it.cache.k.len() != self.cfg.num_layers {
                 return Err(ModelError::Input("cache belongs to another model".into()));
             }
@@ -443,4 +422,33 @@ impl Llama {
             }
         });
     }
+}
+
+/// The per-sequence input checks both decoder paths share: tokens present, inside the
+/// vocabulary, and within the model's positions after `cached` earlier tokens.
+pub(crate) fn check_tokens(
+    cfg: &DecoderConfig,
+    i: usize,
+    tokens: &[u32],
+    cached: usize,
+) -> Result<(), ModelError> {
+    if tokens.is_empty() {
+        return Err(ModelError::Input(format!(
+            "sequence {i} of the step has no tokens"
+        )));
+    }
+    if let Some(t) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+        return Err(ModelError::Input(format!(
+            "token id {t} is outside the vocabulary ({} tokens)",
+            cfg.vocab_size
+        )));
+    }
+    let end = cached + tokens.len();
+    if end > cfg.max_position_embeddings {
+        return Err(ModelError::Input(format!(
+            "sequence of {end} tokens exceeds the model's {} positions",
+            cfg.max_position_embeddings
+        )));
+    }
+    Ok(())
 }

@@ -171,28 +171,7 @@ impl DeviceLlama {
 
     fn validate(&self, items: &[DeviceStep<'_>]) -> Result<(), ModelError> {
         for (i, it) in items.iter().enumerate() {
-            if it.tokens.is_empty() {
-                return Err(ModelError::Input(format!(
-                    "sequence {i} of the step has no tokens"
-                )));
-            }
-            if let Some(t) = it
-                .tokens
-                .iter()
-                .find(|&&t| t as usize >= self.cfg.vocab_size)
-            {
-                return Err(ModelError::Input(format!(
-                    "token id {t} is outside the vocabulary ({} tokens)",
-                    self.cfg.vocab_size
-                )));
-            }
-            let end = it.cache.len + it.tokens.len();
-            if end > self.cfg.max_position_embeddings {
-                return Err(ModelError::Input(format!(
-                    "sequence of {end} tokens exceeds the model's {} positions",
-                    self.cfg.max_position_embeddings
-                )));
-            }
+            crate::models::llama::check_tokens(&self.cfg, i, it.tokens, it.cache.len)?;
             if !it.cache.table.is_on(&self.kv) {
                 return Err(ModelError::Input("cache belongs to another model".into()));
             }
