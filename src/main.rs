@@ -40,6 +40,10 @@ fn init_logging(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A log that cannot be written (a full disk, a closed pipe) loses lines, never the
+        // process: tracing-subscriber would otherwise report the failure with `eprint!`,
+        // which panics when stderr itself fails (fault f18).
+        .log_internal_errors(false)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),

@@ -31,6 +31,14 @@ pub const REJECTED_REQUESTS_TOTAL: &str = "trident_rejected_requests_total";
 pub const MODEL_READY: &str = "trident_model_ready";
 /// Requests the gateway holds right now (set when `/metrics` is scraped).
 pub const GATEWAY_INFLIGHT_REQUESTS: &str = "trident_gateway_inflight_requests";
+/// Client connections the gateway holds open right now (set when `/metrics` is scraped).
+pub const GATEWAY_OPEN_CONNECTIONS: &str = "trident_gateway_open_connections";
+/// Connections answered 503 and closed because `max_connections` were open.
+pub const GATEWAY_REFUSED_CONNECTIONS_TOTAL: &str = "trident_gateway_refused_connections_total";
+/// Requests that could not be admitted because the KV budget was reserved by running
+/// sequences (set every step). The scheduler reserves a sequence's worst case at admission
+/// and so never preempts; this is where KV pressure shows instead.
+pub const KV_BLOCKED_SEQUENCES: &str = "trident_kv_blocked_sequences";
 
 // GPU families, labelled `gpu` (the device index). Registered here so the dashboards, alert
 // rules and tests share one schema; the CUDA build fills them from NVML and a CPU build
@@ -95,6 +103,9 @@ pub const ALL: &[&str] = &[
     REJECTED_REQUESTS_TOTAL,
     MODEL_READY,
     GATEWAY_INFLIGHT_REQUESTS,
+    GATEWAY_OPEN_CONNECTIONS,
+    GATEWAY_REFUSED_CONNECTIONS_TOTAL,
+    KV_BLOCKED_SEQUENCES,
 ];
 
 /// Reasons for `trident_rejected_requests_total{reason}`.
@@ -139,6 +150,9 @@ pub struct Metrics {
     pub rejected: IntCounterVec,
     pub ready: IntGaugeVec,
     pub gateway_inflight: IntGauge,
+    pub gateway_connections: IntGauge,
+    pub gateway_refused_connections: prometheus::IntCounter,
+    pub kv_blocked: IntGaugeVec,
     pub gpu_utilization: GaugeVec,
     pub gpu_memory_used: GaugeVec,
     pub gpu_memory_total: GaugeVec,
@@ -207,8 +221,30 @@ impl Metrics {
         .expect("metric definition is valid. This is a bug.");
         r.register(Box::new(gateway_inflight.clone()))
             .expect("metric registered once. This is a bug.");
+        let gateway_connections = IntGauge::new(
+            GATEWAY_OPEN_CONNECTIONS,
+            "Client connections the gateway holds open",
+        )
+        .expect("metric definition is valid. This is a bug.");
+        r.register(Box::new(gateway_connections.clone()))
+            .expect("metric registered once. This is a bug.");
+        let gateway_refused_connections = prometheus::IntCounter::new(
+            GATEWAY_REFUSED_CONNECTIONS_TOTAL,
+            "Connections refused (503) because max_connections were open",
+        )
+        .expect("metric definition is valid. This is a bug.");
+        r.register(Box::new(gateway_refused_connections.clone()))
+            .expect("metric registered once. This is a bug.");
         let gpu = ["gpu"];
         Metrics {
+            gateway_connections,
+            gateway_refused_connections,
+            kv_blocked: gauge(
+                &r,
+                KV_BLOCKED_SEQUENCES,
+                "Requests waiting because the KV budget is reserved",
+                &["model"],
+            ),
             requests: counter(
                 &r,
                 REQUESTS_TOTAL,
@@ -367,6 +403,9 @@ mod tests {
             .inc();
         m.ready.with_label_values(&["m", "chat"]).set(1);
         m.gateway_inflight.set(0);
+        m.gateway_connections.set(1);
+        m.gateway_refused_connections.inc();
+        m.kv_blocked.with_label_values(&["m"]).set(0);
         m.gpu_utilization.with_label_values(&["0"]).set(0.5);
         m.gpu_memory_used.with_label_values(&["0"]).set(1.0);
         m.gpu_memory_total.with_label_values(&["0"]).set(2.0);

@@ -44,6 +44,9 @@ pub struct Behaviour {
     pub load_ms: u64,
     /// `/health` reports a failed load.
     pub fail_load: bool,
+    /// After start, allocate and touch this many MiB, 16 MiB at a time (a model too big
+    /// for its memory limit: under a cgroup limit the kernel's OOM killer ends it).
+    pub alloc_mb: u64,
 }
 
 impl Behaviour {
@@ -69,6 +72,7 @@ impl Behaviour {
                 "exit_on_start" => b.exit_on_start = true,
                 "load_ms" => b.load_ms = num()?,
                 "fail_load" => b.fail_load = true,
+                "alloc_mb" => b.alloc_mb = num()?,
                 other => return Err(format!("unknown mock behaviour {other:?}")),
             }
         }
@@ -290,6 +294,20 @@ async fn chat(State(m): S, req: Request) -> Response {
     tag(&m, &headers, resp)
 }
 
+/// Allocates `mb` MiB in 16 MiB pieces, writing every page so it is really resident, and
+/// keeps it.
+fn hog(mb: u64) {
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..mb.div_ceil(16) {
+        held.push(vec![1u8; 16 << 20]);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    eprintln!("mock engine: holding {} MiB", held.len() * 16);
+    loop {
+        std::thread::park();
+    }
+}
+
 /// Runs the mock on `listener` (child-process form: crashes exit the process).
 pub async fn run(
     cfg: MockConfig,
@@ -306,6 +324,10 @@ pub async fn run(
         cfg.replica,
         listener.local_addr()?
     );
+    if cfg.behaviour.alloc_mb > 0 {
+        let mb = cfg.behaviour.alloc_mb;
+        std::thread::spawn(move || hog(mb));
+    }
     let app =
         crate::engine::access::guard(router(cfg), crate::engine::access::EngineToken::from_env());
     axum::serve(listener, app)

@@ -359,12 +359,13 @@ def chat():
     )
     b.row("Scheduler and KV cache", "调度与 KV 缓存")
     b.ts(
-        "Running and waiting sequences", "运行与等待的序列",
-        "Sequences decoding now and sequences waiting for a slot (max_num_seqs or the KV budget).",
-        "正在解码的序列与等待槽位（max_num_seqs 或 KV 预算）的序列。",
+        "Running, waiting and KV-held sequences", "运行、等待与受 KV 限制的序列",
+        "Sequences decoding now, sequences waiting for a slot, and how many of those wait because the KV budget is reserved. trident reserves a sequence's worst case (prompt + max_tokens) when it admits it, so it never preempts a running sequence: KV pressure shows here instead of as preemptions.",
+        "正在解码的序列、等待槽位的序列，以及其中因 KV 预算已被预留而等待的数量。trident 在接纳序列时按最坏情况（提示加 max_tokens）预留 KV，因此从不抢占运行中的序列：KV 压力体现在此处，而非抢占次数。",
         [
             q(f'sum by (model) (trident_running_sequences{{{c}}})', "running {{model}}"),
             q(f'sum by (model) (trident_waiting_sequences{{{c}}})', "waiting {{model}}"),
+            q(f'sum by (model) (trident_kv_blocked_sequences{{{c}}})', "held back by KV {{model}}"),
         ],
         w=12,
     )
@@ -519,6 +520,15 @@ def gateway():
         "Requests the gateway holds right now (sampled at each scrape).",
         "网关当前持有的请求数（每次抓取时采样）。",
         [q('sum by (instance) (trident_gateway_inflight_requests{component="gateway",instance=~"$instance"})', "{{instance}}")],
+    )
+    b.ts(
+        "Open connections", "打开的连接",
+        "Client connections the gateway holds open (sampled at each scrape), and connections refused with 503 because max_connections were open.",
+        "网关当前保持的客户端连接数（每次抓取时采样），以及因达到 max_connections 而以 503 拒绝的连接。",
+        [
+            q('sum by (instance) (trident_gateway_open_connections{component="gateway",instance=~"$instance"})', "open {{instance}}"),
+            q(f'sum by (instance) (increase(trident_gateway_refused_connections_total{{component="gateway",instance=~"$instance"}}[{RI}]))', "refused {{instance}}"),
+        ],
     )
     return b
 

@@ -114,7 +114,17 @@ pub struct Settings {
     /// of work (a forward step or batch) for this long, seconds. Default 120.
     pub model_stall_secs: f64,
     /// Time allowed to read request headers, seconds (slow clients are cut). Default 10.
+    /// It also closes an HTTP/1 keep-alive connection that stays idle this long between
+    /// requests (clients' pools reconnect on their own).
     pub header_read_timeout_secs: u64,
+    /// Open client connections past which a new one is answered 503 and closed. 0: no cap.
+    /// Default 4096 (the container's file-descriptor limit is far higher).
+    pub max_connections: usize,
+    /// HTTP/2 keep-alive: a PING every this many seconds on a quiet connection; a peer that
+    /// does not answer one within the same time is disconnected. Default 30.
+    pub http2_keepalive_secs: u64,
+    /// Concurrent streams one HTTP/2 connection may open. Default 256.
+    pub http2_max_streams: u32,
     /// Time allowed to read a request body, seconds. Default 30.
     pub body_read_timeout_secs: u64,
     /// Largest request body in bytes. Default 8 MiB.
@@ -153,6 +163,9 @@ impl Default for Settings {
             liveness_failures: 3,
             model_stall_secs: 120.0,
             header_read_timeout_secs: 10,
+            max_connections: 4096,
+            http2_keepalive_secs: 30,
+            http2_max_streams: 256,
             body_read_timeout_secs: 30,
             max_body_bytes: 8 * 1024 * 1024,
             startup_timeout_secs: 300,

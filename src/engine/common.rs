@@ -1,4 +1,4 @@
-//! State and routes every engine kind shares: model identity and status, `/health`
+//! State and routes every engine kind shares: model identity and state, `/health`
 //! (readiness plus the model thread's liveness, see `liveness`), `/v1/models`, `/metrics`,
 //! the request-metrics middleware and the router assembly with envelope fallbacks and the
 //! body limit.
@@ -20,7 +20,7 @@ use crate::metrics::{reason, Metrics};
 
 use super::liveness::{ModelWatch, Pulse};
 
-/// Lifecycle of the model inside an engine.
+/// Lifecycle of the model inside an engine, without its runtime (for reports).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelStatus {
     Loading,
@@ -38,6 +38,25 @@ impl ModelStatus {
     }
 }
 
+/// The one state of an engine's model. The runtime (`R`: the kind's tokenizer, queue and
+/// limits) exists exactly while the model is ready, so a handler that holds one needs no
+/// second check, and readiness, failure and the runtime can never disagree.
+pub enum ModelState<R> {
+    Loading,
+    Ready(Arc<R>),
+    Failed(String),
+}
+
+impl<R> ModelState<R> {
+    fn status(&self) -> ModelStatus {
+        match self {
+            ModelState::Loading => ModelStatus::Loading,
+            ModelState::Ready(_) => ModelStatus::Ready,
+            ModelState::Failed(why) => ModelStatus::Failed(why.clone()),
+        }
+    }
+}
+
 /// Facts about the loaded model shown in `/v1/models`.
 #[derive(Debug, Clone, Default)]
 pub struct CardFacts {
@@ -46,9 +65,8 @@ pub struct CardFacts {
     pub dtype: Option<String>,
 }
 
-/// What every engine handler can reach: identity, status and metrics.
-#[derive(Clone)]
-pub struct EngineCommon {
+/// What every engine handler can reach: identity, the model's state and metrics.
+pub struct EngineCommon<R> {
     pub id: Arc<str>,
     pub kind: ModelKind,
     pub aliases: Arc<[String]>,
@@ -57,20 +75,37 @@ pub struct EngineCommon {
     pub metrics: Metrics,
     /// The model thread's heartbeat and test fault hooks.
     pub watch: ModelWatch,
-    status: Arc<RwLock<(ModelStatus, CardFacts)>>,
+    state: Arc<RwLock<(ModelState<R>, CardFacts)>>,
 }
 
-impl EngineCommon {
-    pub fn new(id: &str, kind: ModelKind, aliases: Vec<String>, metrics: Metrics) -> Self {
+impl<R> Clone for EngineCommon<R> {
+    fn clone(&self) -> Self {
         EngineCommon {
+            id: self.id.clone(),
+            kind: self.kind,
+            aliases: self.aliases.clone(),
+            name: self.name.clone(),
+            metrics: self.metrics.clone(),
+            watch: self.watch.clone(),
+            state: self.state.clone(),
+        }
+    }
+}
+
+impl<R: Send + Sync + 'static> EngineCommon<R> {
+    /// A common part whose model is loading (published as not ready).
+    pub fn new(id: &str, kind: ModelKind, aliases: Vec<String>, metrics: Metrics) -> Self {
+        let common = EngineCommon {
             id: id.into(),
             kind,
             aliases: aliases.into(),
             name: None,
             metrics,
             watch: ModelWatch::default(),
-            status: Arc::new(RwLock::new((ModelStatus::Loading, CardFacts::default()))),
-        }
+            state: Arc::new(RwLock::new((ModelState::Loading, CardFacts::default()))),
+        };
+        common.publish(false);
+        common
     }
 
     /// Replaces the model-thread watch (stall limit from the settings, faults from the
@@ -94,29 +129,51 @@ impl EngineCommon {
         }
     }
 
-    pub fn status(&self) -> ModelStatus {
-        self.status
-            .read()
-            .map(|s| s.0.clone())
-            .unwrap_or(ModelStatus::Failed("status lock poisoned".into()))
+    /// The state lock (plain data: a poisoned lock is recovered, as for the inboxes).
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, (ModelState<R>, CardFacts)> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn set_status(&self, status: ModelStatus, facts: Option<CardFacts>) {
-        let ready = i64::from(status == ModelStatus::Ready);
-        if ready == 1 {
-            // The model thread takes over from here; loading time is not a stall.
-            self.watch.liveness.beat();
+    fn write(&self, state: ModelState<R>, facts: Option<CardFacts>) {
+        let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
+        s.0 = state;
+        if let Some(f) = facts {
+            s.1 = f;
         }
-        if let Ok(mut s) = self.status.write() {
-            s.0 = status;
-            if let Some(f) = facts {
-                s.1 = f;
-            }
-        }
+    }
+
+    pub fn status(&self) -> ModelStatus {
+        self.read().0.status()
+    }
+
+    /// The model is loaded and warmed: handlers get `runtime` from now on.
+    pub fn set_ready(&self, runtime: Arc<R>, facts: CardFacts) {
+        // The model thread takes over from here; loading time is not a stall.
+        self.watch.liveness.beat();
+        self.write(ModelState::Ready(runtime), Some(facts));
+        self.publish(true);
+    }
+
+    /// Loading failed (the message is the engine's `/health` error and its last word).
+    pub fn set_failed(&self, why: impl Into<String>) {
+        self.write(ModelState::Failed(why.into()), None);
+        self.publish(false);
+    }
+
+    fn publish(&self, ready: bool) {
         self.metrics
             .ready
             .with_label_values(&[&self.id, self.kind.as_str()])
-            .set(ready);
+            .set(i64::from(ready));
+    }
+
+    /// The runtime, or 503 unless the model is ready and its thread alive.
+    pub fn runtime(&self) -> Result<Arc<R>, ApiError> {
+        self.ensure_ready()?;
+        match &self.read().0 {
+            ModelState::Ready(rt) => Ok(rt.clone()),
+            _ => Err(ApiError::unavailable("The model is still loading")),
+        }
     }
 
     /// Accepts the engine's own id or an alias; anything else is 404 `model_not_found`.
@@ -162,11 +219,10 @@ impl EngineCommon {
     }
 
     fn card(&self) -> ModelCard {
-        let (status, facts) = self
-            .status
-            .read()
-            .map(|s| s.clone())
-            .unwrap_or((ModelStatus::Failed(String::new()), CardFacts::default()));
+        let (status, facts) = {
+            let s = self.read();
+            (s.0.status(), s.1.clone())
+        };
         ModelCard {
             id: self.id.to_string(),
             object: "model".into(),
@@ -199,7 +255,7 @@ pub enum Health {
 
 /// `GET /health`: 200 once the model answered its warm-up forward pass and while its model
 /// thread beats; else 503 with `loading`, `hung` or `failed` (the supervisor probes this).
-async fn health(State(c): State<EngineCommon>) -> Response {
+async fn health<R: Send + Sync + 'static>(State(c): State<EngineCommon<R>>) -> Response {
     let body = match c.health() {
         Health::Ready => return Json(serde_json::json!({"status": "ready"})).into_response(),
         Health::Loading => serde_json::json!({"status": "loading"}),
@@ -209,14 +265,14 @@ async fn health(State(c): State<EngineCommon>) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
-async fn models(State(c): State<EngineCommon>) -> Json<ModelList> {
+async fn models<R: Send + Sync + 'static>(State(c): State<EngineCommon<R>>) -> Json<ModelList> {
     Json(ModelList {
         object: "list".into(),
         data: vec![c.card()],
     })
 }
 
-async fn metrics(State(c): State<EngineCommon>) -> Response {
+async fn metrics<R>(State(c): State<EngineCommon<R>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         c.metrics.render(),
@@ -225,7 +281,11 @@ async fn metrics(State(c): State<EngineCommon>) -> Response {
 }
 
 /// Records `trident_requests_total` and `trident_request_duration_seconds` by route template.
-async fn record_requests(State(c): State<EngineCommon>, req: Request, next: Next) -> Response {
+async fn record_requests<R>(
+    State(c): State<EngineCommon<R>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -249,17 +309,21 @@ async fn record_requests(State(c): State<EngineCommon>, req: Request, next: Next
 }
 
 /// Adds the shared routes, fallbacks, body limit and middleware to a kind's routes.
-pub fn finish_router(kind_routes: Router, common: EngineCommon, max_body_bytes: usize) -> Router {
+pub fn finish_router<R: Send + Sync + 'static>(
+    kind_routes: Router,
+    common: EngineCommon<R>,
+    max_body_bytes: usize,
+) -> Router {
     let shared = Router::new()
-        .route("/health", get(health))
-        .route("/v1/models", get(models))
-        .route("/metrics", get(metrics))
+        .route("/health", get(health::<R>))
+        .route("/v1/models", get(models::<R>))
+        .route("/metrics", get(metrics::<R>))
         .with_state(common.clone());
     kind_routes
         .merge(shared)
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
-        .layer(middleware::from_fn_with_state(common, record_requests))
+        .layer(middleware::from_fn_with_state(common, record_requests::<R>))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn_with_state(
             api::BodyLimit(max_body_bytes),

@@ -5,7 +5,7 @@
 //! thread's answers → shape the OpenAI response. Dropping the handler (client gone) drops
 //! the receivers, so queued jobs are skipped before they reach the model.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::routing::post;
@@ -34,17 +34,13 @@ pub struct EncoderRuntime {
 /// State of the encoder routes.
 #[derive(Clone)]
 pub struct EncoderState {
-    pub common: EngineCommon,
-    pub runtime: Arc<OnceLock<EncoderRuntime>>,
+    pub common: EngineCommon<EncoderRuntime>,
 }
 
 impl EncoderState {
-    /// The runtime, or 503 while loading.
-    pub fn runtime(&self) -> Result<&EncoderRuntime, ApiError> {
-        self.common.ensure_ready()?;
-        self.runtime
-            .get()
-            .ok_or_else(|| ApiError::unavailable("The model is still loading"))
+    /// The runtime, or 503 unless the model is ready.
+    pub fn runtime(&self) -> Result<Arc<EncoderRuntime>, ApiError> {
+        self.common.runtime()
     }
 
     /// Runs jobs through the queue and waits for every answer.
@@ -92,13 +88,27 @@ pub fn input_error(param: &str, e: ModelError) -> ApiError {
     }
 }
 
-/// Runs blocking work (tokenisation) off the async workers.
+/// Runs blocking work (tokenisation, templates) off the async workers, at most
+/// [`tokenize_permits`] jobs at once per engine: a burst of huge requests queues here
+/// instead of filling the blocking pool (512 threads) and starving the model thread of
+/// cores. A request whose client leaves while it waits gives its place up.
 pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
+    static PERMITS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    let permits = PERMITS.get_or_init(|| tokio::sync::Semaphore::new(tokenize_permits()));
+    let _permit = permits
+        .acquire()
+        .await
+        .map_err(|_| ApiError::internal("Tokenisation task failed"))?;
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|_| ApiError::internal("Tokenisation task failed"))?
+}
+
+/// Concurrent tokenisation jobs per engine: two per core.
+pub fn tokenize_permits() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get() * 2)
 }
 
 /// Routes of an embedding engine.

@@ -9,12 +9,13 @@
 //! every waiting item is dropped, so each client gets an error instead of waiting.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::oneshot;
 
 use super::backend::{EncoderBackend, PairTokens};
+use super::inbox::{Inbox, InboxState};
 use super::liveness::{run_guarded, ModelWatch, IDLE_BEAT};
 use crate::metrics::Metrics;
 
@@ -149,6 +150,18 @@ impl QueueState {
     }
 }
 
+impl InboxState for QueueState {
+    fn close(&mut self) {
+        self.closed = true;
+    }
+    fn is_closed(&self) -> bool {
+        self.closed
+    }
+    fn clear(&mut self) {
+        self.waiting.clear();
+    }
+}
+
 /// Why an item could not be queued.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PushError {
@@ -156,15 +169,10 @@ pub enum PushError {
     Closed,
 }
 
-struct Shared {
-    state: Mutex<QueueState>,
-    wake: Condvar,
-}
-
 /// The async side's handle to the queue (cheap to clone).
 #[derive(Clone)]
 pub struct EncoderQueue {
-    shared: Arc<Shared>,
+    inbox: Arc<Inbox<QueueState>>,
 }
 
 /// Labels and sinks for the model thread's metrics.
@@ -184,33 +192,22 @@ impl EncoderQueue {
         metrics: QueueMetrics,
         watch: ModelWatch,
     ) -> EncoderQueue {
-        let shared = Arc::new(Shared {
-            state: Mutex::new(QueueState::new(capacity)),
-            wake: Condvar::new(),
-        });
+        let inbox = Arc::new(Inbox::new(QueueState::new(capacity)));
         let queue = EncoderQueue {
-            shared: shared.clone(),
+            inbox: inbox.clone(),
         };
-        let on_exit = queue.clone();
         std::thread::Builder::new()
             .name("encoder-model".into())
             .spawn(move || {
                 let liveness = watch.liveness.clone();
                 run_guarded(
                     &liveness,
-                    || model_thread(shared, backend, limits, metrics, watch),
-                    || on_exit.fail_pending(),
+                    || model_thread(&inbox, backend, limits, metrics, watch),
+                    || inbox.fail_pending(),
                 )
             })
             .expect("spawning the model thread. This is a bug.");
         queue
-    }
-
-    /// Closes the queue and drops every waiting item (their clients see an error).
-    fn fail_pending(&self) {
-        let mut s = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
-        s.closed = true;
-        s.waiting.clear();
     }
 
     /// Queues every job of one request, or none when the queue lacks room.
@@ -232,34 +229,25 @@ impl EncoderQueue {
                 }
             })
             .collect();
-        let Ok(mut state) = self.shared.state.lock() else {
-            return Err(PushError::Closed);
-        };
-        if state.closed {
-            return Err(PushError::Closed);
-        }
-        state.push_all(items).map_err(|_| PushError::Full)?;
-        drop(state);
-        self.shared.wake.notify_one();
+        self.inbox.push(PushError::Closed, |state| {
+            state.push_all(items).map_err(|_| PushError::Full)
+        })?;
         Ok(receivers)
     }
 
     /// Items waiting now.
     pub fn depth(&self) -> usize {
-        self.shared.state.lock().map(|s| s.len()).unwrap_or(0)
+        self.inbox.lock().len()
     }
 
     /// Stops the model thread after the queued work is done.
     pub fn close(&self) {
-        if let Ok(mut s) = self.shared.state.lock() {
-            s.closed = true;
-        }
-        self.shared.wake.notify_all();
+        self.inbox.close();
     }
 }
 
 fn model_thread(
-    shared: Arc<Shared>,
+    inbox: &Inbox<QueueState>,
     backend: Arc<dyn EncoderBackend>,
     limits: BatchLimits,
     m: QueueMetrics,
@@ -268,10 +256,7 @@ fn model_thread(
     let labels = [m.model.as_str(), m.kind];
     loop {
         let batch = {
-            let mut state = shared
-                .state
-                .lock()
-                .expect("queue lock poisoned. This is a bug.");
+            let mut state = inbox.lock();
             loop {
                 let dropped = state.drop_abandoned();
                 if dropped > 0 {
@@ -291,11 +276,7 @@ fn model_thread(
                     return;
                 }
                 watch.liveness.beat();
-                state = shared
-                    .wake
-                    .wait_timeout(state, IDLE_BEAT)
-                    .expect("queue lock poisoned. This is a bug.")
-                    .0;
+                state = inbox.wait(state, IDLE_BEAT);
             }
             let batch = state.next_batch(limits);
             m.metrics

@@ -12,6 +12,7 @@ pub mod chat;
 pub mod common;
 pub mod embed;
 pub mod encoder_queue;
+pub mod inbox;
 pub mod liveness;
 mod loader;
 pub mod rerank;
@@ -19,14 +20,14 @@ pub mod rerank;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::config::{CheckOptions, ConfigError, ModelKind, ModelsFile, Settings};
 use crate::metrics::Metrics;
-use common::{CardFacts, EngineCommon, ModelStatus};
+use common::{CardFacts, EngineCommon};
 use encoder_queue::{BatchLimits, EncoderQueue, QueueMetrics};
 
 /// Errors that stop an engine from starting.
@@ -124,31 +125,42 @@ pub fn build(
     metrics: Metrics,
 ) -> Router {
     let stall = crate::config::settings::secs(settings.model_stall_secs);
-    let mut common = EngineCommon::new(id, entry.kind, entry.aliases.clone(), metrics.clone())
-        .with_watch(liveness::ModelWatch::new(id, stall));
-    common.name = entry.name.as_deref().map(Into::into);
-    common.set_status(ModelStatus::Loading, None);
-    let routes = match entry.kind {
+    match entry.kind {
         ModelKind::Embedding | ModelKind::Rerank => {
-            let runtime = Arc::new(OnceLock::new());
             let state = embed::EncoderState {
-                common: common.clone(),
-                runtime: runtime.clone(),
+                common: engine_common(id, entry, &metrics, stall),
             };
             start_encoder(entry.clone(), state.clone());
-            if entry.kind == ModelKind::Rerank {
-                rerank::routes(state)
+            let routes = if entry.kind == ModelKind::Rerank {
+                rerank::routes(state.clone())
             } else {
-                embed::routes(state)
-            }
+                embed::routes(state.clone())
+            };
+            common::finish_router(routes, state.common, settings.max_body_bytes)
         }
         ModelKind::Chat => {
-            let state = chat::ChatState::new(common.clone());
+            let state = chat::ChatState::new(engine_common(id, entry, &metrics, stall));
             chat::start(entry.clone(), state.clone());
-            chat::routes(state)
+            common::finish_router(
+                chat::routes(state.clone()),
+                state.common,
+                settings.max_body_bytes,
+            )
         }
-    };
-    common::finish_router(routes, common, settings.max_body_bytes)
+    }
+}
+
+/// The shared part of an engine of any kind, its model loading.
+fn engine_common<R: Send + Sync + 'static>(
+    id: &str,
+    entry: &crate::config::ModelEntry,
+    metrics: &Metrics,
+    stall: std::time::Duration,
+) -> EngineCommon<R> {
+    let mut c = EngineCommon::new(id, entry.kind, entry.aliases.clone(), metrics.clone())
+        .with_watch(liveness::ModelWatch::new(id, stall));
+    c.name = entry.name.as_deref().map(Into::into);
+    c
 }
 
 fn start_encoder(entry: crate::config::ModelEntry, state: embed::EncoderState) {
@@ -172,7 +184,7 @@ fn load_encoder(entry: &crate::config::ModelEntry, state: &embed::EncoderState) 
         Ok(b) => b,
         Err(e) => {
             tracing::error!(error = %e, "model failed to load");
-            common.set_status(ModelStatus::Failed(e.to_string()), None);
+            common.set_failed(e.to_string());
             return;
         }
     };
@@ -189,7 +201,7 @@ fn load_encoder(entry: &crate::config::ModelEntry, state: &embed::EncoderState) 
     };
     if let Err(e) = warm {
         tracing::error!(error = %e, "warm-up forward pass failed");
-        common.set_status(ModelStatus::Failed(format!("warm-up failed: {e}")), None);
+        common.set_failed(format!("warm-up failed: {e}"));
         return;
     }
     let limits = BatchLimits {
@@ -218,17 +230,19 @@ fn load_encoder(entry: &crate::config::ModelEntry, state: &embed::EncoderState) 
         }),
         dtype: Some(meta.dtype.clone()),
     };
-    let _ = state.runtime.set(embed::EncoderRuntime { backend, queue });
-    common.set_status(ModelStatus::Ready, Some(facts));
+    common.set_ready(Arc::new(embed::EncoderRuntime { backend, queue }), facts);
     tracing::info!(model = %common.id, dtype = %meta.dtype, max_len = meta.max_len, "model ready");
 }
 
 /// A panic while loading is a load failure with the panic's message, not a hang.
-pub(crate) fn load_panicked(common: &EngineCommon, payload: &(dyn std::any::Any + Send)) {
+pub(crate) fn load_panicked<R: Send + Sync + 'static>(
+    common: &EngineCommon<R>,
+    payload: &(dyn std::any::Any + Send),
+) {
     let why = format!(
         "loading the model panicked: {}",
         liveness::panic_message(payload)
     );
     tracing::error!(error = %why, "model failed to load");
-    common.set_status(ModelStatus::Failed(why), None);
+    common.set_failed(why);
 }

@@ -91,6 +91,9 @@ fn set_gateway_gauges(s: &GatewayState) {
     s.metrics
         .gateway_inflight
         .set(i64::try_from(s.inflight.count()).unwrap_or(i64::MAX));
+    s.metrics.gateway_connections.set(
+        i64::try_from(s.connections.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(i64::MAX),
+    );
 }
 
 struct Family {

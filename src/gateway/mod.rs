@@ -54,6 +54,8 @@ pub struct Shared {
     pub client: reqwest::Client,
     pub keys: ApiKeys,
     pub inflight: Arc<Inflight>,
+    /// Client connections open across every worker (for `max_connections` and `/metrics`).
+    pub connections: Arc<AtomicUsize>,
     pub limiters: HashMap<String, Arc<ModelLimiter>>,
     pub retry_budget: RetryBudget,
     pub facts: SystemFacts,
@@ -122,6 +124,7 @@ impl GatewayState {
             metrics: Metrics::new(),
             client,
             inflight: Arc::new(Inflight::default()),
+            connections: Arc::new(AtomicUsize::new(0)),
             limiters,
             retry_budget: RetryBudget::default(),
             facts,
@@ -269,8 +272,11 @@ pub async fn serve(
     state: GatewayState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let header_timeout = Duration::from_secs(state.settings.header_read_timeout_secs.max(1));
+    let limits = ConnectionLimits::from(&state.settings);
     let count = worker_count(state.settings.gateway_threads);
+    let total = state.connections.clone();
+    let max_connections = state.settings.max_connections;
+    let refused = state.metrics.gateway_refused_connections.clone();
     let app = router(state);
     let mut workers = Vec::with_capacity(count);
     let mut finished = Vec::with_capacity(count);
@@ -283,12 +289,13 @@ pub async fn serve(
             tx,
             open: Arc::new(AtomicUsize::new(0)),
         };
-        let (app, open) = (app.clone(), worker.open.clone());
+        let counts = [worker.open.clone(), total.clone()];
+        let app = app.clone();
         let (done, finished_rx) = tokio::sync::oneshot::channel::<()>();
         std::thread::Builder::new()
             .name(format!("gateway-{i}"))
             .spawn(move || {
-                rt.block_on(serve_worker(rx, app, header_timeout, open));
+                rt.block_on(serve_worker(rx, app, limits, counts));
                 let _ = done.send(());
             })?;
         workers.push(worker);
@@ -309,10 +316,16 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
+        if max_connections > 0 && total.load(Ordering::Relaxed) >= max_connections {
+            refused.inc();
+            tokio::spawn(refuse(socket, max_connections));
+            continue;
+        }
         let _ = socket.set_nodelay(true);
         let Ok(socket) = socket.into_std() else {
             continue;
         };
+        total.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = hand_over(&mut workers, socket) {
             result = Err(e);
             break;
@@ -326,6 +339,45 @@ pub async fn serve(
         }
     }
     result
+}
+
+/// Answers a connection past `max_connections` with a 503 in the API's error envelope and
+/// closes it, without reading the request (a second's grace for the write).
+async fn refuse(mut socket: tokio::net::TcpStream, max: usize) {
+    use tokio::io::AsyncWriteExt;
+    let body = api::ApiError::unavailable(format!(
+        "The gateway has {max} open connections (max_connections); retry shortly"
+    ))
+    .with_code("too_many_connections")
+    .to_json();
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = socket.write_all(response.as_bytes()).await;
+        let _ = socket.shutdown().await;
+    })
+    .await;
+}
+
+/// Per-connection protocol limits from the settings.
+#[derive(Clone, Copy)]
+struct ConnectionLimits {
+    header_timeout: Duration,
+    h2_keepalive: Duration,
+    h2_max_streams: u32,
+}
+
+impl From<&Settings> for ConnectionLimits {
+    fn from(s: &Settings) -> Self {
+        ConnectionLimits {
+            header_timeout: Duration::from_secs(s.header_read_timeout_secs.max(1)),
+            h2_keepalive: Duration::from_secs(s.http2_keepalive_secs.max(1)),
+            h2_max_streams: s.http2_max_streams.max(1),
+        }
+    }
 }
 
 /// The accept loop's handle on a worker: its inbox and its count of open connections.
@@ -361,22 +413,32 @@ fn hand_over(workers: &mut Vec<Worker>, mut socket: std::net::TcpStream) -> std:
 async fn serve_worker(
     mut incoming: tokio::sync::mpsc::UnboundedReceiver<std::net::TcpStream>,
     app: Router,
-    header_timeout: Duration,
-    open: Arc<AtomicUsize>,
+    limits: ConnectionLimits,
+    counts: [Arc<AtomicUsize>; 2],
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
+        .header_read_timeout(limits.header_timeout)
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.h2_keepalive)
+        .keep_alive_timeout(limits.h2_keepalive)
+        .max_concurrent_streams(limits.h2_max_streams);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let closed = move |counts: &[Arc<AtomicUsize>; 2]| {
+        for c in counts {
+            c.fetch_sub(1, Ordering::Relaxed);
+        }
+    };
     while let Some(socket) = incoming.recv().await {
         let socket = match tokio::net::TcpStream::from_std(socket) {
             Ok(s) => s,
             Err(e) => {
-                open.fetch_sub(1, Ordering::Relaxed);
+                closed(&counts);
                 tracing::warn!(error = %e, "could not take a connection");
                 continue;
             }
@@ -387,10 +449,10 @@ async fn serve_worker(
         );
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(socket), svc);
         let conn = graceful.watch(conn.into_owned());
-        let open = open.clone();
+        let counts = counts.clone();
         tokio::spawn(async move {
             let _ = conn.await;
-            open.fetch_sub(1, Ordering::Relaxed);
+            closed(&counts);
         });
     }
     if tokio::time::timeout(CONNECTION_GRACE, graceful.shutdown())

@@ -190,6 +190,23 @@ pub async fn engine_task(t: EngineTask, cancel: CancellationToken) {
     }
 }
 
+/// The reason for an engine killed by a signal the supervisor did not send (its last log
+/// line says nothing about that). SIGKILL from outside is almost always the kernel's
+/// out-of-memory killer, so the message says where to look.
+fn killed_by(status: &std::process::ExitStatus) -> Option<String> {
+    use std::os::unix::process::ExitStatusExt;
+    let sig = status.signal()?;
+    let name = nix::sys::signal::Signal::try_from(sig)
+        .map_or_else(|_| format!("signal {sig}"), |s| s.as_str().to_string());
+    Some(if sig == nix::libc::SIGKILL {
+        format!(
+            "the engine was killed by {name}; the kernel's out-of-memory killer does this when the container or host runs out of memory (see `dmesg` and the container's memory limit)"
+        )
+    } else {
+        format!("the engine was killed by {name}")
+    })
+}
+
 /// Probes a running engine until it exits, fails, hangs or `cancel` fires.
 async fn watch(t: &EngineTask, child: &mut Child, cancel: &CancellationToken) -> RunEnd {
     let r = &t.replica;
@@ -202,9 +219,10 @@ async fn watch(t: &EngineTask, child: &mut Child, cancel: &CancellationToken) ->
             status = child.wait() => {
                 let ready_for = ready_at.map(|t| t.elapsed()).unwrap_or_default();
                 r.set_state(ReplicaState::Restarting);
+                let reason = status.as_ref().ok().and_then(killed_by);
                 let code = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
                 tracing::warn!(model = %t.model.id, replica = r.index, status = %code, "engine exited");
-                return RunEnd::Crashed { reason: None, ready_for };
+                return RunEnd::Crashed { reason, ready_for };
             }
             _ = cancel.cancelled() => return RunEnd::Cancelled,
             _ = tokio::time::sleep(interval) => {}

@@ -29,10 +29,30 @@ pub fn taken_ports(file: &ModelsFile, host: &str) -> Vec<Problem> {
     problems
 }
 
-/// Asks the OS for a free loopback port (tests; a tiny race until the engine binds it).
+/// A free loopback port for an engine (`--ephemeral-engine-ports`). It stays unbound until
+/// the engine binds it, so it is drawn at random from below the kernel's ephemeral range:
+/// the client sockets and `:0` listeners of everything else on the host draw from inside
+/// that range and cannot take it in the meantime.
 pub fn free_port() -> std::io::Result<u16> {
+    use rand::Rng;
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if low > PRIVATE_PORTS_FROM + 1000 {
+        let mut rng = rand::thread_rng();
+        for _ in 0..200 {
+            let port = rng.gen_range(PRIVATE_PORTS_FROM..low);
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     Ok(TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
 }
+
+/// Lowest port `free_port` draws from (above the well-known service ports users configure).
+const PRIVATE_PORTS_FROM: u16 = 20000;
 
 /// Bytes under a model path (a file, or a directory tree up to a few levels, following
 /// the symlinks of a Hugging Face cache).

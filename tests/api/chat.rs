@@ -370,6 +370,7 @@ async fn invalid_requests_are_400_naming_the_parameter() {
         (json!({"max_tokens": -5}), "max_tokens"),
         (json!({"n": 2}), "n"),
         (json!({"stop": ["a", "b", "c", "d", "e"]}), "stop"),
+        (json!({"stop": "s".repeat(257)}), "stop"),
         (json!({"temperature": "hot"}), "temperature"),
     ];
     for (extra, param) in cases {
@@ -402,6 +403,39 @@ async fn invalid_requests_are_400_naming_the_parameter() {
         (400, Some("context_length_exceeded")),
         "{v}"
     );
+    // Past max_model_len × 32 characters nothing is rendered or tokenised: the character
+    // cap answers (its message names characters, not a token count).
+    let huge = "x".repeat(2048 * 32 + 1);
+    for (path, body, param) in [
+        (
+            "/v1/chat/completions",
+            json!({"messages": question(&huge), "max_tokens": 1}),
+            "messages",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": huge, "max_tokens": 1}),
+            "prompt",
+        ),
+    ] {
+        let (status, v) = post(&e.base, path, body).await;
+        assert_eq!(
+            (
+                status,
+                v["error"]["code"].as_str(),
+                v["error"]["param"].as_str()
+            ),
+            (400, Some("context_length_exceeded"), Some(param)),
+            "{path}: {v}"
+        );
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("characters"),
+            "{v}"
+        );
+    }
     let (status, v) = post(
         &e.base,
         "/v1/chat/completions",

@@ -27,7 +27,7 @@ use std::sync::{Arc, OnceLock};
 
 use tokenizers::Tokenizer;
 
-use super::common::{CardFacts, EngineCommon, ModelStatus};
+use super::common::{CardFacts, EngineCommon};
 use crate::api::ApiError;
 use crate::config::ModelEntry;
 use crate::models::decoder::{DecoderInfo, DecoderModel, StepItem};
@@ -84,25 +84,17 @@ impl ChatRuntime {
 /// State of the chat routes.
 #[derive(Clone)]
 pub struct ChatState {
-    pub common: EngineCommon,
-    pub runtime: Arc<OnceLock<Arc<ChatRuntime>>>,
+    pub common: EngineCommon<ChatRuntime>,
 }
 
 impl ChatState {
-    pub fn new(common: EngineCommon) -> Self {
-        ChatState {
-            common,
-            runtime: Arc::new(OnceLock::new()),
-        }
+    pub fn new(common: EngineCommon<ChatRuntime>) -> Self {
+        ChatState { common }
     }
 
-    /// The runtime, or 503 while loading.
+    /// The runtime, or 503 unless the model is ready.
     pub fn runtime(&self) -> Result<Arc<ChatRuntime>, ApiError> {
-        self.common.ensure_ready()?;
-        self.runtime
-            .get()
-            .cloned()
-            .ok_or_else(|| ApiError::unavailable("The model is still loading"))
+        self.common.runtime()
     }
 }
 
@@ -222,13 +214,13 @@ fn load(
         Ok(m) => m,
         Err(e) => {
             tracing::error!(error = %e, "model failed to load");
-            common.set_status(ModelStatus::Failed(e.to_string()), None);
+            common.set_failed(e.to_string());
             return None;
         }
     };
     if let Err(e) = warm_up(&model) {
         tracing::error!(error = %e, "warm-up forward pass failed");
-        common.set_status(ModelStatus::Failed(format!("warm-up failed: {e}")), None);
+        common.set_failed(format!("warm-up failed: {e}"));
         return None;
     }
     let info = model.info().clone();
@@ -240,7 +232,7 @@ fn load(
         Ok(t) => t,
         Err(e) => {
             tracing::error!(error = %e, "chat template");
-            common.set_status(ModelStatus::Failed(e.to_string()), None);
+            common.set_failed(e.to_string());
             return None;
         }
     };
@@ -259,13 +251,12 @@ fn load(
         max_model_len: lim.max_model_len,
         grammars: OnceLock::new(),
     };
-    let _ = state.runtime.set(Arc::new(runtime));
     let facts = CardFacts {
         max_model_len: Some(lim.max_model_len),
         rerank_mode: None,
         dtype: Some(info.dtype.clone()),
     };
-    common.set_status(ModelStatus::Ready, Some(facts));
+    common.set_ready(Arc::new(runtime), facts);
     tracing::info!(
         model = %common.id, dtype = %info.dtype, max_model_len = lim.max_model_len,
         kv_budget_tokens = lim.scheduler.kv_budget_tokens,

@@ -8,9 +8,13 @@ use super::sampling::SamplingParams;
 use crate::api::types::completions::{SamplingFields, StopField};
 use crate::api::ApiError;
 use crate::models::decoder::DecoderInfo;
+use crate::models::encoder::CHARS_PER_TOKEN;
 
 /// Most stop strings per request.
 pub const MAX_STOP: usize = 4;
+/// Longest stop string, in bytes (the matcher holds back at most this much text and
+/// compares it against each stop string on every token).
+pub const MAX_STOP_BYTES: usize = 256;
 
 /// Sampling settings of a request after validation.
 #[derive(Debug, Clone)]
@@ -108,6 +112,15 @@ pub fn validate(f: &SamplingFields) -> Result<Generation, ApiError> {
             ),
         ));
     }
+    if let Some(long) = stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+        return Err(ApiError::invalid_param(
+            "stop",
+            format!(
+                "each 'stop' string may have at most {MAX_STOP_BYTES} bytes (got one of {})",
+                long.len()
+            ),
+        ));
+    }
     Ok(Generation {
         params: SamplingParams {
             temperature: temperature.unwrap_or(1.0),
@@ -132,7 +145,9 @@ pub fn encode(
     info: &DecoderInfo,
     text: &str,
     add_special: bool,
+    max_model_len: usize,
 ) -> Result<Vec<u32>, ApiError> {
+    check_chars(text.chars().count(), max_model_len, "prompt")?;
     let enc = tok.encode(text, false).map_err(|e| {
         tracing::warn!(error = %e, "tokenisation failed");
         ApiError::invalid("The prompt could not be tokenised")
@@ -146,6 +161,34 @@ pub fn encode(
         }
     }
     Ok(ids)
+}
+
+/// Rejects a text that cannot fit the context whatever it tokenises to, before any work
+/// is spent on it: more than `max_model_len × CHARS_PER_TOKEN` characters (no vocabulary
+/// has tokens that long).
+pub fn check_chars(chars: usize, max_model_len: usize, param: &str) -> Result<(), ApiError> {
+    let cap = max_model_len.saturating_mul(CHARS_PER_TOKEN);
+    if chars <= cap {
+        return Ok(());
+    }
+    let mut e = ApiError::context_length(format!(
+        "This model's maximum context length is {max_model_len} tokens; the {param} has more than {cap} characters, which cannot fit."
+    ));
+    e.param = Some(param.to_string());
+    Err(e)
+}
+
+/// Characters in every string of a JSON value (message contents, tool arguments, …).
+pub fn json_chars(v: &serde_json::Value) -> usize {
+    match v {
+        serde_json::Value::String(s) => s.chars().count(),
+        serde_json::Value::Array(a) => a.iter().map(json_chars).sum(),
+        serde_json::Value::Object(o) => o
+            .iter()
+            .map(|(k, v)| k.chars().count() + json_chars(v))
+            .sum(),
+        _ => 0,
+    }
 }
 
 /// The completion budget of a prompt: `max_tokens` when given, else the rest of the

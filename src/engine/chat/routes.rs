@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use tokio::sync::mpsc;
 
 use super::constraint::{spec_of, Constraint};
-use super::request::{completion_budget, encode, validate, Generation};
+use super::request::{check_chars, completion_budget, encode, json_chars, validate, Generation};
 use super::runner::SubmitError;
 use super::scheduler::{Event, FinishReason, GenRequest};
 use super::stream::{collect, sse, sse_tool_answer, ResponseMeta, Shape};
@@ -74,7 +74,7 @@ fn chat_prompt(
                 ApiError::internal("The model's chat template failed")
             }
         })?;
-    encode(&rt.tokenizer, &rt.info, &text, true)
+    encode(&rt.tokenizer, &rt.info, &text, true, rt.max_model_len)
 }
 
 impl ChatState {
@@ -121,6 +121,13 @@ async fn chat_completions(
 ) -> Result<Response, ApiError> {
     s.common.check_model(req.model.as_deref())?;
     let rt = s.runtime()?;
+    // Nothing is rendered or tokenised for a conversation that cannot fit.
+    check_chars(
+        json_chars(&req.messages) + req.tools.as_ref().map_or(0, json_chars),
+        rt.max_model_len,
+        "messages",
+    )
+    .inspect_err(|_| s.common.reject(reason::TOO_LONG))?;
     let mut messages = s.invalid(parse_messages(&req.messages))?;
     tools::arguments_as_objects(&mut messages);
     let gen = s.invalid(validate(&req.sampling()))?;
@@ -233,7 +240,7 @@ async fn completions(
         let rt = rt.clone();
         s.invalid(
             blocking(move || {
-                let prompt = encode(&rt.tokenizer, &rt.info, &text, true)?;
+                let prompt = encode(&rt.tokenizer, &rt.info, &text, true, rt.max_model_len)?;
                 let c = spec.map(|(sp, p)| rt.constraint(&sp, p)).transpose()?;
                 Ok((prompt, c))
             })
@@ -287,7 +294,8 @@ async fn tokenize(
         (Some(prompt), None) => {
             let rt = rt.clone();
             let add = req.add_special_tokens;
-            blocking(move || encode(&rt.tokenizer, &rt.info, &prompt, add)).await?
+            blocking(move || encode(&rt.tokenizer, &rt.info, &prompt, add, rt.max_model_len))
+                .await?
         }
         (None, Some(messages)) => {
             let messages = s.invalid(parse_messages(&messages))?;

@@ -10,11 +10,12 @@
 //! client gets an error event instead of waiting.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::backend::DecoderBackend;
 use super::scheduler::{GenRequest, Scheduler, SchedulerConfig, StepStats};
+use crate::engine::inbox::{Inbox, InboxState};
 use crate::engine::liveness::{run_guarded, ModelWatch, IDLE_BEAT};
 use crate::metrics::Metrics;
 
@@ -28,22 +29,30 @@ pub enum SubmitError {
     Closed,
 }
 
-struct Inbox {
+/// The chat inbox: requests not yet moved into the scheduler.
+struct ChatInbox {
     queue: VecDeque<GenRequest>,
     /// Requests the scheduler holds in its waiting set (updated every step).
     waiting: usize,
     closed: bool,
 }
 
-struct Shared {
-    inbox: Mutex<Inbox>,
-    wake: Condvar,
+impl InboxState for ChatInbox {
+    fn close(&mut self) {
+        self.closed = true;
+    }
+    fn is_closed(&self) -> bool {
+        self.closed
+    }
+    fn clear(&mut self) {
+        self.queue.clear();
+    }
 }
 
 /// The handlers' handle to the model thread (cheap to clone).
 #[derive(Clone)]
 pub struct ChatQueue {
-    shared: Arc<Shared>,
+    inbox: Arc<Inbox<ChatInbox>>,
     capacity: usize,
 }
 
@@ -100,6 +109,9 @@ impl RunnerMetrics {
         m.waiting.with_label_values(&model).set(st.waiting as i64);
         m.queue_depth.with_label_values(&mk).set(st.waiting as i64);
         m.kv_usage.with_label_values(&model).set(st.kv_usage);
+        m.kv_blocked
+            .with_label_values(&model)
+            .set(st.kv_blocked as i64);
     }
 }
 
@@ -137,60 +149,43 @@ impl ChatQueue {
         let liveness = watch.liveness.clone();
         run_guarded(
             &liveness,
-            || model_task(self.shared.clone(), backend, cfg, metrics, watch),
-            || self.fail_pending(),
+            || model_task(&self.inbox, backend, cfg, metrics, watch),
+            || self.inbox.fail_pending(),
         );
-    }
-
-    /// Closes the inbox and drops every request in it (their clients see an error).
-    fn fail_pending(&self) {
-        let mut inbox = self.shared.inbox.lock().unwrap_or_else(|p| p.into_inner());
-        inbox.closed = true;
-        inbox.queue.clear();
     }
 
     /// A handle whose inbox holds at most `capacity` requests waiting for admission.
     pub fn new(capacity: usize) -> Self {
         ChatQueue {
-            shared: Arc::new(Shared {
-                inbox: Mutex::new(Inbox {
-                    queue: VecDeque::new(),
-                    waiting: 0,
-                    closed: false,
-                }),
-                wake: Condvar::new(),
-            }),
+            inbox: Arc::new(Inbox::new(ChatInbox {
+                queue: VecDeque::new(),
+                waiting: 0,
+                closed: false,
+            })),
             capacity: capacity.max(1),
         }
     }
 
     /// Queues a request; `Full` when `capacity` requests already wait for admission.
     pub fn submit(&self, req: GenRequest) -> Result<(), SubmitError> {
-        let mut inbox = self.shared.inbox.lock().map_err(|_| SubmitError::Closed)?;
-        if inbox.closed {
-            return Err(SubmitError::Closed);
-        }
-        if inbox.queue.len() + inbox.waiting >= self.capacity {
-            return Err(SubmitError::Full);
-        }
-        inbox.queue.push_back(req);
-        drop(inbox);
-        self.shared.wake.notify_one();
-        Ok(())
+        self.inbox.push(SubmitError::Closed, |inbox| {
+            if inbox.queue.len() + inbox.waiting >= self.capacity {
+                return Err(SubmitError::Full);
+            }
+            inbox.queue.push_back(req);
+            Ok(())
+        })
     }
 
     /// Stops the model thread after its current step.
     pub fn close(&self) {
-        if let Ok(mut inbox) = self.shared.inbox.lock() {
-            inbox.closed = true;
-        }
-        self.shared.wake.notify_all();
+        self.inbox.close();
     }
 }
 
 /// The model thread: owns the backend, the caches and the scheduler.
 fn model_task<B: DecoderBackend>(
-    shared: Arc<Shared>,
+    shared: &Inbox<ChatInbox>,
     backend: B,
     cfg: SchedulerConfig,
     metrics: RunnerMetrics,
@@ -199,9 +194,7 @@ fn model_task<B: DecoderBackend>(
     let mut sched: Scheduler<B::Cache> = Scheduler::new(cfg);
     loop {
         {
-            let Ok(mut inbox) = shared.inbox.lock() else {
-                return;
-            };
+            let mut inbox = shared.lock();
             loop {
                 sched_extend(&mut sched, &mut inbox.queue);
                 if inbox.closed {
@@ -213,17 +206,11 @@ fn model_task<B: DecoderBackend>(
                 if !sched.is_idle() {
                     // Only finished streams whose clients read slowly: retry delivery soon
                     // instead of spinning.
-                    inbox = match shared.wake.wait_timeout(inbox, DRAIN_POLL) {
-                        Ok((g, _)) => g,
-                        Err(_) => return,
-                    };
+                    inbox = shared.wait(inbox, DRAIN_POLL);
                     break;
                 }
                 watch.liveness.beat();
-                inbox = match shared.wake.wait_timeout(inbox, IDLE_BEAT) {
-                    Ok((g, _)) => g,
-                    Err(_) => return,
-                };
+                inbox = shared.wait(inbox, IDLE_BEAT);
             }
             inbox.waiting = sched.waiting_len();
         }
@@ -234,9 +221,7 @@ fn model_task<B: DecoderBackend>(
             tracing::error!(error = %e, "forward step failed");
         }
         metrics.record(&stats);
-        if let Ok(mut inbox) = shared.inbox.lock() {
-            inbox.waiting = sched.waiting_len();
-        }
+        shared.lock().waiting = sched.waiting_len();
     }
 }
 

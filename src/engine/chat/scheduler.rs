@@ -138,6 +138,9 @@ pub struct StepStats {
     pub disconnected: usize,
     pub running: usize,
     pub waiting: usize,
+    /// Waiting requests held back because the KV budget is reserved (0 when admission
+    /// stopped for another reason or nothing waits).
+    pub kv_blocked: usize,
     pub kv_usage: f64,
     /// The forward pass failed (its sequences got an error event).
     pub failed: Option<String>,
@@ -236,6 +239,7 @@ impl<C> Scheduler<C> {
             };
             let need = front.worst_case_tokens();
             if self.reserved + need > self.cfg.kv_budget_tokens {
+                stats.kv_blocked = self.waiting.len();
                 break;
             }
             let mut req = self

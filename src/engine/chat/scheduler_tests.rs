@@ -144,6 +144,8 @@ fn max_num_seqs_and_kv_budget_bound_the_running_set() {
     }
     let st = s.step(&m);
     assert_eq!((st.running, st.waiting), (2, 3));
+    // Held back by max_num_seqs, not by the KV budget.
+    assert_eq!(st.kv_blocked, 0);
     run_to_end(&mut s, &m);
     assert!(m.steps.borrow().iter().all(|st| st.len() <= 2));
     // KV budget 20 tokens; each request needs 3 + 5 = 8 worst case: two fit, not three.
@@ -156,6 +158,7 @@ fn max_num_seqs_and_kv_budget_bound_the_running_set() {
     }
     let st = s.step(&m);
     assert_eq!((st.running, st.waiting), (2, 1));
+    assert_eq!(st.kv_blocked, 1);
     assert!((st.kv_usage - 16.0 / 20.0).abs() < 1e-9);
     run_to_end(&mut s, &m);
     assert_eq!(s.kv_usage(), 0.0);

@@ -1,7 +1,7 @@
 //! Handler tests against a fake backend whose scores are known in closed form: every
 //! shape, both scoring modes, the error table and the queue bound.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -12,7 +12,7 @@ use tower::ServiceExt;
 use super::*;
 use crate::config::ModelKind;
 use crate::engine::backend::{EncoderMeta, PairTokens, PreparedQuery};
-use crate::engine::common::{self, EngineCommon, ModelStatus};
+use crate::engine::common::{self, EngineCommon};
 use crate::engine::embed::EncoderRuntime;
 use crate::engine::encoder_queue::{BatchLimits, EncoderQueue, QueueMetrics};
 use crate::metrics::Metrics;
@@ -141,12 +141,12 @@ fn app_and_fake(cross: bool, capacity: usize) -> (Router, Arc<Fake>) {
         },
         common.watch.clone(),
     );
-    let runtime = Arc::new(OnceLock::new());
-    let _ = runtime.set(EncoderRuntime { backend, queue });
-    common.set_status(ModelStatus::Ready, None);
+    common.set_ready(
+        Arc::new(EncoderRuntime { backend, queue }),
+        common::CardFacts::default(),
+    );
     let state = EncoderState {
         common: common.clone(),
-        runtime,
     };
     (common::finish_router(routes(state), common, 1 << 20), fake)
 }

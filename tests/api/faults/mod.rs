@@ -11,6 +11,8 @@
 //!   or reset (raw sockets behind an in-process gateway).
 //! * `model` — f14–f17: real engines whose model thread panics or wedges, whose loader
 //!   panics, whose weights are truncated.
+//! * `resources` — f18–f19: the log disk full; the OOM killer ending an engine over the
+//!   memory limit of the cgroup the appliance runs in.
 //!
 //! Time limits are made short through the settings (`FAST`), so the whole suite runs in
 //! seconds on mock engines.
@@ -18,6 +20,7 @@
 mod hung;
 mod killed;
 mod model;
+mod resources;
 mod supervisor;
 mod upstream;
 

@@ -11,12 +11,17 @@ use serde_json::json;
 use super::{chat_and_embed, chat_body, engine, mock_received, other_model_serves, record, FAST};
 use crate::gateway::{client, poll, process_gone, Appliance, Opts};
 
-/// `N` distinct free ports (all held at once while picking, so none repeats).
+/// `N` distinct free ports, drawn the way the supervisor draws engine ports: from below the
+/// kernel's ephemeral range, where other tests' client sockets cannot take them.
 fn free_ports<const N: usize>() -> [u16; N] {
-    let held: Vec<std::net::TcpListener> = (0..N)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
+    let mut ports: Vec<u16> = Vec::new();
+    while ports.len() < N {
+        let p = trident::supervisor::preflight::free_port().unwrap();
+        if !ports.contains(&p) {
+            ports.push(p);
+        }
+    }
+    std::array::from_fn(|i| ports[i])
 }
 
 #[tokio::test]

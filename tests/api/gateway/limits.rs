@@ -327,3 +327,81 @@ async fn top_prints_one_frame_from_the_gateway_metrics() {
     assert_eq!(denied.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&denied.stderr).contains("HTTP 401"));
 }
+
+#[tokio::test]
+async fn connections_past_the_cap_get_503_and_idle_keep_alive_ones_close() {
+    let app = Appliance::start(
+        json!({"embed": {"type": "embedding"}}),
+        Opts {
+            env: &[
+                ("TRIDENT_MAX_CONNECTIONS", "3"),
+                ("TRIDENT_HEADER_READ_TIMEOUT_SECS", "2"),
+            ],
+            ..Default::default()
+        },
+    )
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    // The readiness polls' pooled connections go idle and the gateway closes them.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // One served request on a keep-alive connection, then two silent connections: the cap.
+    let mut served = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    served
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = served.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    let idle_from = Instant::now();
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    // The fourth is answered 503 in the error envelope and closed, unread.
+    let mut extra = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(2), extra.read_to_end(&mut answer))
+        .await
+        .expect("the refused connection was not closed")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("retry-after: 1"), "{answer}");
+    let body: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "too_many_connections");
+    // The idle keep-alive connection is closed after the header timeout (2 s), not held.
+    let eof = tokio::time::timeout(Duration::from_secs(5), served.read(&mut buf))
+        .await
+        .expect("idle keep-alive connection still open after 5 s");
+    assert_eq!(eof.unwrap_or(0), 0);
+    let idle_for = idle_from.elapsed();
+    assert!(
+        idle_for >= Duration::from_millis(1500),
+        "closed after {idle_for:?}"
+    );
+    // With the idle connections gone, new clients are served again, and /metrics counted.
+    drop(silent);
+    let text = poll_metrics_after_close(&app).await;
+    assert!(metric_value(&text, "trident_gateway_refused_connections_total", &[]) >= 1.0);
+    // The scrape's own connection is open while the gauge is sampled.
+    assert!(metric_value(&text, "trident_gateway_open_connections", &[]) >= 1.0);
+}
+
+/// `/metrics`, retried while the gateway is still at its connection cap.
+async fn poll_metrics_after_close(app: &Appliance) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(r) = client().get(app.url("/metrics")).send().await {
+            if r.status() == 200 {
+                return r.text().await.unwrap();
+            }
+        }
+        assert!(Instant::now() < deadline, "/metrics not served again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -40,6 +40,11 @@ pub struct Opts<'a> {
     pub gateway_port: Option<u16>,
     /// First restart delay (default 50 ms).
     pub restart_backoff_ms: Option<u64>,
+    /// The supervisor's log goes to `/dev/full` (every write fails with ENOSPC).
+    pub log_to_dev_full: bool,
+    /// A cgroup directory (its `cgroup.procs`) the supervisor is started in, so it and its
+    /// engines share the cgroup's limits, as in a container.
+    pub cgroup: Option<PathBuf>,
 }
 
 /// A running `trident serve`; SIGKILLed on drop (its engines die with it).
@@ -96,7 +101,40 @@ impl Appliance {
             .env_remove("TRIDENT_API_KEYS")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
+            .stderr(if opts.log_to_dev_full {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open("/dev/full")
+                    .unwrap()
+            } else {
+                std::fs::File::create(&log).unwrap()
+            });
+        if let Some(cg) = &opts.cgroup {
+            use std::os::unix::process::CommandExt;
+            let procs = std::ffi::CString::new(
+                cg.join("cgroup.procs")
+                    .into_os_string()
+                    .into_encoded_bytes(),
+            )
+            .unwrap();
+            // SAFETY: between fork and exec only async-signal-safe calls (open, write,
+            // close) on memory prepared before the fork.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let fd = nix::libc::open(procs.as_ptr(), nix::libc::O_WRONLY);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let ok = nix::libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+                    nix::libc::close(fd);
+                    if ok {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         if !opts.real_engines {
             cmd.args(["--engine-subcommand", "mock-engine"]);
         }
