@@ -345,6 +345,24 @@ def check_common(c, case, repo, chart, docs, text, values):
     else:
         c.check(case, "no PDB with one pod", not pdbs)
     c.check(case, "Deployment replicas", dep["spec"]["replicas"] == int(values["replicaCount"]))
+
+    # NetworkPolicy: the API port open (to apiFrom), the keyless metrics port only to metricsFrom.
+    nps = by_kind(docs, "NetworkPolicy")
+    np_values = values["networkPolicy"]
+    if not np_values["enabled"]:
+        c.check(case, "no NetworkPolicy by default", not nps)
+    elif c.check(case, "NetworkPolicy rendered", len(nps) == 1):
+        spec = nps[0]["spec"]
+        c.check(case, "NetworkPolicy selects the pods",
+                all(labels.get(k) == v for k, v in spec["podSelector"]["matchLabels"].items()))
+        rules = {r["ports"][0]["port"]: r for r in spec["ingress"]}
+        c.check(case, "API port allowed", "http" in rules and rules["http"].get("from", []) == np_values["apiFrom"],
+                str(rules.get("http")))
+        if np_values["metricsFrom"] and values["metrics"]["port"]:
+            c.check(case, "metrics port only from metricsFrom",
+                    rules.get("metrics", {}).get("from") == np_values["metricsFrom"], str(rules.get("metrics")))
+        else:
+            c.check(case, "metrics port closed", "metrics" not in rules)
     return {"secret": secret_name, "svc": svc, "labels": labels}
 
 
