@@ -30,6 +30,7 @@ pkgs=()
 command -v go >/dev/null 2>&1 || pkgs+=(golang-go)
 [ -d "$gopath/src/github.com/Masterminds/sprig" ] || pkgs+=(golang-github-masterminds-sprig-dev)
 [ -d "$gopath/src/gopkg.in/yaml.v2" ] || pkgs+=(golang-gopkg-yaml.v2-dev)
+[ -x "$cache/k8s-venv/bin/python" ] || python3 -c 'import ensurepip' 2>/dev/null || pkgs+=(python3-venv)
 if [ ${#pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}"; } >/dev/null \
@@ -53,7 +54,7 @@ fi
 
 venv="$cache/k8s-venv"
 if ! "$venv/bin/python" -c "import kubernetes_validate.version as v, sys; sys.exit(v.__version__ != '$kv_version')" 2>/dev/null; then
-  python3 -m venv "$venv" || fail "python3 -m venv failed (Debian: apt-get install python3-venv)"
+  python3 -m venv "$venv" || fail "python3 -m venv failed"
   "$venv/bin/pip" install -q "kubernetes-validate==$kv_version" || fail "pip install kubernetes-validate==$kv_version failed"
 fi
 
