@@ -7,7 +7,7 @@
 # copy of the Grafana dashboards or charts/trident/rendered/trident.yaml is stale.
 #
 #   scripts/check-chart.sh            # check; last line `check-chart: N passed, M failed`
-#   scripts/check-chart.sh --write    # regenerate the dashboards copy and rendered/, then check
+#   scripts/check-chart.sh --write    # regenerate the dashboards copy, rendered/ and appVersion, then check
 #
 # Needs golang-go, golang-github-masterminds-sprig-dev and golang-gopkg-yaml.v2-dev (installed
 # with apt-get when missing and running as root) and python3 with venv (kubernetes-validate

@@ -458,8 +458,13 @@ def main():
     c.check("files", "chart dashboards = monitoring/grafana/dashboards (--write syncs)",
             in_chart == [f.name for f in src_dash]
             and all((chart_dash / f.name).read_bytes() == f.read_bytes() for f in src_dash), str(in_chart))
-    chart_yaml = yaml.safe_load((chart.dir / "Chart.yaml").read_text())
-    c.check("files", "Chart.yaml appVersion = Cargo.toml version", chart_yaml["appVersion"] == repo.version,
+    chart_file = chart.dir / "Chart.yaml"
+    if args.write:
+        chart_file.write_text(re.sub(r'^appVersion: .*$', f'appVersion: "{repo.version}"',
+                                     chart_file.read_text(), flags=re.M))
+    chart_yaml = yaml.safe_load(chart_file.read_text())
+    c.check("files", "Chart.yaml appVersion = Cargo.toml version (--write sets it)",
+            chart_yaml["appVersion"] == repo.version,
             f"{chart_yaml['appVersion']} != {repo.version}")
 
     for case, files, sets in CASES:
