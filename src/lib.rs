@@ -19,6 +19,7 @@ pub mod mock_engine;
 pub mod models;
 pub mod ops;
 pub mod supervisor;
+pub mod tls;
 
 /// Completes on SIGTERM or Ctrl-C: the graceful-shutdown trigger of every server.
 pub async fn shutdown_signal() {

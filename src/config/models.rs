@@ -33,6 +33,7 @@ pub const ENTRY_KEYS: &[&str] = &[
     "threads",
     "kv_cache_memory_mb",
     "upstream",
+    "upstream_api_key_file",
 ];
 
 /// The kind of engine a model entry needs.
@@ -115,9 +116,34 @@ pub struct ModelEntry {
     /// KV cache budget on CPU, in MiB (chat).
     #[serde(default)]
     pub kv_cache_memory_mb: Option<usize>,
-    /// URL of a remote OpenAI-compatible server used instead of a local engine.
+    /// Remote OpenAI-compatible servers used instead of a local engine: one URL or a list
+    /// (replicas of the model on other hosts, balanced and ejected like local ones).
     #[serde(default)]
-    pub upstream: Option<String>,
+    pub upstream: Option<Upstreams>,
+    /// A file holding the API key sent upstream as `Authorization: Bearer …` (another
+    /// trident's key, a Kubernetes or Docker secret mount). The key never sits in this file.
+    #[serde(default)]
+    pub upstream_api_key_file: Option<PathBuf>,
+}
+
+/// The URLs of a model's remote replicas (`"upstream": "http://a"` or `["http://a", …]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Upstreams(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for Upstreams {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        Ok(Upstreams(match OneOrMany::deserialize(d)? {
+            OneOrMany::One(u) => vec![u],
+            OneOrMany::Many(v) => v,
+        }))
+    }
 }
 
 fn one() -> usize {
@@ -287,12 +313,30 @@ impl ModelsFile {
                 problems.push(problem(&at("gpus"), "listed GPUs but device is \"cpu\""));
             }
             match (&e.upstream, &e.path) {
-                (Some(url), _) => {
-                    if !(url.starts_with("http://") || url.starts_with("https://")) {
-                        problems.push(problem(
-                            &at("upstream"),
-                            "must be an http:// or https:// URL",
-                        ));
+                (Some(urls), _) => {
+                    if urls.0.is_empty() {
+                        problems.push(problem(&at("upstream"), "lists no URL"));
+                    }
+                    for (i, url) in urls.0.iter().enumerate() {
+                        let ok = url.parse::<axum::http::Uri>().is_ok_and(|u| {
+                            matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+                        });
+                        if !ok {
+                            let at = if urls.0.len() == 1 {
+                                at("upstream")
+                            } else {
+                                format!("{}[{i}]", at("upstream"))
+                            };
+                            problems.push(problem(&at, "must be an http:// or https:// URL"));
+                        }
+                    }
+                    if let Some(f) = &e.upstream_api_key_file {
+                        if opts.check_paths && !f.is_file() {
+                            problems.push(problem(
+                                &at("upstream_api_key_file"),
+                                &format!("{} is not a readable file", f.display()),
+                            ));
+                        }
                     }
                 }
                 (None, None) => {
@@ -415,6 +459,37 @@ mod tests {
         );
         assert!(paths.contains(&"models.b.replicas"), "{problems:?}");
         assert!(paths.contains(&"models.b.port"), "{problems:?}");
+    }
+
+    #[test]
+    fn upstream_is_one_url_or_a_list_each_checked() {
+        let f = ModelsFile::parse(
+            r#"{"models": {"a": {"type": "chat", "upstream": "https://gpu-1:8000/v1"},
+                           "b": {"type": "embedding", "upstream": ["http://e1:8000", "http://e2:8000"]}}}"#,
+            CheckOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(f.models["a"].upstream.as_ref().unwrap().0.len(), 1);
+        assert_eq!(f.models["b"].upstream.as_ref().unwrap().0.len(), 2);
+        let problems = ModelsFile::parse(
+            r#"{"models": {"b": {"type": "embedding", "upstream": ["http://e1:8000", "ftp://e2"],
+                                 "upstream_api_key_file": "/nonexistent/key"}},
+                }"#,
+            CheckOptions { check_paths: true },
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert!(paths.contains(&"models.b.upstream[1]"), "{problems:?}");
+        assert!(
+            paths.contains(&"models.b.upstream_api_key_file"),
+            "{problems:?}"
+        );
+        let problems = ModelsFile::parse(
+            r#"{"models": {"c": {"type": "chat", "upstream": []}}}"#,
+            CheckOptions::default(),
+        )
+        .unwrap_err();
+        assert_eq!(problems[0].path, "models.c.upstream");
     }
 
     #[test]

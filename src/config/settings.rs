@@ -125,6 +125,12 @@ pub struct Settings {
     pub http2_keepalive_secs: u64,
     /// Concurrent streams one HTTP/2 connection may open. Default 256.
     pub http2_max_streams: u32,
+    /// PEM certificate chain and private key: the gateway listens with TLS (an engine host
+    /// serving a gateway host over the network). Both or neither.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA bundle trusted for `https://` upstreams, beside the system's roots.
+    pub upstream_ca_file: Option<PathBuf>,
     /// Time allowed to read a request body, seconds. Default 30.
     pub body_read_timeout_secs: u64,
     /// Largest request body in bytes. Default 8 MiB.
@@ -166,6 +172,9 @@ impl Default for Settings {
             max_connections: 4096,
             http2_keepalive_secs: 30,
             http2_max_streams: 256,
+            tls_cert_file: None,
+            tls_key_file: None,
+            upstream_ca_file: None,
             body_read_timeout_secs: 30,
             max_body_bytes: 8 * 1024 * 1024,
             startup_timeout_secs: 300,

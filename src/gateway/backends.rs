@@ -231,6 +231,8 @@ pub struct ModelBackend {
     pub replicas: Vec<Arc<Replica>>,
     /// Round-robin cursor.
     pub cursor: AtomicUsize,
+    /// `Authorization` sent to remote replicas (from `upstream_api_key_file`; sensitive).
+    pub upstream_auth: Option<axum::http::HeaderValue>,
 }
 
 /// The aggregate state of a model shown in `/ready` and `/v1/models`.
@@ -339,6 +341,22 @@ pub fn effective_gpus(entry: &ModelEntry) -> Vec<usize> {
     }
 }
 
+/// `Bearer <key>` from a key file (first non-empty line), marked sensitive; `None` (logged)
+/// when the file cannot be read or holds no key.
+fn upstream_auth(file: &std::path::Path) -> Option<axum::http::HeaderValue> {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(file = %file.display(), error = %e, "cannot read upstream_api_key_file");
+            return None;
+        }
+    };
+    let key = text.lines().map(str::trim).find(|l| !l.is_empty())?;
+    let mut v = axum::http::HeaderValue::from_str(&format!("Bearer {key}")).ok()?;
+    v.set_sensitive(true);
+    Some(v)
+}
+
 /// Strips a trailing `/` and `/v1` from an upstream URL (paths are appended as received).
 pub fn upstream_base(url: &str) -> String {
     let u = url.trim_end_matches('/');
@@ -359,13 +377,20 @@ impl Backends {
         let mut by_name = HashMap::new();
         for (i, (id, entry)) in file.models.iter().enumerate() {
             let replicas = match &entry.upstream {
-                Some(url) => vec![Arc::new(Replica::new(
-                    id,
-                    0,
-                    upstream_base(url),
-                    None,
-                    "remote".into(),
-                ))],
+                Some(urls) => urls
+                    .0
+                    .iter()
+                    .enumerate()
+                    .map(|(r, url)| {
+                        Arc::new(Replica::new(
+                            id,
+                            r,
+                            upstream_base(url),
+                            None,
+                            "remote".into(),
+                        ))
+                    })
+                    .collect(),
                 None => (0..entry.replicas.max(1))
                     .map(|r| {
                         let port = port_for(id, r);
@@ -389,6 +414,10 @@ impl Backends {
                 entry: entry.clone(),
                 replicas,
                 cursor: AtomicUsize::new(0),
+                upstream_auth: entry
+                    .upstream_api_key_file
+                    .as_deref()
+                    .and_then(upstream_auth),
             }));
         }
         // A model's display `name` routes too (the seed's commands call the chat model by its

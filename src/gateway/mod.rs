@@ -61,11 +61,26 @@ pub struct Shared {
     pub facts: SystemFacts,
 }
 
-/// The client that carries proxied requests.
+/// The client that carries proxied requests (`http://` and `https://`).
 pub type UpstreamClient = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
     http_body_util::Full<axum::body::Bytes>,
 >;
+
+/// TLS of upstream connections, set once before serving (`upstream_ca_file`).
+static UPSTREAM_TLS: std::sync::OnceLock<rustls::ClientConfig> = std::sync::OnceLock::new();
+
+/// Sets the TLS configuration every upstream client uses (the first call wins).
+pub fn set_upstream_tls(cfg: rustls::ClientConfig) {
+    let _ = UPSTREAM_TLS.set(cfg);
+}
+
+/// The upstream TLS configuration: as set, else the system's roots.
+fn upstream_tls() -> rustls::ClientConfig {
+    UPSTREAM_TLS.get().cloned().unwrap_or_else(|| {
+        crate::tls::client_config(None).expect("TLS without a CA file builds. This is a bug.")
+    })
+}
 
 /// The proxy's lean HTTP/1 client for the calling thread: each gateway worker keeps its own
 /// pool of keep-alive connections to the engines, so a request and its upstream connection
@@ -81,11 +96,17 @@ fn upstream_client() -> UpstreamClient {
     let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
     http.set_nodelay(true);
     http.set_connect_timeout(Some(Duration::from_secs(2)));
+    http.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(upstream_tls())
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
     hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(512)
         .pool_timer(TokioTimer::new())
-        .build(http)
+        .build(connector)
 }
 
 /// Cheaply cloned handle on [`Shared`].
@@ -110,6 +131,7 @@ impl GatewayState {
             })
             .collect();
         let client = reqwest::Client::builder()
+            .use_preconfigured_tls(upstream_tls())
             .no_proxy()
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(2))
@@ -273,6 +295,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let limits = ConnectionLimits::from(&state.settings);
+    let tls = match (&state.settings.tls_cert_file, &state.settings.tls_key_file) {
+        (Some(cert), Some(key)) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+            crate::tls::server_config(cert, key).map_err(std::io::Error::other)?,
+        ))),
+        _ => None,
+    };
     let count = worker_count(state.settings.gateway_threads);
     let total = state.connections.clone();
     let max_connections = state.settings.max_connections;
@@ -290,12 +318,12 @@ pub async fn serve(
             open: Arc::new(AtomicUsize::new(0)),
         };
         let counts = [worker.open.clone(), total.clone()];
-        let app = app.clone();
+        let (app, tls) = (app.clone(), tls.clone());
         let (done, finished_rx) = tokio::sync::oneshot::channel::<()>();
         std::thread::Builder::new()
             .name(format!("gateway-{i}"))
             .spawn(move || {
-                rt.block_on(serve_worker(rx, app, limits, counts));
+                rt.block_on(serve_worker(rx, app, limits, tls, counts));
                 let _ = done.send(());
             })?;
         workers.push(worker);
@@ -414,6 +442,7 @@ async fn serve_worker(
     mut incoming: tokio::sync::mpsc::UnboundedReceiver<std::net::TcpStream>,
     app: Router,
     limits: ConnectionLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     counts: [Arc<AtomicUsize>; 2],
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -447,11 +476,26 @@ async fn serve_worker(
             app.clone()
                 .map_request(|r: Request<hyper::body::Incoming>| r.map(axum::body::Body::new)),
         );
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(socket), svc);
-        let conn = graceful.watch(conn.into_owned());
         let counts = counts.clone();
+        let Some(tls) = &tls else {
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(socket), svc);
+            let conn = graceful.watch(conn.into_owned());
+            tokio::spawn(async move {
+                let _ = conn.await;
+                closed(&counts);
+            });
+            continue;
+        };
+        // TLS: the handshake gets the header timeout, then the connection is served like
+        // a plain one (and drained the same way at shutdown).
+        let (tls, builder, watcher) = (tls.clone(), builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            let _ = conn.await;
+            if let Ok(Ok(stream)) =
+                tokio::time::timeout(limits.header_timeout, tls.accept(socket)).await
+            {
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                let _ = watcher.watch(conn.into_owned()).await;
+            }
             closed(&counts);
         });
     }

@@ -240,6 +240,9 @@ pub async fn forward(s: GatewayState, spec: RouteSpec, req: Request) -> Response
         if let (false, Some(token)) = (replica.remote, &s.backends.engine_token) {
             rb = rb.header(ENGINE_TOKEN_HEADER, token);
         }
+        if let (true, Some(auth)) = (replica.remote, &model.upstream_auth) {
+            rb = rb.header(header::AUTHORIZATION, auth);
+        }
         let Ok(upstream_req) = rb.body(Full::new(body.clone())) else {
             finish.status = StatusCode::BAD_GATEWAY;
             return ApiError::bad_gateway("The model's engine address is invalid").into_response();
@@ -256,6 +259,21 @@ pub async fn forward(s: GatewayState, spec: RouteSpec, req: Request) -> Response
             }
         };
         match result {
+            // A remote host that is draining or has lost its model answers 503: it did not
+            // take the work, so another replica may (once, within the retry budget).
+            Ok(resp)
+                if resp.status() == StatusCode::SERVICE_UNAVAILABLE
+                    && replica.remote
+                    && tried.len() == 1
+                    && pick(&model, s.settings.balance, &tried, Instant::now()).is_some()
+                    && s.retry_budget.withdraw(Instant::now()) =>
+            {
+                tracing::warn!(model = %model.id, replica = replica.index, "remote replica answered 503; retrying on another");
+                replica.outstanding.fetch_sub(1, Ordering::AcqRel);
+                finish.replica = None;
+                s.metrics.retries.with_label_values(&[&model.id]).inc();
+                continue;
+            }
             Ok(resp) => {
                 replica.record_success(sent.elapsed());
                 return relay::respond(resp, finish, limits, sent);

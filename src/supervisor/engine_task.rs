@@ -299,26 +299,29 @@ async fn watch(t: &EngineTask, child: &mut Child, cancel: &CancellationToken) ->
     }
 }
 
-/// Probes a remote upstream: ready while `/health` (or `/v1/models`) answers 200.
+/// Probes one remote replica of a model: ready while `/health` (or `/v1/models`) answers
+/// 200. Probes carry the model's upstream key.
 pub async fn upstream_task(
     client: reqwest::Client,
     model: Arc<ModelBackend>,
+    replica: Arc<Replica>,
     cancel: CancellationToken,
 ) {
-    let r = &model.replicas[0];
+    let r = &replica;
+    let get = |path: &str| {
+        let mut rb = client
+            .get(format!("{}{path}", r.base_url))
+            .timeout(PROBE_TIMEOUT);
+        if let Some(auth) = &model.upstream_auth {
+            rb = rb.header(reqwest::header::AUTHORIZATION, auth.clone());
+        }
+        rb.send()
+    };
     let mut misses = 0u32;
     loop {
-        let ok = match client
-            .get(format!("{}/health", r.base_url))
-            .timeout(PROBE_TIMEOUT)
-            .send()
-            .await
-        {
+        let ok = match get("/health").await {
             Ok(resp) if resp.status().is_success() => true,
-            Ok(resp) if resp.status() == reqwest::StatusCode::NOT_FOUND => client
-                .get(format!("{}/v1/models", r.base_url))
-                .timeout(PROBE_TIMEOUT)
-                .send()
+            Ok(resp) if resp.status() == reqwest::StatusCode::NOT_FOUND => get("/v1/models")
                 .await
                 .is_ok_and(|r| r.status().is_success()),
             _ => false,

@@ -40,6 +40,8 @@ pub enum ServeError {
     Preflight(Vec<Problem>),
     #[error("the GPU plan cannot be met:\n{}", list(.0))]
     GpuPlan(Vec<Problem>),
+    #[error("{role:?} role cannot serve this models file:\n{}", list(problems))]
+    Role { role: Role, problems: Vec<Problem> },
     #[error("gateway port {port} on {host} cannot be used: {source}")]
     GatewayPort {
         host: String,
@@ -63,6 +65,10 @@ pub enum ServeError {
     Exe(std::io::Error),
     #[error("gateway server error: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("set both tls_cert_file and tls_key_file (or neither)")]
+    TlsHalf,
 }
 
 fn list(problems: &[Problem]) -> String {
@@ -100,6 +106,44 @@ pub struct ServeOptions {
     pub restart: RestartPolicy,
     /// SIGTERM → SIGKILL grace for engines.
     pub engine_stop_grace: Duration,
+    pub role: Role,
+}
+
+/// What one `trident serve` does in a multi-host setup (docs/ARCHITECTURE.md, "Roles").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Role {
+    /// Engines and the gateway in one process tree (one machine).
+    #[default]
+    All,
+    /// A front gateway only: every model is an `upstream` (engine hosts or other servers).
+    Gateway,
+    /// An engine host: local engines only, served by this gateway on an internal address
+    /// to a front gateway (with a key; TLS with `tls_cert_file`/`tls_key_file`).
+    Engines,
+}
+
+impl Role {
+    /// Entries this role cannot serve, one problem each.
+    pub fn check(self, file: &ModelsFile) -> Vec<Problem> {
+        file.models
+            .iter()
+            .filter_map(|(id, e)| {
+                let why = match (self, e.upstream.is_some()) {
+                    (Role::Gateway, false) => {
+                        "is a local model, but --role gateway runs no engines (give it an \"upstream\")"
+                    }
+                    (Role::Engines, true) => {
+                        "is an upstream, but --role engines serves local models only (front it from the gateway host)"
+                    }
+                    _ => return None,
+                };
+                Some(Problem {
+                    path: format!("models.{id}"),
+                    message: why.into(),
+                })
+            })
+            .collect()
+    }
 }
 
 impl ServeOptions {
@@ -115,6 +159,7 @@ impl ServeOptions {
             engine_ports: EnginePorts::Config,
             restart: RestartPolicy::default(),
             engine_stop_grace: Duration::from_secs(10),
+            role: Role::All,
         }
     }
 }
@@ -158,6 +203,13 @@ struct Plan {
 
 fn plan(opts: &ServeOptions, token: &str) -> Result<Plan, ServeError> {
     let file = ModelsFile::load(&opts.models_file, CheckOptions { check_paths: true })?;
+    let problems = opts.role.check(&file);
+    if !problems.is_empty() {
+        return Err(ServeError::Role {
+            role: opts.role,
+            problems,
+        });
+    }
     let mut ports: HashMap<(String, usize), u16> = HashMap::new();
     match opts.engine_ports {
         EnginePorts::Config => {
@@ -220,6 +272,16 @@ pub async fn run(
         .filter(|t| !t.is_empty())
         .unwrap_or_else(crate::engine::access::generate);
     let plan = plan(&opts, &token)?;
+    // TLS files are checked before any engine starts.
+    let s = &opts.settings;
+    gateway::set_upstream_tls(crate::tls::client_config(s.upstream_ca_file.as_deref())?);
+    match (&s.tls_cert_file, &s.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            crate::tls::server_config(cert, key)?;
+        }
+        (None, None) => {}
+        _ => return Err(ServeError::TlsHalf),
+    }
     let metrics_listener = match opts.settings.metrics_port {
         0 => None,
         port => {
@@ -258,11 +320,14 @@ pub async fn run(
             continue;
         };
         if model.entry.upstream.is_some() {
-            engines.spawn(upstream_task(
-                state.client.clone(),
-                model,
-                engines_stop.clone(),
-            ));
+            for replica in &model.replicas {
+                engines.spawn(upstream_task(
+                    state.client.clone(),
+                    model.clone(),
+                    replica.clone(),
+                    engines_stop.clone(),
+                ));
+            }
             continue;
         }
         let gpus = effective_gpus(&model.entry);
@@ -384,6 +449,10 @@ pub struct ServeArgs {
     /// Serve on a non-loopback address without API keys (refused otherwise).
     #[arg(long)]
     pub allow_unauthenticated: bool,
+    /// `all` (one machine), `gateway` (a front gateway whose models are all upstreams) or
+    /// `engines` (an engine host serving its local models to a front gateway).
+    #[arg(long, value_enum, default_value_t = Role::All, env = "TRIDENT_ROLE")]
+    pub role: Role,
     /// Write the gateway's bound address to this file once listening.
     #[arg(long, hide = true)]
     pub addr_file: Option<PathBuf>,
@@ -433,12 +502,29 @@ pub async fn run_cli(
         opts.restart = RestartPolicy::with_initial(Duration::from_millis(ms.max(1)));
     }
     opts.engine_stop_grace = Duration::from_millis(args.engine_stop_grace_ms);
+    opts.role = args.role;
     run(opts, listener, crate::shutdown_signal()).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn roles_refuse_the_models_they_cannot_serve() {
+        let file: ModelsFile = serde_json::from_str(
+            r#"{"models": {"local": {"type": "embedding", "path": "/x", "port": 9000},
+                           "remote": {"type": "chat", "upstream": ["http://a:8000", "https://b:8000"]}}}"#,
+        )
+        .unwrap();
+        assert!(Role::All.check(&file).is_empty());
+        let gateway = Role::Gateway.check(&file);
+        assert_eq!(gateway.len(), 1);
+        assert_eq!(gateway[0].path, "models.local");
+        let engines = Role::Engines.check(&file);
+        assert_eq!(engines.len(), 1);
+        assert_eq!(engines[0].path, "models.remote");
+    }
 
     #[test]
     fn loopback_addresses_and_the_exposure_rule() {

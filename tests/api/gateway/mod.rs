@@ -7,6 +7,7 @@ mod faults;
 mod inprocess;
 mod limits;
 mod real;
+mod remote;
 mod routing;
 mod secure;
 
