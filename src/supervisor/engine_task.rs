@@ -317,14 +317,36 @@ pub async fn upstream_task(
         }
         rb.send()
     };
+    // The upstream's own name for the model (the proxy rewrites `model` to it).
+    let upstream_id = model
+        .entry
+        .name
+        .clone()
+        .unwrap_or_else(|| model.id.to_string());
     let mut misses = 0u32;
     loop {
-        let ok = match get("/health").await {
-            Ok(resp) if resp.status().is_success() => true,
-            Ok(resp) if resp.status() == reqwest::StatusCode::NOT_FOUND => get("/v1/models")
-                .await
-                .is_ok_and(|r| r.status().is_success()),
-            _ => false,
+        // Another trident answers `/ready` with every model's state: ready while this model
+        // serves there and that host is not draining. Other servers: `/health`, else
+        // `/v1/models`.
+        let trident = match get("/ready").await {
+            Ok(resp) => resp.json::<serde_json::Value>().await.ok().and_then(|v| {
+                let state = v.get("models")?.get(&upstream_id)?.get("state")?.as_str()?;
+                Some(v["status"] != "draining" && matches!(state, "ready" | "degraded"))
+            }),
+            Err(_) => Some(false),
+        };
+        // A trident that says it drains or lost the model is out at once; silence only
+        // after UNHEALTHY_AFTER probes (one lost packet is not an outage).
+        let said_no = trident == Some(false) && !matches!(get("/health").await, Err(_));
+        let ok = match trident {
+            Some(ok) => ok,
+            None => match get("/health").await {
+                Ok(resp) if resp.status().is_success() => true,
+                Ok(resp) if resp.status() == reqwest::StatusCode::NOT_FOUND => get("/v1/models")
+                    .await
+                    .is_ok_and(|r| r.status().is_success()),
+                _ => false,
+            },
         };
         if ok {
             misses = 0;
@@ -334,12 +356,17 @@ pub async fn upstream_task(
                 r.set_state(ReplicaState::Ready);
             }
         } else {
-            misses += 1;
+            misses = if said_no { UNHEALTHY_AFTER } else { misses + 1 };
             if r.is_ready() && misses >= UNHEALTHY_AFTER {
                 r.set_state(ReplicaState::Unhealthy);
             }
             if !r.is_ready() {
-                r.update(|l| l.last_error = Some("the upstream does not answer /health".into()));
+                let why = if said_no {
+                    "the upstream reports the model not ready (or it is draining)"
+                } else {
+                    "the upstream does not answer /ready or /health"
+                };
+                r.update(|l| l.last_error = Some(why.into()));
             }
         }
         let wait = if r.is_ready() {
