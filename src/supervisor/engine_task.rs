@@ -337,7 +337,7 @@ pub async fn upstream_task(
         };
         // A trident that says it drains or lost the model is out at once; silence only
         // after UNHEALTHY_AFTER probes (one lost packet is not an outage).
-        let said_no = trident == Some(false) && !matches!(get("/health").await, Err(_));
+        let said_no = trident == Some(false) && get("/health").await.is_ok();
         let ok = match trident {
             Some(ok) => ok,
             None => match get("/health").await {
