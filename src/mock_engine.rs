@@ -44,6 +44,9 @@ pub struct Behaviour {
     pub load_ms: u64,
     /// `/health` reports a failed load.
     pub fail_load: bool,
+    /// At start, write 256 KiB of lines that are not UTF-8 to stderr (more than a pipe
+    /// holds), then `mock: after the garbage`.
+    pub garbage_log: bool,
     /// After start, allocate and touch this many MiB, 16 MiB at a time (a model too big
     /// for its memory limit: under a cgroup limit the kernel's OOM killer ends it).
     pub alloc_mb: u64,
@@ -73,6 +76,7 @@ impl Behaviour {
                 "load_ms" => b.load_ms = num()?,
                 "fail_load" => b.fail_load = true,
                 "alloc_mb" => b.alloc_mb = num()?,
+                "garbage_log" => b.garbage_log = true,
                 other => return Err(format!("unknown mock behaviour {other:?}")),
             }
         }
@@ -324,6 +328,15 @@ pub async fn run(
         cfg.replica,
         listener.local_addr()?
     );
+    if cfg.behaviour.garbage_log {
+        use std::io::Write;
+        let mut err = std::io::stderr().lock();
+        let line = [0xffu8, 0xfe, b'x', 0xc3, b'\n'];
+        for _ in 0..(256 * 1024 / line.len()) {
+            err.write_all(&line)?;
+        }
+        writeln!(err, "mock: after the garbage")?;
+    }
     if cfg.behaviour.alloc_mb > 0 {
         let mb = cfg.behaviour.alloc_mb;
         std::thread::spawn(move || hog(mb));

@@ -473,8 +473,7 @@ mod tests {
         assert_eq!(f.models["b"].upstream.as_ref().unwrap().0.len(), 2);
         let problems = ModelsFile::parse(
             r#"{"models": {"b": {"type": "embedding", "upstream": ["http://e1:8000", "ftp://e2"],
-                                 "upstream_api_key_file": "/nonexistent/key"}},
-                }"#,
+                                 "upstream_api_key_file": "/nonexistent/key"}}}"#,
             CheckOptions { check_paths: true },
         )
         .unwrap_err();

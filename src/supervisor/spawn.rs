@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::gateway::backends::{effective_gpus, ModelBackend, Replica};
@@ -96,6 +96,9 @@ pub fn spawn(
     c.spawn()
 }
 
+/// Longest engine log line forwarded in one piece (longer ones are split).
+const MAX_LINE: u64 = 64 * 1024;
+
 /// Forwards an engine's output to the log and the replica's tail until it closes.
 pub fn forward_output(
     stream: impl AsyncRead + Unpin + Send + 'static,
@@ -103,9 +106,23 @@ pub fn forward_output(
     tag: String,
 ) {
     tokio::spawn(async move {
-        let mut lines = BufReader::new(stream).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            let line = strip_ansi(&line);
+        // Bytes, not `lines()`: a line that is not UTF-8 would end a `lines()` reader, and an
+        // engine whose output is no longer read blocks once the pipe fills. Lines are cut at
+        // MAX_LINE so a missing newline cannot grow one without bound.
+        let mut reader = BufReader::new(stream);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match (&mut reader)
+                .take(MAX_LINE)
+                .read_until(b'\n', &mut buf)
+                .await
+            {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let text = String::from_utf8_lossy(&buf);
+            let line = strip_ansi(text.trim_end_matches(['\n', '\r']));
             tracing::info!(target: "trident::engine", "[{tag}] {line}");
             replica.push_log(line);
         }

@@ -163,3 +163,34 @@ async fn f19_the_oom_killer_ends_an_engine_and_the_rest_keeps_serving() {
         ],
     );
 }
+
+#[tokio::test]
+async fn engine_output_that_is_not_utf8_is_forwarded_lossily_and_never_blocks_the_engine() {
+    let app = Appliance::start(
+        json!({"chat": {"type": "chat"}}),
+        Opts {
+            behaviour: Some(json!({"chat": "garbage_log"})),
+            ..Default::default()
+        },
+    )
+    .await;
+    // The engine wrote 256 KiB (four pipe buffers) of invalid UTF-8 before listening: it
+    // became ready, so its output kept being read, and the line after it arrived.
+    let r = client()
+        .post(app.url("/v1/chat/completions"))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let log = poll(Duration::from_secs(5), || async {
+        let log = app.log_text();
+        log.contains("mock: after the garbage").then_some(log)
+    })
+    .await
+    .expect("the line after the garbage was not forwarded");
+    assert!(
+        log.contains("\u{fffd}\u{fffd}x\u{fffd}"),
+        "not replaced lossily"
+    );
+}
