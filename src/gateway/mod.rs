@@ -230,6 +230,7 @@ pub fn router(state: GatewayState) -> Router {
         .route("/health", get(status::health))
         .route("/ready", get(status::ready))
         .route("/v1/models", get(status::models))
+        .route("/v1/models/{*model}", get(status::model))
         .route("/system/info", get(status::system_info))
         .route("/metrics", get(metrics_merge::metrics))
         .merge(proxied)

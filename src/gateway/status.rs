@@ -104,6 +104,20 @@ pub async fn models(State(s): State<GatewayState>) -> Json<ModelList> {
     })
 }
 
+/// `GET /v1/models/{model}`: one model's card, by id, alias or name (OpenAI's retrieve).
+pub async fn model(
+    State(s): State<GatewayState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Json<ModelCard>, crate::api::ApiError> {
+    match s.backends.find(&name) {
+        Some(m) => Ok(Json(card(m))),
+        None => {
+            s.reject("", crate::metrics::reason::MODEL_NOT_FOUND);
+            Err(crate::api::ApiError::model_not_found(&name))
+        }
+    }
+}
+
 /// A GPU as reported by NVML.
 #[derive(Debug, Clone, Serialize)]
 pub struct GpuFacts {

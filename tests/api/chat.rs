@@ -599,3 +599,59 @@ async fn chunked_prefill_matches_one_pass_and_a_full_queue_is_429() {
     }
     assert!(ok >= 1 && full >= 1 && ok <= 2, "ok {ok}, 429 {full}");
 }
+
+#[tokio::test]
+async fn logit_bias_min_tokens_and_min_p_steer_generation() {
+    let Some(e) = engine().await else { return };
+    // A +100 bias makes one token the greedy choice, whatever the prompt.
+    let (_, t) = post(&e.base, "/tokenize", json!({"prompt": " banana"})).await;
+    let banana = t["tokens"][0].as_u64().unwrap();
+    let (status, v) = post(
+        &e.base,
+        "/v1/completions",
+        json!({"prompt": "The capital of France is", "max_tokens": 1, "temperature": 0,
+               "logit_bias": {banana.to_string(): 100}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let (_, d) = post(&e.base, "/detokenize", json!({"tokens": [banana]})).await;
+    assert_eq!(v["choices"][0]["text"], d["prompt"], "{v}");
+    // Without min_tokens the greedy answer ends early; with it, end-of-sequence waits.
+    let (_, finish, usage) = chat(&e.base, greedy("What is 2+2?", 40)).await;
+    assert_eq!(finish, "stop");
+    let natural = usage["completion_tokens"].as_u64().unwrap();
+    assert!(natural < 40, "{usage}");
+    let mut body = greedy("What is 2+2?", 40);
+    body["min_tokens"] = json!(40);
+    let (_, finish, usage) = chat(&e.base, body).await;
+    assert_eq!(
+        (finish.as_str(), usage["completion_tokens"].as_u64()),
+        ("length", Some(40)),
+        "{usage}"
+    );
+    let mut body = greedy("What is 2+2?", 8);
+    body["temperature"] = json!(0.8);
+    body["min_p"] = json!(0.1);
+    let (text, _, _) = chat(&e.base, body).await;
+    assert!(!text.is_empty());
+    for (extra, param) in [
+        (json!({"logit_bias": {"x": 1}}), "logit_bias"),
+        (json!({"logit_bias": {"5": 101}}), "logit_bias"),
+        (json!({"logit_bias": {"99999999": 1}}), "logit_bias"),
+        (json!({"logit_bias": [1]}), "logit_bias"),
+        (json!({"min_tokens": -1}), "min_tokens"),
+        (json!({"min_tokens": 9}), "min_tokens"),
+        (json!({"min_p": 1.5}), "min_p"),
+    ] {
+        let mut body = greedy("hi", 8);
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (status, v) = post(&e.base, "/v1/chat/completions", body).await;
+        assert_eq!(
+            (status, v["error"]["param"].as_str()),
+            (400, Some(param)),
+            "{extra} → {v}"
+        );
+    }
+}

@@ -53,6 +53,8 @@ pub struct ChatCompletionRequest {
     pub add_generation_prompt: Option<bool>,
     #[serde(flatten)]
     pub structured: super::completions::StructuredFields,
+    #[serde(flatten)]
+    pub extras: super::completions::SamplingExtras,
 }
 
 impl ChatCompletionRequest {
@@ -74,6 +76,7 @@ impl ChatCompletionRequest {
             stop: self.stop.clone(),
             n: self.n,
             ignore_eos: self.ignore_eos,
+            extras: self.extras.clone(),
         }
     }
 }

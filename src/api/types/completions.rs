@@ -36,6 +36,22 @@ pub struct SamplingFields {
     pub n: Option<i64>,
     /// vLLM extension: keep generating past the end-of-sequence token.
     pub ignore_eos: bool,
+    pub extras: SamplingExtras,
+}
+
+/// Sampling controls chat and completion requests share beyond the classic ones: OpenAI's
+/// `logit_bias` and vLLM's `min_p` and `min_tokens`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct SamplingExtras {
+    /// Token id (as a string key) → bias added to its logit, in [-100, 100].
+    #[serde(default)]
+    pub logit_bias: Option<serde_json::Value>,
+    /// Drop tokens whose probability is below `min_p` × the most likely token's, in [0, 1].
+    #[serde(default)]
+    pub min_p: Option<f64>,
+    /// End-of-sequence tokens are suppressed until this many tokens were generated.
+    #[serde(default)]
+    pub min_tokens: Option<i64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -73,6 +89,8 @@ pub struct CompletionRequest {
     pub echo: bool,
     #[serde(flatten)]
     pub structured: StructuredFields,
+    #[serde(flatten)]
+    pub extras: SamplingExtras,
 }
 
 /// Structured-output fields of chat and completion requests: OpenAI's `response_format` and
@@ -108,6 +126,7 @@ impl CompletionRequest {
             stop: self.stop.clone(),
             n: self.n,
             ignore_eos: self.ignore_eos,
+            extras: self.extras.clone(),
         }
     }
 }

@@ -121,6 +121,23 @@ pub fn validate(f: &SamplingFields) -> Result<Generation, ApiError> {
             ),
         ));
     }
+    let min_p = range("min_p", f.extras.min_p, |x| (0.0..=1.0).contains(&x), "between 0 and 1")?;
+    let min_tokens = match f.extras.min_tokens {
+        Some(m) if m < 0 => {
+            return Err(ApiError::invalid_param(
+                "min_tokens",
+                format!("'min_tokens' must be at least 0 (got {m})"),
+            ))
+        }
+        Some(m) => usize::try_from(m).unwrap_or(usize::MAX),
+        None => 0,
+    };
+    if let Some(max) = max_tokens.filter(|&m| min_tokens > m) {
+        return Err(ApiError::invalid_param(
+            "min_tokens",
+            format!("'min_tokens' ({min_tokens}) must not exceed the maximum tokens ({max})"),
+        ));
+    }
     Ok(Generation {
         params: SamplingParams {
             temperature: temperature.unwrap_or(1.0),
@@ -130,11 +147,58 @@ pub fn validate(f: &SamplingFields) -> Result<Generation, ApiError> {
             presence_penalty: presence.unwrap_or(0.0),
             frequency_penalty: frequency.unwrap_or(0.0),
             repetition_penalty: repetition.unwrap_or(1.0),
+            min_p: min_p.unwrap_or(0.0),
+            logit_bias: logit_bias(f.extras.logit_bias.as_ref())?,
+            min_tokens,
         },
         stop,
         max_tokens,
         ignore_eos: f.ignore_eos,
     })
+}
+
+/// Most entries of `logit_bias` (OpenAI's limit).
+pub const MAX_LOGIT_BIAS: usize = 300;
+
+/// `logit_bias` as OpenAI defines it: an object of token ids (decimal strings) to a bias in
+/// [-100, 100]. Ids are checked against the vocabulary by [`check_vocab`].
+fn logit_bias(v: Option<&serde_json::Value>) -> Result<Vec<(u32, f32)>, ApiError> {
+    let bad = |msg: String| ApiError::invalid_param("logit_bias", msg);
+    let map = match v {
+        None | Some(serde_json::Value::Null) => return Ok(Vec::new()),
+        Some(serde_json::Value::Object(m)) => m,
+        Some(_) => return Err(bad("'logit_bias' must be an object of token ids to biases".into())),
+    };
+    if map.len() > MAX_LOGIT_BIAS {
+        return Err(bad(format!(
+            "'logit_bias' accepts at most {MAX_LOGIT_BIAS} tokens (got {})",
+            map.len()
+        )));
+    }
+    map.iter()
+        .map(|(k, v)| {
+            let id = k
+                .parse::<u32>()
+                .map_err(|_| bad(format!("'logit_bias' keys must be token ids (got {k:?})")))?;
+            match v.as_f64() {
+                Some(b) if (-100.0..=100.0).contains(&b) => Ok((id, b as f32)),
+                _ => Err(bad(format!(
+                    "'logit_bias' values must be numbers between -100 and 100 (got {v} for {k})"
+                ))),
+            }
+        })
+        .collect()
+}
+
+/// 400 naming `logit_bias` when it names a token outside the vocabulary.
+pub fn check_vocab(gen: &Generation, vocab: usize) -> Result<(), ApiError> {
+    match gen.params.logit_bias.iter().find(|(t, _)| *t as usize >= vocab) {
+        Some((t, _)) => Err(ApiError::invalid_param(
+            "logit_bias",
+            format!("token id {t} is outside the vocabulary (size {vocab})"),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Tokenises prompt text without the tokenizer's post-processor, adding the bos token

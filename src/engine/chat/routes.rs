@@ -15,7 +15,9 @@ use axum::{Json, Router};
 use tokio::sync::mpsc;
 
 use super::constraint::{spec_of, Constraint};
-use super::request::{check_chars, completion_budget, encode, json_chars, validate, Generation};
+use super::request::{
+    check_chars, check_vocab, completion_budget, encode, json_chars, validate, Generation,
+};
 use super::runner::SubmitError;
 use super::scheduler::{Event, FinishReason, GenRequest};
 use super::stream::{collect, sse, sse_tool_answer, ResponseMeta, Shape};
@@ -131,6 +133,7 @@ async fn chat_completions(
     let mut messages = s.invalid(parse_messages(&req.messages))?;
     tools::arguments_as_objects(&mut messages);
     let gen = s.invalid(validate(&req.sampling()))?;
+    s.invalid(check_vocab(&gen, rt.info.vocab_size))?;
     let tool_spec = s.invalid(tools::parse(
         req.tools.as_ref(),
         req.tool_choice.as_ref(),
@@ -235,6 +238,7 @@ async fn completions(
         return Err(ApiError::invalid_param("echo", "'echo' is not supported"));
     }
     let gen = s.invalid(validate(&req.sampling()))?;
+    s.invalid(check_vocab(&gen, rt.info.vocab_size))?;
     let spec = s.invalid(spec_of(&req.structured))?;
     let (prompt, constraint) = {
         let rt = rt.clone();

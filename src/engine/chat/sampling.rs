@@ -21,6 +21,12 @@ pub struct SamplingParams {
     pub frequency_penalty: f32,
     /// 1 disables it.
     pub repetition_penalty: f32,
+    /// 0 disables it; else tokens below `min_p` × the top token's probability are dropped.
+    pub min_p: f32,
+    /// Added to the logits of these tokens before anything else but the grammar.
+    pub logit_bias: Vec<(u32, f32)>,
+    /// End-of-sequence tokens are suppressed until this many tokens were generated.
+    pub min_tokens: usize,
 }
 
 impl Default for SamplingParams {
@@ -33,6 +39,9 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             repetition_penalty: 1.0,
+            min_p: 0.0,
+            logit_bias: Vec::new(),
+            min_tokens: 0,
         }
     }
 }
@@ -46,6 +55,9 @@ pub struct Sampler {
     seen_prompt: Vec<u32>,
     /// Structured output: tokens the grammar forbids are masked before anything else.
     constraint: Option<super::constraint::Constraint>,
+    /// End-of-sequence ids suppressed while fewer than `min_tokens` were generated.
+    eos: Vec<u32>,
+    count: usize,
 }
 
 impl Sampler {
@@ -67,7 +79,15 @@ impl Sampler {
             generated: HashMap::new(),
             seen_prompt,
             constraint: None,
+            eos: Vec::new(),
+            count: 0,
         }
+    }
+
+    /// The end-of-sequence ids `min_tokens` holds back.
+    pub fn with_eos(mut self, eos: &[u32]) -> Self {
+        self.eos = eos.to_vec();
+        self
     }
 
     /// Adds a structured-output constraint.
@@ -81,6 +101,15 @@ impl Sampler {
         if let Some(c) = &mut self.constraint {
             c.mask(logits);
         }
+        for &(t, bias) in &self.params.logit_bias {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l += bias;
+            }
+        }
+        if self.count < self.params.min_tokens {
+            self.suppress_eos(logits);
+        }
+        self.count += 1;
         self.apply_penalties(logits);
         let tok = if self.params.temperature <= 0.0 {
             argmax(logits)
@@ -92,6 +121,23 @@ impl Sampler {
             c.advance(tok);
         }
         tok
+    }
+
+    /// Masks the end-of-sequence tokens, unless nothing else is allowed (a grammar that is
+    /// complete may only end).
+    fn suppress_eos(&self, logits: &mut [f32]) {
+        let other = logits
+            .iter()
+            .enumerate()
+            .any(|(i, l)| l.is_finite() && !self.eos.contains(&(i as u32)));
+        if !other {
+            return;
+        }
+        for &e in &self.eos {
+            if let Some(l) = logits.get_mut(e as usize) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
     }
 
     fn apply_penalties(&self, logits: &mut [f32]) {
@@ -144,6 +190,16 @@ impl Sampler {
         let mut probs: Vec<f32> = cand.iter().map(|(_, l)| (l - max).exp()).collect();
         let total: f32 = probs.iter().sum();
         probs.iter_mut().for_each(|x| *x /= total);
+        if p.min_p > 0.0 {
+            // Order is kept (top_p below needs it) and the rest renormalised.
+            let floor = p.min_p * probs.iter().copied().fold(0.0, f32::max);
+            let keep: Vec<bool> = probs.iter().map(|&q| q >= floor).collect();
+            let mut k = keep.iter();
+            cand.retain(|_| *k.next().unwrap_or(&true));
+            probs.retain(|&q| q >= floor);
+            let total: f32 = probs.iter().sum();
+            probs.iter_mut().for_each(|x| *x /= total);
+        }
         if p.top_p < 1.0 {
             let mut acc = 0.0;
             let mut keep = probs.len();
@@ -244,6 +300,69 @@ mod tests {
         }
         assert_eq!(seen[0] + seen[3], 0);
         assert!(seen[1] > 0 && seen[2] > 0, "{seen:?}");
+    }
+
+    #[test]
+    fn min_p_drops_the_unlikely_tail() {
+        // Probabilities ~0.64, 0.24, 0.09, 0.03: min_p 0.2 keeps the first two only.
+        let logits = [3.0f32, 2.0, 1.0, -0.1];
+        let mut s = Sampler::new(
+            SamplingParams {
+                min_p: 0.2,
+                seed: Some(7),
+                ..params(1.0)
+            },
+            &[],
+        );
+        let mut seen = [0usize; 4];
+        for _ in 0..2000 {
+            seen[s.sample(&mut logits.clone()) as usize] += 1;
+        }
+        assert!(seen[0] > 0 && seen[1] > 0, "{seen:?}");
+        assert_eq!(seen[2] + seen[3], 0, "{seen:?}");
+    }
+
+    #[test]
+    fn logit_bias_and_min_tokens_steer_greedy_choice() {
+        let logits = [1.0f32, 5.0, 2.0];
+        let mut s = Sampler::new(
+            SamplingParams {
+                logit_bias: vec![(2, 10.0)],
+                ..params(0.0)
+            },
+            &[],
+        );
+        assert_eq!(s.sample(&mut logits.clone()), 2);
+        let mut s = Sampler::new(
+            SamplingParams {
+                logit_bias: vec![(1, -100.0)],
+                ..params(0.0)
+            },
+            &[],
+        );
+        assert_eq!(s.sample(&mut logits.clone()), 2);
+        // Token 1 is end-of-sequence: held back for the first two tokens, then allowed.
+        let mut s = Sampler::new(
+            SamplingParams {
+                min_tokens: 2,
+                ..params(0.0)
+            },
+            &[],
+        )
+        .with_eos(&[1]);
+        let picks: Vec<u32> = (0..3).map(|_| s.sample(&mut logits.clone())).collect();
+        assert_eq!(picks, [2, 2, 1]);
+        // When only end-of-sequence is allowed (a finished grammar), it is not suppressed.
+        let mut only_eos = [f32::NEG_INFINITY, 1.0, f32::NEG_INFINITY];
+        let mut s = Sampler::new(
+            SamplingParams {
+                min_tokens: 5,
+                ..params(0.0)
+            },
+            &[],
+        )
+        .with_eos(&[1]);
+        assert_eq!(s.sample(&mut only_eos), 1);
     }
 
     #[test]

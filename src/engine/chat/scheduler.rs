@@ -254,7 +254,8 @@ impl<C> Scheduler<C> {
                 chunk: 0,
                 cache: backend.new_sequence(),
                 sampler: Sampler::new(req.params.clone(), &req.prompt)
-                    .with_constraint(req.constraint.take()),
+                    .with_constraint(req.constraint.take())
+                    .with_eos(&backend.info().eos_token_ids),
                 detok: Detokenizer::new(&req.prompt),
                 stop: StopMatcher::new(req.stop.clone()),
                 generated: 0,

@@ -251,3 +251,23 @@ async fn cors_is_off_unless_origins_are_listed() {
         .unwrap();
     assert!(r.headers().get("access-control-allow-origin").is_none());
 }
+
+#[tokio::test]
+async fn one_model_is_retrieved_by_id_or_alias_and_unknown_ones_are_404() {
+    let app = Appliance::start(three_kinds(), Opts::default()).await;
+    for name in ["embed", "text-embedding-3-small"] {
+        let card = get_json(&app, &format!("/v1/models/{name}"), None).await;
+        assert_eq!(card["id"], "embed", "{card}");
+        assert_eq!(card["object"], "model");
+    }
+    let r = client()
+        .get(app.url("/v1/models/org/not-here"))
+        .send()
+        .await
+        .unwrap();
+    let (s, h) = (r.status().as_u16(), r.headers().clone());
+    let b: Value = r.json().await.unwrap();
+    let err = assert_envelope(s, &h, &b, 404);
+    assert_eq!(err["code"], "model_not_found");
+    assert!(b.to_string().contains("org/not-here"), "{b}");
+}
