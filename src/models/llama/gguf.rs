@@ -223,12 +223,19 @@ impl<R: Read + Seek> GgufFile<R> {
                 "{heads} heads, {kv_heads} kv heads, head_dim {head_dim}"
             )));
         }
-        let embd_rows = self
+        // GGUF allows any rank, a scalar included: only a matrix has a row per token.
+        let embd_rows = match self
             .content
             .tensor_infos
             .get("token_embd.weight")
-            .map(|i| i.shape.dims()[0])
-            .ok_or_else(|| self.invalid("missing tensor `token_embd.weight`".into()))?;
+            .map(|i| i.shape.dims())
+        {
+            Some(&[rows, _]) => rows,
+            Some(dims) => {
+                return Err(self.invalid(format!("tensor `token_embd.weight` has shape {dims:?}")))
+            }
+            None => return Err(self.invalid("missing tensor `token_embd.weight`".into())),
+        };
         let theta = self.meta_f32(&k("rope.freq_base")).unwrap_or(10_000.0);
         let mut freqs = inv_freq(theta, head_dim, None);
         if self.has("rope_freqs.weight") {
