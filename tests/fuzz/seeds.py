@@ -230,12 +230,12 @@ write("bundle_tar", "long_name", bundle(files[:1], entry("L", "././@LongLink", b
                                         + entry("0", "x", b"1")))
 write("bundle_tar", "link_and_pax", bundle(files[:1], entry("2", "trident-offline/l") + entry("x", "p", b"20 path=../../etc\n")))
 
-# Found by hand while writing bundle_tar, then by the target: listed sizes whose total
-# overflows u64 (a panic in `Manifest::carried_bytes` with overflow checks on).
+# Seen reading the reader while writing bundle_tar, reproduced by the target: listed
+# sizes whose total overflows u64 (a panic in `Manifest::carried_bytes`).
 with open(os.path.join(ROOT, "bundle_tar", "crash-manifest-size-overflow"), "wb") as f:
     f.write(bundle(files, sizes=[1 << 63, 1 << 63]))
 
-# Found reading GgufFile::config for the gguf_header target: a 0-dimensional
-# token_embd.weight (GGUF allows it) indexed as `dims()[0]`.
+# Seen reading GgufFile::config while writing gguf_header, reproduced by the target: a
+# 0-dimensional token_embd.weight (GGUF allows it) indexed as `dims()[0]`.
 with open(os.path.join(ROOT, "gguf_header", "crash-scalar-token-embd"), "wb") as f:
     f.write(gguf(meta[:7], [("token_embd.weight", [])]))
