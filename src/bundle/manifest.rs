@@ -430,8 +430,8 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("reserved"));
-        // Sizes whose total overflows (found by the bundle_tar fuzz target: a panic in
-        // `carried_bytes`), and a total past the bound.
+        // Sizes whose total overflows (a panic in `carried_bytes`; the bundle_tar fuzz
+        // target's crash-manifest-size-overflow), and a total past the bound.
         let mut m = sample();
         m.files[0].size = 1 << 63;
         m.files[1].size = 1 << 63;

@@ -1,7 +1,8 @@
 //! Request checks of the text-generation endpoints: the model-free checks of a chat or
 //! completion request (`check_chat`, `check_completion`; the fuzz targets call them too),
-//! sampling values in range (errors name the parameter), prompts rendered and tokenised (on blocking threads), and the context
-//! length check that happens before anything is queued.
+//! sampling values in range (errors name the parameter), prompts rendered and tokenised
+//! (on blocking threads), and the context length check that happens before anything is
+//! queued.
 
 use serde_json::Value;
 use tokenizers::Tokenizer;
