@@ -147,6 +147,13 @@ fn lying_gguf_headers_are_errors_naming_the_file() {
     );
     assert!(err.contains("zero dimension"), "{err}");
 
+    // A scalar and a 1-D embedding table (GGUF allows any rank): the scalar's rows were
+    // read as `dims()[0]`, a panic (the gguf_header fuzz target's crash-scalar-token-embd).
+    for (name, dims) in [("scalar.gguf", vec![]), ("vector.gguf", vec![8])] {
+        let err = load_error(&dir, name, &gguf(&llama(1), &[embd(dims, 0)], &four_rows));
+        assert!(err.contains("token_embd.weight"), "{err}");
+    }
+
     // Alignment 0 (candle divides by it).
     let mut kvs = llama(1);
     kvs.push(("general.alignment", Kv::U32(0)));

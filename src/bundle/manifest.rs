@@ -23,6 +23,9 @@ pub const SIGNATURE: &str = "manifest.sig";
 pub const SUMS: &str = "SHA256SUMS";
 /// A manifest larger than this is refused before it is parsed.
 pub const MAX_MANIFEST_BYTES: u64 = 16 << 20;
+/// Most bytes the files of one manifest may add up to (1 PiB): every size sum and estimate
+/// made from a manifest then fits a `u64`, whatever a forged one lists.
+pub const MAX_BUNDLE_BYTES: u64 = 1 << 50;
 
 /// One file of the bundle, relative to [`ROOT`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,6 +144,16 @@ impl Manifest {
             return Err(BundleError::Manifest(format!(
                 "schema version {} is not supported (this trident reads {SCHEMA})",
                 m.schema
+            )));
+        }
+        let total = m
+            .all_files()
+            .try_fold(0u64, |sum, f| sum.checked_add(f.size))
+            .filter(|&t| t <= MAX_BUNDLE_BYTES);
+        if total.is_none() {
+            return Err(BundleError::Manifest(format!(
+                "the files listed add up to more than {} TiB",
+                MAX_BUNDLE_BYTES >> 40
             )));
         }
         let mut seen = BTreeSet::new();
@@ -417,6 +430,23 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("reserved"));
+        // Sizes whose total overflows (a panic in `carried_bytes`; the bundle_tar fuzz
+        // target's crash-manifest-size-overflow), and a total past the bound.
+        let mut m = sample();
+        m.files[0].size = 1 << 63;
+        m.files[1].size = 1 << 63;
+        assert!(Manifest::parse(&m.to_bytes())
+            .unwrap_err()
+            .to_string()
+            .contains("add up to"));
+        let mut m = sample();
+        m.files[0].size = MAX_BUNDLE_BYTES;
+        assert!(Manifest::parse(&m.to_bytes()).is_err());
+        m.files[0].size = MAX_BUNDLE_BYTES - 9;
+        assert_eq!(
+            Manifest::parse(&m.to_bytes()).unwrap().carried_bytes(),
+            MAX_BUNDLE_BYTES
+        );
         assert!(Manifest::parse(b"{}").is_err());
         assert!(Manifest::parse(b"\xff").is_err());
     }

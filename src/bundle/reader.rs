@@ -88,7 +88,12 @@ pub fn read(
 ) -> Result<(Manifest, Receipt), BundleError> {
     let mut parts = PartReader::new(list, progress);
     let mut walk = Walk::default();
-    let outcome = walk.run(&mut parts, key, sink, stop_after_manifest);
+    let outcome = walk.run(
+        flate2::read::GzDecoder::new(&mut parts),
+        key,
+        sink,
+        stop_after_manifest,
+    );
     if stop_after_manifest {
         return match (outcome, walk.manifest.take()) {
             (Ok(()), Some(m)) => {
@@ -105,24 +110,20 @@ pub fn read(
     if let Err(e) = parts.drain() {
         walk.problems.push(format!("reading the bundle: {e}"));
     }
-    let mut problems = part_problems(parts.checked());
-    match outcome {
-        Ok(()) => {}
-        Err(BundleError::Verify(p)) => problems.extend(p),
-        Err(other) => return Err(other),
-    }
-    problems.extend(std::mem::take(&mut walk.problems));
-    let Some(manifest) = walk.manifest.take() else {
-        if problems.is_empty() {
-            problems.push("the archive has no manifest.json".into());
-        }
-        return Err(BundleError::Verify(problems));
-    };
-    if !problems.is_empty() {
-        return Err(BundleError::Verify(problems));
-    }
-    let receipt = walk.receipt(&manifest, parts.checked().len());
-    Ok((manifest, receipt))
+    let problems = part_problems(parts.checked());
+    walk.conclude(outcome, problems, parts.checked().len())
+}
+
+/// The same pass over an uncompressed tar stream, without parts or gzip: every entry and
+/// manifest rule of [`read`] (the fuzz target's entry point).
+pub fn read_tar(
+    tar: impl Read,
+    key: Option<&VerifyingKey>,
+    sink: &mut dyn Sink,
+) -> Result<(Manifest, Receipt), BundleError> {
+    let mut walk = Walk::default();
+    let outcome = walk.run(tar, key, sink, false);
+    walk.conclude(outcome, Vec::new(), 0)
 }
 
 fn part_problems(checked: &[PartCheck]) -> Vec<String> {
@@ -195,9 +196,37 @@ impl Walk {
         }
     }
 
+    /// The problems of a finished walk, after `problems` found around it (bad parts), or its
+    /// receipt.
+    fn conclude(
+        &mut self,
+        outcome: Result<(), BundleError>,
+        mut problems: Vec<String>,
+        parts: usize,
+    ) -> Result<(Manifest, Receipt), BundleError> {
+        match outcome {
+            Ok(()) => {}
+            Err(BundleError::Verify(p)) => problems.extend(p),
+            Err(other) => return Err(other),
+        }
+        problems.extend(std::mem::take(&mut self.problems));
+        let Some(manifest) = self.manifest.take() else {
+            if problems.is_empty() {
+                problems.push("the archive has no manifest.json".into());
+            }
+            return Err(BundleError::Verify(problems));
+        };
+        if !problems.is_empty() {
+            return Err(BundleError::Verify(problems));
+        }
+        let receipt = self.receipt(&manifest, parts);
+        Ok((manifest, receipt))
+    }
+
+    /// Walks the (decompressed) tar stream.
     fn run(
         &mut self,
-        parts: &mut PartReader,
+        tar: impl Read,
         key: Option<&VerifyingKey>,
         sink: &mut dyn Sink,
         stop_after_manifest: bool,
@@ -205,9 +234,8 @@ impl Walk {
         let left = Rc::new(Cell::new(
             MAX_MANIFEST_BYTES + MAX_SIGNATURE_BYTES + 4 * PER_ENTRY_OVERHEAD,
         ));
-        let gz = flate2::read::GzDecoder::new(parts);
         let mut archive = tar::Archive::new(Capped {
-            inner: gz,
+            inner: tar,
             left: left.clone(),
         });
         let corrupt = |after: &str, e: io::Error| {
@@ -324,7 +352,7 @@ impl Walk {
                     .push(format!("'{reserved}' is missing from the archive"));
             }
         }
-        // Read the compressed stream to its end: gzip's own CRC and length are checked there.
+        // Read the stream to its end: gzip's own CRC and length are checked there.
         let mut rest = archive.into_inner();
         io::copy(&mut rest, &mut io::sink()).map_err(|e| corrupt("at its end", e))?;
         Ok(())

@@ -15,8 +15,8 @@ use super::backend::EncoderBackend;
 use super::common::EngineCommon;
 use super::encoder_queue::{EncoderQueue, Job, Output, PushError};
 use crate::api::types::embeddings::{
-    apply_dimensions, encode_vector, parse_inputs, EmbeddingData, EmbeddingInput, EmbeddingRequest,
-    EmbeddingResponse, Usage,
+    apply_dimensions, check_dimensions, encode_vector, parse_inputs, EmbeddingData, EmbeddingInput,
+    EmbeddingRequest, EmbeddingResponse, Usage,
 };
 use crate::api::types::tokenize::{
     DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse,
@@ -135,15 +135,8 @@ async fn embeddings(
     let inputs = parse_inputs(&req.input).inspect_err(|_| s.common.reject(reason::INVALID))?;
     let rt = s.runtime()?;
     let meta = rt.backend.meta();
-    if let Some(d) = req.dimensions {
-        if d == 0 || d > meta.hidden_size {
-            s.common.reject(reason::INVALID);
-            return Err(ApiError::invalid_param(
-                "dimensions",
-                format!("'dimensions' must be between 1 and {}", meta.hidden_size),
-            ));
-        }
-    }
+    check_dimensions(req.dimensions, meta.hidden_size)
+        .inspect_err(|_| s.common.reject(reason::INVALID))?;
     let backend = rt.backend.clone();
     let truncate = req.truncate;
     let ids: Vec<Vec<u32>> = blocking(move || tokenize_inputs(backend.as_ref(), inputs, truncate))

@@ -59,7 +59,9 @@ fn is_json(headers: &HeaderMap) -> bool {
         .unwrap_or(false)
 }
 
-fn probe(body: &[u8]) -> Result<(Option<String>, bool), ApiError> {
+/// The `model` and `stream` of a request body, read before it is forwarded (the rest is
+/// skipped unparsed); a body that is not a JSON object is a 400.
+pub fn probe(body: &[u8]) -> Result<(Option<String>, bool), ApiError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first.is_some_and(|&b| b != b'{') {
         return Err(ApiError::invalid("The request body must be a JSON object"));

@@ -80,7 +80,7 @@ pub(super) fn respond(
         upstream,
         sse,
         done: false,
-        tail: [b'\n', b'\n'],
+        tail: SseTail::default(),
         timer: Box::pin(tokio::time::sleep_until(deadline)),
         limits,
         finish,
@@ -100,8 +100,8 @@ struct Relay {
     upstream: hyper::body::Incoming,
     sse: bool,
     done: bool,
-    /// The last two bytes sent, to close a half-written SSE event before the error event.
-    tail: [u8; 2],
+    /// To close a half-written SSE event before the error event.
+    tail: SseTail,
     /// Fires when the current time limit passes; re-armed after each frame of a stream.
     timer: Pin<Box<tokio::time::Sleep>>,
     limits: Limits,
@@ -135,7 +135,7 @@ impl http_body::Body for Relay {
         match polled {
             Some(Ok(frame)) => {
                 if let Some(b) = frame.data_ref() {
-                    this.remember_tail(b);
+                    this.tail.remember(b);
                     if let Some(idle) = this.limits.idle {
                         this.timer
                             .as_mut()
@@ -173,29 +173,47 @@ impl http_body::Body for Relay {
 }
 
 impl Relay {
-    fn remember_tail(&mut self, b: &[u8]) {
-        match b.len() {
-            0 => {}
-            1 => self.tail = [self.tail[1], b[0]],
-            n => self.tail = [b[n - 2], b[n - 1]],
-        }
-    }
-
     /// The last frame after a failure: an SSE error event, or an error for other bodies.
     fn fail(&self, err: ApiError) -> Result<http_body::Frame<Bytes>, std::io::Error> {
         if !self.sse {
             return Err(std::io::Error::other(err.message));
         }
-        let sep = if self.tail == [b'\n', b'\n'] {
+        Ok(http_body::Frame::data(self.tail.error_event(&err)))
+    }
+}
+
+/// The last two bytes of a relayed SSE body: enough to end a half-written event (or line)
+/// before the final error event, so a client sees that event whole. Pure, so the fuzz
+/// target drives it with any byte stream cut into any frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SseTail([u8; 2]);
+
+impl Default for SseTail {
+    /// Nothing sent yet: at an event boundary.
+    fn default() -> Self {
+        SseTail([b'\n', b'\n'])
+    }
+}
+
+impl SseTail {
+    /// Notes a frame's bytes as sent.
+    pub fn remember(&mut self, b: &[u8]) {
+        match b.len() {
+            0 => {}
+            1 => self.0 = [self.0[1], b[0]],
+            n => self.0 = [b[n - 2], b[n - 1]],
+        }
+    }
+
+    /// The final `data: {"error":…}` event, preceded by whatever ends the current event.
+    pub fn error_event(&self, err: &ApiError) -> Bytes {
+        let sep = if self.0 == [b'\n', b'\n'] {
             ""
-        } else if self.tail[1] == b'\n' {
+        } else if self.0[1] == b'\n' {
             "\n"
         } else {
             "\n\n"
         };
-        Ok(http_body::Frame::data(Bytes::from(format!(
-            "{sep}data: {}\n\n",
-            err.to_json()
-        ))))
+        Bytes::from(format!("{sep}data: {}\n\n", err.to_json()))
     }
 }

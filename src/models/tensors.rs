@@ -33,12 +33,7 @@ impl Mmaps {
 
     /// Parses the headers of every file.
     pub fn store(&self) -> Result<Store<'_>, ModelError> {
-        let mut tensors = Vec::new();
-        for (p, m) in &self.files {
-            let st = SafeTensors::deserialize(m).map_err(|e| invalid(p, e.to_string()))?;
-            tensors.push((p.as_path(), st));
-        }
-        Ok(Store { tensors })
+        Store::parse(self.files.iter().map(|(p, m)| (p.as_path(), &m[..])))
     }
 }
 
@@ -54,7 +49,20 @@ pub struct Store<'a> {
     tensors: Vec<(&'a Path, SafeTensors<'a>)>,
 }
 
-impl Store<'_> {
+impl<'a> Store<'a> {
+    /// Parses the header of each `(path, bytes)` shard (bytes mapped or in memory; the path
+    /// names the file in errors).
+    pub fn parse(
+        files: impl IntoIterator<Item = (&'a Path, &'a [u8])>,
+    ) -> Result<Store<'a>, ModelError> {
+        let mut tensors = Vec::new();
+        for (p, bytes) in files {
+            let st = SafeTensors::deserialize(bytes).map_err(|e| invalid(p, e.to_string()))?;
+            tensors.push((p, st));
+        }
+        Ok(Store { tensors })
+    }
+
     /// Whether a tensor of that name exists.
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.iter().any(|(_, t)| t.tensor(name).is_ok())

@@ -42,6 +42,17 @@ pub enum EmbeddingInput {
     Tokens(Vec<u32>),
 }
 
+/// Checks `dimensions` against the model's hidden size (1..=hidden).
+pub fn check_dimensions(dimensions: Option<usize>, hidden_size: usize) -> Result<(), ApiError> {
+    match dimensions {
+        Some(d) if d == 0 || d > hidden_size => Err(ApiError::invalid_param(
+            "dimensions",
+            format!("'dimensions' must be between 1 and {hidden_size}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Validates the shape of `input` and splits it into inputs, checking the count before
 /// looking at (or tokenising) any element.
 pub fn parse_inputs(input: &serde_json::Value) -> Result<Vec<EmbeddingInput>, ApiError> {

@@ -1,11 +1,17 @@
-//! Request checks of the text-generation endpoints: sampling values in range (errors name
-//! the parameter), prompts rendered and tokenised (on blocking threads), and the context
-//! length check that happens before anything is queued.
+//! Request checks of the text-generation endpoints: the model-free checks of a chat or
+//! completion request (`check_chat`, `check_completion`; the fuzz targets call them too),
+//! sampling values in range (errors name the parameter), prompts rendered and tokenised
+//! (on blocking threads), and the context length check that happens before anything is
+//! queued.
 
+use serde_json::Value;
 use tokenizers::Tokenizer;
 
+use super::constraint::{spec_of, ConstraintSpec};
 use super::sampling::SamplingParams;
-use crate::api::types::completions::{SamplingFields, StopField};
+use super::tools::{self, Tools};
+use crate::api::types::chat::{parse_messages, ChatCompletionRequest};
+use crate::api::types::completions::{CompletionRequest, SamplingFields, StopField};
 use crate::api::ApiError;
 use crate::models::decoder::DecoderInfo;
 use crate::models::encoder::CHARS_PER_TOKEN;
@@ -199,6 +205,82 @@ pub fn check_vocab(gen: &Generation, vocab: usize) -> Result<(), ApiError> {
         )),
         None => Ok(()),
     }
+}
+
+/// A chat request after every check that needs no model: `messages` ready for the
+/// template, the sampling values, the tools, and the one grammar to enforce (with the
+/// parameter it came from).
+#[derive(Debug, Clone)]
+pub struct CheckedChat {
+    pub messages: Vec<Value>,
+    pub gen: Generation,
+    pub tools: Option<Tools>,
+    pub spec: Option<(ConstraintSpec, &'static str)>,
+}
+
+/// The checks of `POST /v1/chat/completions` before the template runs (also the fuzz
+/// target's entry point, so both see the same rules).
+pub fn check_chat(req: &ChatCompletionRequest) -> Result<CheckedChat, ApiError> {
+    let mut messages = parse_messages(&req.messages)?;
+    tools::arguments_as_objects(&mut messages);
+    let gen = validate(&req.sampling())?;
+    let tools = tools::parse(
+        req.tools.as_ref(),
+        req.tool_choice.as_ref(),
+        req.parallel_tool_calls,
+    )?;
+    let spec = match (
+        spec_of(&req.structured)?,
+        tools.as_ref().and_then(|t| t.forcing_grammar()),
+    ) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid_param(
+                "tool_choice",
+                "a required tool call and a structured-output format cannot both be enforced",
+            ));
+        }
+        (Some(sp), None) => Some(sp),
+        (None, Some(g)) => Some((g, "tool_choice")),
+        (None, None) => None,
+    };
+    Ok(CheckedChat {
+        messages,
+        gen,
+        tools,
+        spec,
+    })
+}
+
+/// A completion request after every check that needs no model.
+#[derive(Debug, Clone)]
+pub struct CheckedCompletion {
+    pub prompt: String,
+    pub gen: Generation,
+    pub spec: Option<(ConstraintSpec, &'static str)>,
+}
+
+/// The checks of `POST /v1/completions` before tokenisation.
+pub fn check_completion(req: &CompletionRequest) -> Result<CheckedCompletion, ApiError> {
+    let prompt = match &req.prompt {
+        Value::String(t) => t.clone(),
+        Value::Array(a) if a.len() == 1 && a[0].is_string() => {
+            a[0].as_str().unwrap_or_default().to_string()
+        }
+        _ => {
+            return Err(ApiError::invalid_param(
+                "prompt",
+                "'prompt' must be a string (a list of prompts is not supported yet)",
+            ));
+        }
+    };
+    if req.echo {
+        return Err(ApiError::invalid_param("echo", "'echo' is not supported"));
+    }
+    Ok(CheckedCompletion {
+        prompt,
+        gen: validate(&req.sampling())?,
+        spec: spec_of(&req.structured)?,
+    })
 }
 
 /// Tokenises prompt text without the tokenizer's post-processor, adding the bos token

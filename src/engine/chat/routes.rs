@@ -14,9 +14,10 @@ use axum::routing::post;
 use axum::{Json, Router};
 use tokio::sync::mpsc;
 
-use super::constraint::{spec_of, Constraint};
+use super::constraint::Constraint;
 use super::request::{
-    check_chars, check_vocab, completion_budget, encode, json_chars, validate, Generation,
+    check_chars, check_chat, check_completion, check_vocab, completion_budget, encode,
+    json_chars, CheckedChat, CheckedCompletion, Generation,
 };
 use super::runner::SubmitError;
 use super::scheduler::{Event, FinishReason, GenRequest};
@@ -130,30 +131,13 @@ async fn chat_completions(
         "messages",
     )
     .inspect_err(|_| s.common.reject(reason::TOO_LONG))?;
-    let mut messages = s.invalid(parse_messages(&req.messages))?;
-    tools::arguments_as_objects(&mut messages);
-    let gen = s.invalid(validate(&req.sampling()))?;
+    let CheckedChat {
+        messages,
+        gen,
+        tools: tool_spec,
+        spec,
+    } = s.invalid(check_chat(&req))?;
     s.invalid(check_vocab(&gen, rt.info.vocab_size))?;
-    let tool_spec = s.invalid(tools::parse(
-        req.tools.as_ref(),
-        req.tool_choice.as_ref(),
-        req.parallel_tool_calls,
-    ))?;
-    let spec = match (
-        s.invalid(spec_of(&req.structured))?,
-        tool_spec.as_ref().and_then(|t| t.forcing_grammar()),
-    ) {
-        (Some(_), Some(_)) => {
-            s.common.reject(reason::INVALID);
-            return Err(ApiError::invalid_param(
-                "tool_choice",
-                "a required tool call and a structured-output format cannot both be enforced",
-            ));
-        }
-        (Some(sp), None) => Some(sp),
-        (None, Some(g)) => Some((g, "tool_choice")),
-        (None, None) => None,
-    };
     // With tool_choice "none" the template still sees the tools (as OpenAI documents).
     let tools = req.tools.clone();
     let add_gen = req.add_generation_prompt.unwrap_or(true);
@@ -220,26 +204,12 @@ async fn completions(
 ) -> Result<Response, ApiError> {
     s.common.check_model(req.model.as_deref())?;
     let rt = s.runtime()?;
-    let text = match &req.prompt {
-        serde_json::Value::String(t) => t.clone(),
-        serde_json::Value::Array(a) if a.len() == 1 && a[0].is_string() => {
-            a[0].as_str().unwrap_or_default().to_string()
-        }
-        _ => {
-            s.common.reject(reason::INVALID);
-            return Err(ApiError::invalid_param(
-                "prompt",
-                "'prompt' must be a string (a list of prompts is not supported yet)",
-            ));
-        }
-    };
-    if req.echo {
-        s.common.reject(reason::INVALID);
-        return Err(ApiError::invalid_param("echo", "'echo' is not supported"));
-    }
-    let gen = s.invalid(validate(&req.sampling()))?;
+    let CheckedCompletion {
+        prompt: text,
+        gen,
+        spec,
+    } = s.invalid(check_completion(&req))?;
     s.invalid(check_vocab(&gen, rt.info.vocab_size))?;
-    let spec = s.invalid(spec_of(&req.structured))?;
     let (prompt, constraint) = {
         let rt = rt.clone();
         s.invalid(

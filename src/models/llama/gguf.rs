@@ -20,24 +20,36 @@ use crate::models::ModelError;
 /// Bound on head counts and head sizes read from a header (real models: ≤ 256 heads of ≤ 256).
 const MAX_DIM: usize = 1 << 16;
 
-/// An open GGUF file: its header and a reader for tensor data.
-pub struct GgufFile {
+/// An open GGUF file: its header and a reader for tensor data (a `File`, or any seekable
+/// reader: the fuzz target reads from memory).
+pub struct GgufFile<R = File> {
     pub path: PathBuf,
     pub content: Content,
-    file: File,
+    reader: R,
+    /// Bytes in the file: every tensor is checked against it before anything is allocated.
+    len: u64,
 }
 
 impl GgufFile {
     /// Reads the header (metadata and tensor table) of `path`.
     pub fn open(path: &Path) -> Result<Self, ModelError> {
-        let mut file = File::open(path).map_err(|_| ModelError::Files {
+        let file = File::open(path).map_err(|_| ModelError::Files {
             what: "cannot open GGUF file".into(),
             path: path.to_path_buf(),
         })?;
+        GgufFile::from_reader(path, file)
+    }
+}
+
+impl<R: Read + Seek> GgufFile<R> {
+    /// Reads the header from `reader`; `path` names the file in errors.
+    pub fn from_reader(path: &Path, mut reader: R) -> Result<Self, ModelError> {
+        let len = reader.seek(SeekFrom::End(0))?;
+        reader.seek(SeekFrom::Start(0))?;
         // candle's reader checks most sizes but divides by the file's alignment unchecked
         // (`general.alignment = 0`): a panic there is a bad header, not a crash.
         let read =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Content::read(&mut file)));
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Content::read(&mut reader)));
         let invalid = |reason: String| ModelError::Invalid {
             path: path.to_path_buf(),
             reason,
@@ -54,7 +66,8 @@ impl GgufFile {
         Ok(GgufFile {
             path: path.to_path_buf(),
             content,
-            file,
+            reader,
+            len,
         })
     }
 
@@ -126,7 +139,7 @@ impl GgufFile {
         }
         // Every size is checked against the file before anything is allocated: a header
         // may claim any dimensions and offsets.
-        let file_len = self.file.metadata()?.len();
+        let file_len = self.len;
         let size = rows
             .checked_mul(cols)
             .map(|n| n / dtype.block_size())
@@ -144,8 +157,8 @@ impl GgufFile {
                 ))
             })?;
         let mut bytes = vec![0u8; size];
-        self.file.seek(SeekFrom::Start(start))?;
-        self.file
+        self.reader.seek(SeekFrom::Start(start))?;
+        self.reader
             .read_exact(&mut bytes)
             .map_err(|_| self.invalid(format!("tensor `{name}` is truncated")))?;
         Ok((dtype, bytes, rows, cols))
@@ -210,12 +223,19 @@ impl GgufFile {
                 "{heads} heads, {kv_heads} kv heads, head_dim {head_dim}"
             )));
         }
-        let embd_rows = self
+        // GGUF allows any rank, a scalar included: only a matrix has a row per token.
+        let embd_rows = match self
             .content
             .tensor_infos
             .get("token_embd.weight")
-            .map(|i| i.shape.dims()[0])
-            .ok_or_else(|| self.invalid("missing tensor `token_embd.weight`".into()))?;
+            .map(|i| i.shape.dims())
+        {
+            Some(&[rows, _]) => rows,
+            Some(dims) => {
+                return Err(self.invalid(format!("tensor `token_embd.weight` has shape {dims:?}")))
+            }
+            None => return Err(self.invalid("missing tensor `token_embd.weight`".into())),
+        };
         let theta = self.meta_f32(&k("rope.freq_base")).unwrap_or(10_000.0);
         let mut freqs = inv_freq(theta, head_dim, None);
         if self.has("rope_freqs.weight") {
