@@ -127,7 +127,12 @@ pub fn validate(f: &SamplingFields) -> Result<Generation, ApiError> {
             ),
         ));
     }
-    let min_p = range("min_p", f.extras.min_p, |x| (0.0..=1.0).contains(&x), "between 0 and 1")?;
+    let min_p = range(
+        "min_p",
+        f.extras.min_p,
+        |x| (0.0..=1.0).contains(&x),
+        "between 0 and 1",
+    )?;
     let min_tokens = match f.extras.min_tokens {
         Some(m) if m < 0 => {
             return Err(ApiError::invalid_param(
@@ -173,7 +178,11 @@ fn logit_bias(v: Option<&serde_json::Value>) -> Result<Vec<(u32, f32)>, ApiError
     let map = match v {
         None | Some(serde_json::Value::Null) => return Ok(Vec::new()),
         Some(serde_json::Value::Object(m)) => m,
-        Some(_) => return Err(bad("'logit_bias' must be an object of token ids to biases".into())),
+        Some(_) => {
+            return Err(bad(
+                "'logit_bias' must be an object of token ids to biases".into()
+            ))
+        }
     };
     if map.len() > MAX_LOGIT_BIAS {
         return Err(bad(format!(
@@ -198,7 +207,12 @@ fn logit_bias(v: Option<&serde_json::Value>) -> Result<Vec<(u32, f32)>, ApiError
 
 /// 400 naming `logit_bias` when it names a token outside the vocabulary.
 pub fn check_vocab(gen: &Generation, vocab: usize) -> Result<(), ApiError> {
-    match gen.params.logit_bias.iter().find(|(t, _)| *t as usize >= vocab) {
+    match gen
+        .params
+        .logit_bias
+        .iter()
+        .find(|(t, _)| *t as usize >= vocab)
+    {
         Some((t, _)) => Err(ApiError::invalid_param(
             "logit_bias",
             format!("token id {t} is outside the vocabulary (size {vocab})"),

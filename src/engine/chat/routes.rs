@@ -16,8 +16,8 @@ use tokio::sync::mpsc;
 
 use super::constraint::Constraint;
 use super::request::{
-    check_chars, check_chat, check_completion, check_vocab, completion_budget, encode,
-    json_chars, CheckedChat, CheckedCompletion, Generation,
+    check_chars, check_chat, check_completion, check_vocab, completion_budget, encode, json_chars,
+    CheckedChat, CheckedCompletion, Generation,
 };
 use super::runner::SubmitError;
 use super::scheduler::{Event, FinishReason, GenRequest};
