@@ -5,7 +5,8 @@
 # supervisor and every engine at the start (after a warm-up minute) and at the end (goal:
 # growth < 5%), error counts by status, and p50/p99 latency per route and minute. Writes
 # $WORK/soak.json and exits 1 when a goal is missed (growth >= 5%, any 5xx, a dead process).
-#   [DURATION=1200] [CLIENTS=8] [ABORT_RATIO=0.01] [WARMUP=60] scripts/soak.sh
+#   [DURATION=1200] [CLIENTS=8] [ABORT_RATIO=0.01] [WARMUP=60] [SOAK_BIN=path] scripts/soak.sh
+# (SOAK_BIN: a trident binary to soak instead of a fresh release build.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/trident/target}
@@ -14,7 +15,7 @@ PORT=${SOAK_PORT:-18100}
 mkdir -p "$WORK"
 . scripts/lib/bench.sh
 
-BIN=$(bench_binary "$WORK")
+if [ -n "${SOAK_BIN:-}" ]; then BIN=$SOAK_BIN; else BIN=$(bench_binary "$WORK"); fi
 KEY="soak-$(date +%s)"
 echo "soak: starting the appliance on :$PORT (log: $WORK/serve.log)" >&2
 TRIDENT_API_KEYS=$KEY "$BIN" serve --host 127.0.0.1 --port "$PORT" --config config/models.json \
