@@ -655,3 +655,48 @@ async fn logit_bias_min_tokens_and_min_p_steer_generation() {
         );
     }
 }
+
+#[tokio::test]
+async fn stop_strings_can_stay_in_the_output_and_stop_token_ids_end_generation() {
+    let Some(e) = engine().await else { return };
+    let (text, _, _) = chat(&e.base, greedy("What is 2+2?", 48)).await;
+    let at = text.find('4').expect("the greedy answer has a 4");
+    let mut body = greedy("What is 2+2?", 48);
+    body["stop"] = json!(["4"]);
+    let (cut, finish, _) = chat(&e.base, body.clone()).await;
+    assert_eq!((cut.as_str(), finish.as_str()), (&text[..at], "stop"));
+    body["include_stop_str_in_output"] = json!(true);
+    let (kept, finish, _) = chat(&e.base, body).await;
+    assert_eq!((kept.as_str(), finish.as_str()), (&text[..=at], "stop"));
+    // A token forced by logit_bias and listed in stop_token_ids ends generation at once;
+    // like end-of-sequence it is not part of the text.
+    let (_, t) = post(&e.base, "/tokenize", json!({"prompt": " banana"})).await;
+    let banana = t["tokens"][0].as_u64().unwrap();
+    let (status, v) = post(
+        &e.base,
+        "/v1/completions",
+        json!({"prompt": "The capital of France is", "max_tokens": 8, "temperature": 0,
+               "logit_bias": {banana.to_string(): 100}, "stop_token_ids": [banana]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (
+            v["choices"][0]["text"].as_str(),
+            v["choices"][0]["finish_reason"].as_str(),
+            v["usage"]["completion_tokens"].as_u64()
+        ),
+        (Some(""), Some("stop"), Some(1)),
+        "{v}"
+    );
+    for ids in [json!([-1]), json!([99_999_999])] {
+        let mut body = greedy("hi", 4);
+        body["stop_token_ids"] = ids.clone();
+        let (status, v) = post(&e.base, "/v1/chat/completions", body).await;
+        assert_eq!(
+            (status, v["error"]["param"].as_str()),
+            (400, Some("stop_token_ids")),
+            "{ids} → {v}"
+        );
+    }
+}

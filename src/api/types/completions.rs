@@ -52,6 +52,12 @@ pub struct SamplingExtras {
     /// End-of-sequence tokens are suppressed until this many tokens were generated.
     #[serde(default)]
     pub min_tokens: Option<i64>,
+    /// Token ids that end generation like end-of-sequence (vLLM).
+    #[serde(default)]
+    pub stop_token_ids: Option<Vec<i64>>,
+    /// Keep a matched stop string at the end of the text (vLLM).
+    #[serde(default, deserialize_with = "crate::api::types::null_default")]
+    pub include_stop_str_in_output: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -161,6 +161,8 @@ pub fn validate(f: &SamplingFields) -> Result<Generation, ApiError> {
             min_p: min_p.unwrap_or(0.0),
             logit_bias: logit_bias(f.extras.logit_bias.as_ref())?,
             min_tokens,
+            stop_token_ids: stop_token_ids(f.extras.stop_token_ids.as_deref())?,
+            include_stop_str: f.extras.include_stop_str_in_output,
         },
         stop,
         max_tokens,
@@ -205,20 +207,49 @@ fn logit_bias(v: Option<&serde_json::Value>) -> Result<Vec<(u32, f32)>, ApiError
         .collect()
 }
 
-/// 400 naming `logit_bias` when it names a token outside the vocabulary.
-pub fn check_vocab(gen: &Generation, vocab: usize) -> Result<(), ApiError> {
-    match gen
-        .params
-        .logit_bias
-        .iter()
-        .find(|(t, _)| *t as usize >= vocab)
-    {
-        Some((t, _)) => Err(ApiError::invalid_param(
-            "logit_bias",
-            format!("token id {t} is outside the vocabulary (size {vocab})"),
-        )),
-        None => Ok(()),
+/// Most `stop_token_ids`.
+pub const MAX_STOP_TOKEN_IDS: usize = 64;
+
+fn stop_token_ids(ids: Option<&[i64]>) -> Result<Vec<u32>, ApiError> {
+    let ids = ids.unwrap_or_default();
+    if ids.len() > MAX_STOP_TOKEN_IDS {
+        return Err(ApiError::invalid_param(
+            "stop_token_ids",
+            format!(
+                "'stop_token_ids' accepts at most {MAX_STOP_TOKEN_IDS} ids (got {})",
+                ids.len()
+            ),
+        ));
     }
+    ids.iter()
+        .map(|&t| {
+            u32::try_from(t).map_err(|_| {
+                ApiError::invalid_param(
+                    "stop_token_ids",
+                    format!("'stop_token_ids' must be token ids (got {t})"),
+                )
+            })
+        })
+        .collect()
+}
+
+/// 400 naming `logit_bias` or `stop_token_ids` when one names a token outside the
+/// vocabulary.
+pub fn check_vocab(gen: &Generation, vocab: usize) -> Result<(), ApiError> {
+    let p = &gen.params;
+    let outside = |param: &str, t: u32| {
+        Err(ApiError::invalid_param(
+            param,
+            format!("token id {t} is outside the vocabulary (size {vocab})"),
+        ))
+    };
+    if let Some((t, _)) = p.logit_bias.iter().find(|(t, _)| *t as usize >= vocab) {
+        return outside("logit_bias", *t);
+    }
+    if let Some(t) = p.stop_token_ids.iter().find(|&&t| t as usize >= vocab) {
+        return outside("stop_token_ids", *t);
+    }
+    Ok(())
 }
 
 /// A chat request after every check that needs no model: `messages` ready for the

@@ -27,6 +27,10 @@ pub struct SamplingParams {
     pub logit_bias: Vec<(u32, f32)>,
     /// End-of-sequence tokens are suppressed until this many tokens were generated.
     pub min_tokens: usize,
+    /// vLLM's `stop_token_ids`: tokens that end generation like end-of-sequence.
+    pub stop_token_ids: Vec<u32>,
+    /// vLLM's `include_stop_str_in_output`: a matched stop string stays in the text.
+    pub include_stop_str: bool,
 }
 
 impl Default for SamplingParams {
@@ -42,6 +46,8 @@ impl Default for SamplingParams {
             min_p: 0.0,
             logit_bias: Vec::new(),
             min_tokens: 0,
+            stop_token_ids: Vec::new(),
+            include_stop_str: false,
         }
     }
 }
@@ -84,9 +90,10 @@ impl Sampler {
         }
     }
 
-    /// The end-of-sequence ids `min_tokens` holds back.
+    /// The end-of-sequence ids `min_tokens` holds back (with the request's stop tokens).
     pub fn with_eos(mut self, eos: &[u32]) -> Self {
         self.eos = eos.to_vec();
+        self.eos.extend_from_slice(&self.params.stop_token_ids);
         self
     }
 

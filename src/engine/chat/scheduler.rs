@@ -257,7 +257,7 @@ impl<C> Scheduler<C> {
                     .with_constraint(req.constraint.take())
                     .with_eos(&backend.info().eos_token_ids),
                 detok: Detokenizer::new(&req.prompt),
-                stop: StopMatcher::new(req.stop.clone()),
+                stop: StopMatcher::new(req.stop.clone()).including(req.params.include_stop_str),
                 generated: 0,
                 last_token_at: None,
                 outbox: VecDeque::new(),
@@ -368,7 +368,9 @@ impl<C> Scheduler<C> {
                 Some(t) => stats.itl.push(now.duration_since(t)),
             }
             s.last_token_at = Some(now);
-            if !s.req.ignore_eos && eos.contains(&id) {
+            let ends = (!s.req.ignore_eos && eos.contains(&id))
+                || s.req.params.stop_token_ids.contains(&id);
+            if ends {
                 let rest = s.detok.flush(tok);
                 let (text, _) = s.stop.push(&rest);
                 let text = text + &s.stop.flush();

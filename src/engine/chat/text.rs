@@ -66,6 +66,8 @@ impl Detokenizer {
 pub struct StopMatcher {
     stops: Vec<String>,
     held: String,
+    /// Keep the matched stop string in the output.
+    include: bool,
 }
 
 impl StopMatcher {
@@ -73,7 +75,15 @@ impl StopMatcher {
         StopMatcher {
             stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
             held: String::new(),
+            include: false,
         }
+    }
+
+    /// The matched stop string is kept at the end of the text (vLLM's
+    /// `include_stop_str_in_output`).
+    pub fn including(mut self, include: bool) -> Self {
+        self.include = include;
+        self
     }
 
     /// Adds generated text; returns the text that is safe to emit and whether a stop
@@ -86,10 +96,11 @@ impl StopMatcher {
         let first = self
             .stops
             .iter()
-            .filter_map(|s| self.held.find(s.as_str()))
-            .min();
-        if let Some(at) = first {
-            let out = self.held[..at].to_string();
+            .filter_map(|s| self.held.find(s.as_str()).map(|at| (at, s.len())))
+            .min_by_key(|&(at, len)| (at, std::cmp::Reverse(len)));
+        if let Some((at, len)) = first {
+            let end = if self.include { at + len } else { at };
+            let out = self.held[..end].to_string();
             self.held.clear();
             return (out, true);
         }
@@ -143,6 +154,9 @@ mod tests {
 
     #[test]
     fn stop_string_across_pieces_is_never_emitted() {
+        let mut kept = StopMatcher::new(vec!["END".into()]).including(true);
+        assert_eq!(kept.push("abcEN"), ("abc".to_string(), false));
+        assert_eq!(kept.push("Dxyz"), ("END".to_string(), true));
         let mut m = StopMatcher::new(vec!["END".into()]);
         assert_eq!(m.push("abc E"), ("abc ".to_string(), false));
         assert_eq!(m.push("N"), (String::new(), false));
