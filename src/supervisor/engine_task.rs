@@ -299,6 +299,16 @@ async fn watch(t: &EngineTask, child: &mut Child, cancel: &CancellationToken) ->
     }
 }
 
+/// What one probe of a remote replica learnt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Up,
+    /// Another trident, answering that it drains or lacks the model.
+    SaysNo,
+    /// No usable answer.
+    Silent,
+}
+
 /// Probes one remote replica of a model: ready while `/health` (or `/v1/models`) answers
 /// 200. Probes carry the model's upstream key.
 pub async fn upstream_task(
@@ -325,29 +335,31 @@ pub async fn upstream_task(
         .unwrap_or_else(|| model.id.to_string());
     let mut misses = 0u32;
     loop {
-        // Another trident answers `/ready` with every model's state: ready while this model
-        // serves there and that host is not draining. Other servers: `/health`, else
-        // `/v1/models`.
-        let trident = match get("/ready").await {
-            Ok(resp) => resp.json::<serde_json::Value>().await.ok().and_then(|v| {
+        // Another trident answers `/ready` with every model's state: up while this model
+        // serves there and that host is not draining; a trident that says no is out at once.
+        // Other servers: `/health`, else `/v1/models`. Silence is out only after
+        // UNHEALTHY_AFTER probes (one lost packet is not an outage).
+        let answer = match get("/ready").await {
+            Err(_) => Answer::Silent,
+            Ok(resp) => match resp.json::<serde_json::Value>().await.ok().and_then(|v| {
                 let state = v.get("models")?.get(&upstream_id)?.get("state")?.as_str()?;
                 Some(v["status"] != "draining" && matches!(state, "ready" | "degraded"))
-            }),
-            Err(_) => Some(false),
-        };
-        // A trident that says it drains or lost the model is out at once; silence only
-        // after UNHEALTHY_AFTER probes (one lost packet is not an outage).
-        let said_no = trident == Some(false) && get("/health").await.is_ok();
-        let ok = match trident {
-            Some(ok) => ok,
-            None => match get("/health").await {
-                Ok(resp) if resp.status().is_success() => true,
-                Ok(resp) if resp.status() == reqwest::StatusCode::NOT_FOUND => get("/v1/models")
-                    .await
-                    .is_ok_and(|r| r.status().is_success()),
-                _ => false,
+            }) {
+                Some(true) => Answer::Up,
+                Some(false) => Answer::SaysNo,
+                None => match get("/health").await {
+                    Ok(resp) if resp.status().is_success() => Answer::Up,
+                    Ok(resp) if resp.status() == reqwest::StatusCode::NOT_FOUND => {
+                        match get("/v1/models").await {
+                            Ok(r) if r.status().is_success() => Answer::Up,
+                            _ => Answer::Silent,
+                        }
+                    }
+                    _ => Answer::Silent,
+                },
             },
         };
+        let (ok, said_no) = (answer == Answer::Up, answer == Answer::SaysNo);
         if ok {
             misses = 0;
             if !r.is_ready() {

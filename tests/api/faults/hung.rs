@@ -10,8 +10,8 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 use super::{
-    chat_and_embed, chat_body, engine, last_event, mock_received, other_model_serves, read_rest,
-    record, wait_restarted,
+    chat_and_embed, chat_body, chat_status, engine, last_event, mock_received, other_model_serves,
+    read_rest, record, wait_restarted,
 };
 use crate::gateway::{client, process_gone};
 
@@ -45,13 +45,7 @@ async fn f01_engine_stopped_before_a_request() {
     other_model_serves(&app).await;
     let back = wait_restarted(&app, "chat", 1, stopped, RECOVERY).await;
     assert!(process_gone(pid), "the hung engine was not killed");
-    let r = client()
-        .post(app.url("/v1/chat/completions"))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(chat_status(&app).await, 200);
     other_model_serves(&app).await;
     record(
         "f01",
@@ -83,13 +77,7 @@ async fn f02_engine_stopped_during_a_request() {
     other_model_serves(&app).await;
     let back = wait_restarted(&app, "chat", 1, stopped, RECOVERY).await;
     assert!(process_gone(pid));
-    let r = client()
-        .post(app.url("/v1/chat/completions"))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(chat_status(&app).await, 200);
     record(
         "f02",
         "engine SIGSTOP during a request",

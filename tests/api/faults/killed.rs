@@ -9,8 +9,8 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 use super::{
-    chat_and_embed, chat_body, engine, last_event, mock_received, other_model_serves, read_rest,
-    record, wait_restarted,
+    chat_and_embed, chat_body, chat_status, engine, last_event, mock_received, other_model_serves,
+    read_rest, record, wait_restarted,
 };
 use crate::gateway::client;
 
@@ -26,13 +26,7 @@ async fn f04_engine_killed_while_idle() {
     let back = wait_restarted(&app, "chat", 1, killed, RECOVERY).await;
     let (new_pid, _) = engine(&app, "chat").await;
     assert_ne!(new_pid, pid);
-    let r = client()
-        .post(app.url("/v1/chat/completions"))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(chat_status(&app).await, 200);
     record(
         "f04",
         "engine SIGKILL while idle",

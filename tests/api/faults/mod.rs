@@ -61,6 +61,18 @@ pub fn chat_body(stream: bool) -> Value {
     json!({"model": "chat", "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
 }
 
+/// The status of one non-streamed chat request to `chat` through the gateway.
+pub async fn chat_status(app: &Appliance) -> u16 {
+    client()
+        .post(app.url("/v1/chat/completions"))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 /// The pid and port of `model`'s (first) engine.
 pub async fn engine(app: &Appliance, model: &str) -> (i32, u16) {
     let e = app.engines(model, None).await.remove(0);

@@ -9,7 +9,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::json;
 
-use super::{chat_body, engine, other_model_serves, record, wait_restarted, FAST};
+use super::{chat_status, engine, other_model_serves, record, wait_restarted, FAST};
 use crate::gateway::{client, poll, Appliance, Opts};
 
 #[tokio::test]
@@ -25,13 +25,7 @@ async fn f18_a_full_log_disk_neither_stops_serving_nor_restarts() {
     .await;
     // Logging happens on every request and every engine event; none of it may fail them.
     for _ in 0..20 {
-        let r = client()
-            .post(app.url("/v1/chat/completions"))
-            .json(&chat_body(false))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        assert_eq!(chat_status(&app).await, 200);
     }
     let (pid, _) = engine(&app, "chat").await;
     kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
@@ -143,13 +137,7 @@ async fn f19_the_oom_killer_ends_an_engine_and_the_rest_keeps_serving() {
     .await
     .expect("the crash loop did not end in failed");
     assert!(failed["restarts"].as_u64().unwrap() >= 4, "{failed}");
-    let r = client()
-        .post(app.url("/v1/chat/completions"))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 503);
+    assert_eq!(chat_status(&app).await, 503);
     other_model_serves(&app).await;
     let gave_up = started.elapsed();
     drop(app);
@@ -176,13 +164,7 @@ async fn engine_output_that_is_not_utf8_is_forwarded_lossily_and_never_blocks_th
     .await;
     // The engine wrote 256 KiB (four pipe buffers) of invalid UTF-8 before listening: it
     // became ready, so its output kept being read, and the line after it arrived.
-    let r = client()
-        .post(app.url("/v1/chat/completions"))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(chat_status(&app).await, 200);
     let log = poll(Duration::from_secs(5), || async {
         let log = app.log_text();
         log.contains("mock: after the garbage").then_some(log)

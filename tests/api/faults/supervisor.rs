@@ -8,7 +8,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::json;
 
-use super::{chat_and_embed, chat_body, engine, mock_received, other_model_serves, record, FAST};
+use super::{
+    chat_and_embed, chat_body, chat_status, engine, mock_received, other_model_serves, record, FAST,
+};
 use crate::gateway::{client, poll, process_gone, Appliance, Opts};
 
 /// `N` distinct free ports, drawn the way the supervisor draws engine ports: from below the
@@ -140,13 +142,7 @@ async fn f09_engine_port_taken_at_restart() {
     })
     .await;
     assert!(back.is_some(), "not back: {}", app.log_text());
-    let r = client()
-        .post(app.url("/v1/chat/completions"))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(chat_status(&app).await, 200);
     record(
         "f09",
         "engine port taken at restart",
