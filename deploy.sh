@@ -8,6 +8,8 @@
 #   ./deploy.sh logs    [-f] [-n N] [SERVICE…]   (trident logs)
 #   ./deploy.sh clean   [--force] [--images]     (containers, network, volumes; asks first)
 #   ./deploy.sh key                              (the API key the appliance generated)
+#   ./deploy.sh reload                           (apply the edited config/models.json)
+#   ./deploy.sh restart-model MODEL              (rolling restart of one model's replicas)
 #
 # start/restart run a preflight first (daemon, compose, ports, disk, images, config, NVIDIA
 # runtime when a model wants a GPU) and print every problem it finds, not just the first.
@@ -22,7 +24,7 @@ export TRIDENT_ROOT
 # shellcheck source=scripts/lib/docker.sh
 . "$root/scripts/lib/docker.sh"
 
-usage() { sed -n '2,18s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,20s/^# \{0,1\}//p' "$0"; }
 die() { echo "deploy.sh: $*" >&2; exit 1; }
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -267,6 +269,15 @@ case $cmd in
     [ -n "${TRIDENT_API_KEYS:-}" ] && say "TRIDENT_API_KEYS is set in .env: those keys are the ones accepted"
     compose exec -T trident cat /app/state/api_key 2>/dev/null | grep -v '^#' \
       || die "no generated key (is the appliance running? ./deploy.sh start; keys set in .env are not generated)"
+    ;;
+  reload)
+    # Added, removed and changed models only; the others keep serving (trident reload).
+    compose exec -T trident trident reload --wait-secs "${TRIDENT_RELOAD_WAIT:-600}" \
+      "${json[@]}" "${passthrough[@]}"
+    ;;
+  restart-model)
+    [ ${#passthrough[@]} -ge 1 ] || die "restart-model needs a model id (see ./deploy.sh status)"
+    compose exec -T trident trident restart "${json[@]}" "${passthrough[@]}"
     ;;
   clean)
     compose_cmd

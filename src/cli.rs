@@ -35,6 +35,12 @@ pub enum Command {
     Healthcheck(crate::ops::HealthcheckArgs),
     /// Per-model state, req/s, p50/p95, tokens/s, queue and KV from the gateway's /metrics.
     Top(crate::ops::TopArgs),
+    /// Apply the edited models.json to the running appliance (added, removed and changed
+    /// models; the others are untouched). Run it where the appliance runs.
+    Reload(crate::ops::ReloadArgs),
+    /// Restart one model of the running appliance, one replica at a time (each drained
+    /// first), so a model with replicas keeps serving.
+    Restart(crate::ops::RestartArgs),
     /// The offline bundle: pack, verify, load, inspect, keygen, inventory.
     #[command(subcommand)]
     Bundle(crate::bundle::BundleCommand),

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod mock_engine;
 pub mod models;
 pub mod ops;
+pub mod routing;
 pub mod supervisor;
 pub mod tls;
 

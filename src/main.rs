@@ -81,6 +81,15 @@ fn gpu_plan_ok(file: &ModelsFile) -> bool {
     problems.is_empty()
 }
 
+/// The gateway port and first API key from the settings `serve` reads.
+fn admin_defaults(cli: &Cli) -> anyhow::Result<trident::ops::admin::Defaults> {
+    let s = settings(cli, &[("generate_api_key", "false".into())])?;
+    Ok(trident::ops::admin::Defaults {
+        port: s.port,
+        api_key: s.api_keys.first().map(|k| k.expose().to_string()),
+    })
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut overrides = Vec::new();
     if let Some(f) = &cli.log_format {
@@ -193,5 +202,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ops_exit(current_thread()?.block_on(trident::ops::healthcheck::run(args)))
         }
         Command::Top(args) => ops_exit(current_thread()?.block_on(trident::ops::top::run(args))),
+        // The appliance's own settings give the port and key (`generate_api_key` off: a
+        // reload never creates a key file).
+        Command::Reload(args) => {
+            let d = admin_defaults(&cli)?;
+            ops_exit(current_thread()?.block_on(trident::ops::admin::reload(args, &d)))
+        }
+        Command::Restart(args) => {
+            let d = admin_defaults(&cli)?;
+            ops_exit(current_thread()?.block_on(trident::ops::admin::restart(args, &d)))
+        }
     }
 }

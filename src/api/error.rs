@@ -154,6 +154,11 @@ impl ApiError {
         e
     }
 
+    /// 403: the caller may not use this endpoint (from where it connects).
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "permission_error", message).with_code("forbidden")
+    }
+
     /// 503: not ready, draining or no healthy engine.
     pub fn unavailable(message: impl Into<String>) -> Self {
         let mut e = Self::new(

@@ -67,7 +67,7 @@ pub enum DeviceSetting {
 }
 
 /// One entry of `models.json` (key = model id).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelEntry {
     /// Display name (e.g. the upstream model name); the id is the map key.

@@ -1,6 +1,6 @@
-//! Request limits of the gateway: body size and body read time, request ids, per-model
-//! concurrency with a bounded wait queue (429 + `Retry-After` past it), the in-flight
-//! counter that draining waits on, and the draining switch itself.
+//! Request limits of the gateway: body size and body read time, request ids, the in-flight
+//! counter that draining waits on, and the draining switch itself. Per-model admission
+//! lives with each model in the routing table (`routing::admission`).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -11,55 +11,12 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 
 use super::GatewayState;
 use crate::api::{self, ApiError, BodyLimit};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// Per-model admission: `max` requests in flight, at most `max_waiting` waiting for a slot.
-#[derive(Debug)]
-pub struct ModelLimiter {
-    sem: Arc<Semaphore>,
-    max_waiting: usize,
-    waiting: AtomicUsize,
-}
-
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-impl ModelLimiter {
-    pub fn new(max: usize, max_waiting: usize) -> Self {
-        ModelLimiter {
-            sem: Arc::new(Semaphore::new(max)),
-            max_waiting,
-            waiting: AtomicUsize::new(0),
-        }
-    }
-
-    /// A slot, waiting for one if the queue has room; 429 otherwise.
-    pub async fn acquire(&self) -> Result<OwnedSemaphorePermit, ApiError> {
-        if let Ok(p) = self.sem.clone().try_acquire_owned() {
-            return Ok(p);
-        }
-        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
-            return Err(ApiError::overloaded(1));
-        }
-        let _w = Waiting(&self.waiting);
-        self.sem
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| ApiError::unavailable("The gateway is shutting down"))
-    }
-}
 
 /// Counts requests in flight (streams until their last byte) and lets draining wait for 0.
 #[derive(Debug, Default)]
@@ -182,24 +139,6 @@ pub async fn front(State(limit): State<BodyLimit>, mut req: Request, next: Next)
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn limiter_queues_then_rejects() {
-        let l = Arc::new(ModelLimiter::new(1, 1));
-        let first = l.acquire().await.unwrap();
-        let l2 = l.clone();
-        let waiter = tokio::spawn(async move { l2.acquire().await.map(|_| ()) });
-        tokio::task::yield_now().await;
-        while l.waiting.load(Ordering::Acquire) == 0 {
-            tokio::task::yield_now().await;
-        }
-        let third = l.acquire().await.unwrap_err();
-        assert_eq!(third.status.as_u16(), 429);
-        assert_eq!(third.retry_after, Some(1));
-        drop(first);
-        waiter.await.unwrap().unwrap();
-        assert_eq!(l.waiting.load(Ordering::Acquire), 0);
-    }
 
     #[tokio::test]
     async fn inflight_waits_for_the_last_guard() {

@@ -29,8 +29,9 @@ const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
 /// `GET /metrics`.
 pub async fn metrics(State(s): State<GatewayState>) -> Response {
     let client = &s.client;
-    let token = &s.backends.engine_token;
-    let scrapes = s.backends.models.iter().flat_map(|m| {
+    let table = s.routes.current();
+    let token = &table.engine_token;
+    let scrapes = table.models.iter().flat_map(|m| {
         let many = m.replicas.len() > 1;
         let model = m.id.to_string();
         m.replicas
@@ -78,7 +79,9 @@ pub async fn metrics(State(s): State<GatewayState>) -> Response {
 
 /// The gateway's own gauges, from the routing table, just before they are rendered.
 fn set_gateway_gauges(s: &GatewayState) {
-    for m in &s.backends.models {
+    // Reset first: a model a reload removed leaves the gauge instead of reading 0 forever.
+    s.metrics.ready.reset();
+    for m in &s.routes.load().models {
         s.metrics
             .ready
             .with_label_values(&[&m.id, m.kind.as_str()])

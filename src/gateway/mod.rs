@@ -3,21 +3,20 @@
 //! Layers, outermost first: request id and envelope for framework rejections (one layer) →
 //! CORS (only when origins are configured) → API key → routes; proxied routes then admit
 //! (draining, in-flight tracking) and read the body within its limits themselves. API
-//! routes are proxied by `proxy` to a replica chosen by `balance` from the table in
-//! `backends` (which the supervisor keeps up to date); `status` and `metrics_merge` answer
-//! the gateway's own endpoints. [`serve`] runs the router on per-core workers with a
+//! routes are proxied by `proxy` to a replica chosen by `routing::balance` from the current
+//! routing table (`routing::Routes`, which the supervisor keeps up to date and replaces on
+//! reload); `status` and `metrics_merge` answer the gateway's own endpoints, `admin` the
+//! operator's reload and rolling restart. [`serve`] runs the router on per-core workers with a
 //! hyper-util connection builder that cuts slow header senders off.
 
+pub mod admin;
 pub mod auth;
-pub mod backends;
-pub mod balance;
 pub mod limits;
 pub mod metrics_merge;
 pub mod proxy;
 pub mod relay;
 pub mod status;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -38,16 +37,17 @@ use tower::ServiceExt;
 use crate::api;
 use crate::config::{ModelKind, Settings};
 use crate::metrics::Metrics;
+use crate::routing::balance::RetryBudget;
+use crate::routing::Routes;
 use auth::ApiKeys;
-use backends::Backends;
-use balance::RetryBudget;
-use limits::{Inflight, ModelLimiter};
+use limits::Inflight;
 use proxy::RouteSpec;
 pub use status::{GpuFacts, SystemFacts};
 
 /// Everything the gateway's handlers share.
 pub struct Shared {
-    pub backends: Arc<Backends>,
+    /// The routing table (`routing::Routes::load` for the current one).
+    pub routes: Arc<Routes>,
     pub settings: Settings,
     pub metrics: Metrics,
     /// Probes, scrapes and other control traffic.
@@ -56,9 +56,10 @@ pub struct Shared {
     pub inflight: Arc<Inflight>,
     /// Client connections open across every worker (for `max_connections` and `/metrics`).
     pub connections: Arc<AtomicUsize>,
-    pub limiters: HashMap<String, Arc<ModelLimiter>>,
     pub retry_budget: RetryBudget,
     pub facts: SystemFacts,
+    /// The supervisor's control channel (reload, rolling restart); none without one.
+    pub control: Option<admin::Control>,
 }
 
 /// The client that carries proxied requests (`http://` and `https://`).
@@ -121,15 +122,17 @@ impl Deref for GatewayState {
 }
 
 impl GatewayState {
-    pub fn new(backends: Arc<Backends>, settings: Settings, facts: SystemFacts) -> Self {
-        let limiters = backends
-            .models
-            .iter()
-            .filter_map(|m| {
-                let max = m.entry.max_concurrent_requests?;
-                Some((m.id.to_string(), Arc::new(ModelLimiter::new(max, max))))
-            })
-            .collect();
+    pub fn new(routes: Arc<Routes>, settings: Settings, facts: SystemFacts) -> Self {
+        GatewayState::with_control(routes, settings, facts, None)
+    }
+
+    /// A state whose admin routes reach the supervisor through `control`.
+    pub fn with_control(
+        routes: Arc<Routes>,
+        settings: Settings,
+        facts: SystemFacts,
+        control: Option<admin::Control>,
+    ) -> Self {
         let client = reqwest::Client::builder()
             .use_preconfigured_tls(upstream_tls())
             .no_proxy()
@@ -140,23 +143,24 @@ impl GatewayState {
             .build()
             .expect("the HTTP client builds with static options. This is a bug.");
         GatewayState(Arc::new(Shared {
-            backends,
+            routes,
             keys: ApiKeys::new(&settings.api_keys),
             settings,
             metrics: Metrics::new(),
             client,
             inflight: Arc::new(Inflight::default()),
             connections: Arc::new(AtomicUsize::new(0)),
-            limiters,
             retry_budget: RetryBudget::default(),
             facts,
+            control,
         }))
     }
 
     /// Counts a rejected request (`model` empty when unknown: unknown names never become labels).
     pub fn reject(&self, model: &str, why: &str) {
         let kind = self
-            .backends
+            .routes
+            .load()
             .find(model)
             .map(|m| m.kind.as_str())
             .unwrap_or("gateway");
@@ -233,6 +237,8 @@ pub fn router(state: GatewayState) -> Router {
         .route("/v1/models/{*model}", get(status::model))
         .route("/system/info", get(status::system_info))
         .route("/metrics", get(metrics_merge::metrics))
+        .route("/admin/reload", post(admin::reload))
+        .route("/admin/restart/{*model}", post(admin::restart))
         .merge(proxied)
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
@@ -473,10 +479,17 @@ async fn serve_worker(
                 continue;
             }
         };
-        let svc = TowerToHyperService::new(
-            app.clone()
-                .map_request(|r: Request<hyper::body::Incoming>| r.map(axum::body::Body::new)),
-        );
+        // The peer address is only needed (and only attached) on admin requests.
+        let peer = socket.peer_addr().ok();
+        let svc = TowerToHyperService::new(app.clone().map_request(
+            move |r: Request<hyper::body::Incoming>| {
+                let mut r = r.map(axum::body::Body::new);
+                if let (Some(p), true) = (peer, r.uri().path().starts_with("/admin/")) {
+                    r.extensions_mut().insert(admin::Peer(p));
+                }
+                r
+            },
+        ));
         let counts = counts.clone();
         let Some(tls) = &tls else {
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(socket), svc);

@@ -21,8 +21,6 @@ use axum::response::{IntoResponse, Response};
 use http_body_util::Full;
 use serde::Deserialize;
 
-use super::backends::{ModelBackend, ModelState, Replica};
-use super::balance::{others_healthy, pick, retry_pause};
 use super::limits::{self, InflightGuard, X_REQUEST_ID};
 use super::relay::{self, Limits};
 use super::GatewayState;
@@ -30,6 +28,8 @@ use crate::api::ApiError;
 use crate::config::ModelKind;
 use crate::engine::access::ENGINE_TOKEN_HEADER;
 use crate::metrics::reason;
+use crate::routing::balance::{others_healthy, pick, retry_pause};
+use crate::routing::{ModelBackend, ModelState, Replica};
 
 /// Which models a route serves: one kind, or any (`/tokenize`).
 #[derive(Debug, Clone, Copy)]
@@ -82,17 +82,18 @@ pub fn probe(body: &[u8]) -> Result<(Option<String>, bool), ApiError> {
     Ok((model, stream))
 }
 
-fn resolve<'a>(
-    s: &'a GatewayState,
+fn resolve(
+    s: &GatewayState,
     spec: RouteSpec,
     model: Option<&str>,
-) -> Result<&'a Arc<ModelBackend>, ApiError> {
+) -> Result<Arc<ModelBackend>, ApiError> {
+    let table = s.routes.load();
     let m = match model {
-        Some(name) if !name.is_empty() => s.backends.find(name).ok_or_else(|| {
+        Some(name) if !name.is_empty() => table.find(name).ok_or_else(|| {
             s.reject("", reason::MODEL_NOT_FOUND);
             ApiError::model_not_found(name)
         })?,
-        _ => s.backends.sole(spec.kind).ok_or_else(|| {
+        _ => table.sole(spec.kind).ok_or_else(|| {
             ApiError::invalid_param(
                 "model",
                 "'model' is required: more than one model serves this route",
@@ -115,7 +116,7 @@ fn resolve<'a>(
             .with_code("model_not_supported"));
         }
     }
-    Ok(m)
+    Ok(m.clone())
 }
 
 /// Request headers passed on to the engine.
@@ -187,10 +188,10 @@ pub async fn forward(s: GatewayState, spec: RouteSpec, req: Request) -> Response
         Err(e) => return e.into_response(),
     };
     let model = match resolve(&s, spec, model_name.as_deref()) {
-        Ok(m) => m.clone(),
+        Ok(m) => m,
         Err(e) => return e.into_response(),
     };
-    let permit = match s.limiters.get(&*model.id) {
+    let permit = match &model.limiter {
         Some(l) => match l.acquire().await {
             Ok(p) => Some(p),
             Err(e) => {
@@ -239,7 +240,7 @@ pub async fn forward(s: GatewayState, spec: RouteSpec, req: Request) -> Response
                 rb = rb.header(name, v);
             }
         }
-        if let (false, Some(token)) = (replica.remote, &s.backends.engine_token) {
+        if let (false, Some(token)) = (replica.remote, &s.routes.load().engine_token) {
             rb = rb.header(ENGINE_TOKEN_HEADER, token);
         }
         if let (true, Some(auth)) = (replica.remote, &model.upstream_auth) {
@@ -340,7 +341,7 @@ mod tests {
           "big": {"type": "chat", "name": "Qwen/Qwen2.5-32B-Instruct", "upstream": "http://vllm:8000/v1"},
           "local": {"type": "chat", "name": "SmolLM2", "path": "/x", "port": 9000}}}"#;
         let file = crate::config::ModelsFile::parse(text, Default::default()).unwrap();
-        let b = super::super::backends::Backends::new(&file, "127.0.0.1", &|_, _| 9000);
+        let b = crate::routing::Backends::new(&file, "127.0.0.1", &|_, _| 9000);
         let body = Bytes::from_static(br#"{"model": "big", "messages": []}"#);
         let out = upstream_body(b.find("big").unwrap(), body.clone()).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();

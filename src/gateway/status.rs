@@ -11,9 +11,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
-use super::backends::{ModelBackend, ModelState};
 use super::GatewayState;
 use crate::api::types::models::{ModelCard, ModelList};
+use crate::routing::{ModelBackend, ModelState};
 
 /// `GET /health`: the gateway process answers. No auth, nothing secret.
 pub async fn health() -> Json<serde_json::Value> {
@@ -34,7 +34,8 @@ struct ReadyModel {
 pub async fn ready(State(s): State<GatewayState>) -> Response {
     let mut models = BTreeMap::new();
     let mut all = true;
-    for m in &s.backends.models {
+    let table = s.routes.load();
+    for m in &table.models {
         let state = m.state();
         all &= matches!(state, ModelState::Ready | ModelState::Degraded);
         models.insert(
@@ -100,7 +101,7 @@ fn card(m: &ModelBackend) -> ModelCard {
 pub async fn models(State(s): State<GatewayState>) -> Json<ModelList> {
     Json(ModelList {
         object: "list".into(),
-        data: s.backends.models.iter().map(|m| card(m)).collect(),
+        data: s.routes.load().models.iter().map(|m| card(m)).collect(),
     })
 }
 
@@ -109,7 +110,7 @@ pub async fn model(
     State(s): State<GatewayState>,
     axum::extract::Path(name): axum::extract::Path<String>,
 ) -> Result<Json<ModelCard>, crate::api::ApiError> {
-    match s.backends.find(&name) {
+    match s.routes.load().find(&name) {
         Some(m) => Ok(Json(card(m))),
         None => {
             s.reject("", crate::metrics::reason::MODEL_NOT_FOUND);
@@ -140,7 +141,7 @@ struct EngineInfo {
     model: String,
     kind: &'static str,
     replica: usize,
-    state: super::backends::ReplicaState,
+    state: crate::routing::ReplicaState,
     pid: Option<u32>,
     port: Option<u16>,
     url: Option<String>,
@@ -152,8 +153,8 @@ struct EngineInfo {
 
 /// `GET /system/info`.
 pub async fn system_info(State(s): State<GatewayState>) -> Json<serde_json::Value> {
-    let engines: Vec<EngineInfo> = s
-        .backends
+    let table = s.routes.load();
+    let engines: Vec<EngineInfo> = table
         .models
         .iter()
         .flat_map(|m| {

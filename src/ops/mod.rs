@@ -1,5 +1,6 @@
 //! Operator commands around the container deployment: `trident status`, `trident logs`,
-//! `trident healthcheck` and `trident top` (the gateway's metrics as a terminal view).
+//! `trident healthcheck`, `trident top` (the gateway's metrics as a terminal view), and
+//! `trident reload` / `trident restart MODEL` (the supervisor's operations, `admin`).
 //!
 //! `status` and `logs` talk to the Docker Engine API (through `bollard`) about the containers
 //! of one compose project (label `com.docker.compose.project`), so they work the same with
@@ -8,6 +9,7 @@
 //! `deploy.sh status|logs` call these. Each command exposes a clap `Args` struct and an async
 //! `run` that returns the process exit code; `main.rs` only wires them in.
 
+pub mod admin;
 pub mod format;
 pub mod healthcheck;
 pub mod logs;
@@ -21,6 +23,7 @@ use bollard::models::ContainerSummary;
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use bollard::Docker;
 
+pub use admin::{ReloadArgs, RestartArgs};
 pub use healthcheck::HealthcheckArgs;
 pub use logs::LogsArgs;
 pub use status::StatusArgs;

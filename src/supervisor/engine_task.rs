@@ -16,8 +16,8 @@ use super::backoff::{Backoff, RestartPolicy};
 use super::spawn::{self, EngineCommand};
 use crate::api::types::models::{ModelCard, ModelList};
 use crate::engine::access::ENGINE_TOKEN_HEADER;
-use crate::gateway::backends::{ModelBackend, Replica, ReplicaState};
 use crate::metrics::Metrics;
+use crate::routing::{ModelBackend, Replica, ReplicaState};
 
 /// What an engine task needs.
 #[derive(Clone)]

@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 
 use crate::config::{ModelsFile, Problem};
-use crate::gateway::backends::effective_gpus;
 use crate::gateway::GpuFacts;
+use crate::routing::effective_gpus;
 
 /// `gpu_memory_utilization` assumed when an entry does not set it (vLLM's default).
 pub const DEFAULT_GPU_MEMORY_UTILIZATION: f64 = 0.9;

@@ -5,9 +5,12 @@
 //! models first; models sharing a GPU one after another) and an `upstream_task` per remote
 //! → serve the gateway. Shutdown (the `shutdown` future, SIGTERM in production): draining
 //! (`/ready` 503, new requests 503), in-flight requests get `drain_timeout_secs`, then the
-//! gateway stops and every engine gets SIGTERM and, after a grace period, SIGKILL.
+//! gateway stops and every engine gets SIGTERM and, after a grace period, SIGKILL. While
+//! serving, the supervisor (`control`) runs the operator's commands one at a time: reload
+//! the models file (`trident reload`, SIGHUP) and rolling restarts (`trident restart`).
 
 pub mod backoff;
+pub mod control;
 pub mod engine_task;
 pub mod gpu;
 pub mod preflight;
@@ -20,15 +23,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{CheckOptions, ConfigError, ModelsFile, Problem, Settings};
 use crate::engine::access::ENGINE_TOKEN_ENV;
-use crate::gateway::backends::{effective_gpus, Backends};
 use crate::gateway::{self, GatewayState, SystemFacts};
+use crate::routing::{Backends, Routes};
 pub use backoff::RestartPolicy;
-use engine_task::{engine_task, upstream_task, EngineTask, LivenessPolicy};
+use control::Supervisor;
 use spawn::EngineCommand;
 
 /// Errors that stop `trident serve` before or while serving.
@@ -107,6 +109,8 @@ pub struct ServeOptions {
     /// SIGTERM → SIGKILL grace for engines.
     pub engine_stop_grace: Duration,
     pub role: Role,
+    /// SIGHUP applies the edited models file (`trident serve` sets it; in-process tests not).
+    pub reload_on_sighup: bool,
 }
 
 /// What one `trident serve` does in a multi-host setup (docs/ARCHITECTURE.md, "Roles").
@@ -160,6 +164,7 @@ impl ServeOptions {
             restart: RestartPolicy::default(),
             engine_stop_grace: Duration::from_secs(10),
             role: Role::All,
+            reload_on_sighup: false,
         }
     }
 }
@@ -197,7 +202,7 @@ pub fn check_exposure(settings: &Settings) -> Result<(), ServeError> {
 /// Everything checked and built before the first engine starts.
 struct Plan {
     file: ModelsFile,
-    backends: Arc<Backends>,
+    routes: Arc<Routes>,
     facts: SystemFacts,
 }
 
@@ -245,14 +250,14 @@ fn plan(opts: &ServeOptions, token: &str) -> Result<Plan, ServeError> {
     };
     let mut backends = Backends::new(&file, "127.0.0.1", &port_for);
     backends.engine_token = Backends::token_header(token);
-    let backends = Arc::new(backends);
+    let routes = Arc::new(Routes::new(backends));
     let (gpus, gpu_note) = match detected {
         Ok(g) => (g, None),
         Err(why) => (Vec::new(), Some(why)),
     };
     Ok(Plan {
         file,
-        backends,
+        routes,
         facts: SystemFacts { gpus, gpu_note },
     })
 }
@@ -297,7 +302,13 @@ pub async fn run(
         Some(p) => p.clone(),
         None => std::env::current_exe().map_err(ServeError::Exe)?,
     };
-    let state = GatewayState::new(plan.backends.clone(), opts.settings.clone(), plan.facts);
+    let (control, mut commands) = gateway::admin::Control::channel();
+    let state = GatewayState::with_control(
+        plan.routes.clone(),
+        opts.settings.clone(),
+        plan.facts,
+        Some(control.clone()),
+    );
     let cmd = Arc::new(EngineCommand {
         exe,
         subcommand: opts.engine_subcommand.clone(),
@@ -311,49 +322,11 @@ pub async fn run(
             .chain([(ENGINE_TOKEN_ENV.to_string(), token)])
             .collect(),
     });
-    let engines_stop = CancellationToken::new();
-    let mut engines = JoinSet::new();
-    // Models sharing a GPU start one after another so each sees the memory left to it.
-    let mut on_gpu: HashMap<usize, Vec<Arc<gateway::backends::Replica>>> = HashMap::new();
-    for id in preflight::start_order(&plan.file) {
-        let Some(model) = plan.backends.find(&id).cloned() else {
-            continue;
-        };
-        if model.entry.upstream.is_some() {
-            for replica in &model.replicas {
-                engines.spawn(upstream_task(
-                    state.client.clone(),
-                    model.clone(),
-                    replica.clone(),
-                    engines_stop.clone(),
-                ));
-            }
-            continue;
-        }
-        let gpus = effective_gpus(&model.entry);
-        for replica in &model.replicas {
-            let start_after: Vec<_> = gpus
-                .iter()
-                .flat_map(|g| on_gpu.get(g).cloned().unwrap_or_default())
-                .collect();
-            for g in &gpus {
-                on_gpu.entry(*g).or_default().push(replica.clone());
-            }
-            let task = EngineTask {
-                cmd: cmd.clone(),
-                model: model.clone(),
-                replica: replica.clone(),
-                client: state.client.clone(),
-                metrics: state.metrics.clone(),
-                policy: opts.restart,
-                startup_timeout: Duration::from_secs(opts.settings.startup_timeout_secs),
-                stop_grace: opts.engine_stop_grace,
-                liveness: LivenessPolicy::from_settings(&opts.settings),
-                token: plan.backends.engine_token.clone(),
-                start_after,
-            };
-            engines.spawn(engine_task(task, engines_stop.clone()));
-        }
+    let reload_on_sighup = opts.reload_on_sighup;
+    let mut supervisor = Supervisor::new(opts.clone(), state.clone(), cmd);
+    supervisor.start_all(&plan.file);
+    if reload_on_sighup {
+        tokio::spawn(reload_on_hangup(control));
     }
     tokio::spawn(log_when_ready(state.clone(), started));
     let gateway_stop = CancellationToken::new();
@@ -381,9 +354,20 @@ pub async fn run(
         gateway_stop.clone().cancelled_owned(),
     ));
     let mut server = server;
-    let served = tokio::select! {
-        _ = shutdown => None,
-        r = &mut server => Some(r),
+    tokio::pin!(shutdown);
+    // Operator commands run one at a time; shutdown (or the gateway ending) interrupts one.
+    let served = loop {
+        tokio::select! {
+            _ = &mut shutdown => break None,
+            r = &mut server => break Some(r),
+            Some(command) = commands.recv() => {
+                tokio::select! {
+                    _ = &mut shutdown => break None,
+                    r = &mut server => break Some(r),
+                    _ = supervisor.handle(command) => {}
+                }
+            }
+        }
     };
     if served.is_none() {
         let drain = Duration::from_secs(opts.settings.drain_timeout_secs);
@@ -406,8 +390,7 @@ pub async fn run(
         None => server.await,
     };
     tracing::info!("stopping engines");
-    engines_stop.cancel();
-    while engines.join_next().await.is_some() {}
+    supervisor.shutdown().await;
     match result {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(ServeError::Serve(e)),
@@ -415,11 +398,25 @@ pub async fn run(
     }
 }
 
+/// SIGHUP → reload, as many times as it comes; the outcome is logged.
+async fn reload_on_hangup(control: gateway::admin::Control) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; use `trident reload`");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the models file");
+        // The supervisor logs the report or the refusal.
+        let _ = control.call(gateway::admin::Command::Reload).await;
+    }
+}
+
 /// Logs once when every model serves (the cold-start figure); gives up when one failed.
 async fn log_when_ready(state: GatewayState, started: Instant) {
-    use crate::gateway::backends::ModelState;
+    use crate::routing::ModelState;
     loop {
-        let models = &state.backends.models;
+        let table = state.routes.load();
+        let models = &table.models;
         if models.iter().all(|m| m.replicas_ready() > 0) {
             tracing::info!(secs = started.elapsed().as_secs_f64(), "all models ready");
             return;
@@ -503,6 +500,7 @@ pub async fn run_cli(
     }
     opts.engine_stop_grace = Duration::from_millis(args.engine_stop_grace_ms);
     opts.role = args.role;
+    opts.reload_on_sighup = true;
     run(opts, listener, crate::shutdown_signal()).await
 }
 

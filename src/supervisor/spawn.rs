@@ -16,7 +16,7 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::gateway::backends::{effective_gpus, ModelBackend, Replica};
+use crate::routing::{effective_gpus, ModelBackend, Replica};
 
 /// How engine processes are started.
 #[derive(Debug, Clone)]

@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use trident::config::{ModelsFile, Settings};
-use trident::gateway::backends::{Backends, ReplicaState};
 use trident::gateway::{self, GatewayState, SystemFacts};
+use trident::routing::{Backends, ReplicaState, Routes};
 
 use super::{last_event, record};
 
@@ -89,7 +89,7 @@ async fn serve_raw(mode: Upstream) -> u16 {
 async fn gateway_on(port: u16) -> String {
     let text = json!({"models": {"m": {"type": "chat", "path": "/x", "port": port}}}).to_string();
     let file = ModelsFile::parse(&text, Default::default()).unwrap();
-    let backends = Arc::new(Backends::new(&file, "127.0.0.1", &|_, _| port));
+    let backends = Backends::new(&file, "127.0.0.1", &|_, _| port);
     for r in backends.replicas() {
         r.set_state(ReplicaState::Ready);
     }
@@ -97,7 +97,11 @@ async fn gateway_on(port: u16) -> String {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()));
     let settings = Settings::load(None, false, env, &[]).unwrap();
-    let state = GatewayState::new(backends, settings, SystemFacts::default());
+    let state = GatewayState::new(
+        Arc::new(Routes::new(backends)),
+        settings,
+        SystemFacts::default(),
+    );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(gateway::serve(listener, state, std::future::pending()));

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use trident::config::{ModelKind, ModelsFile, Settings};
-use trident::gateway::backends::{Backends, ReplicaState};
 use trident::gateway::{self, GatewayState, SystemFacts};
 use trident::mock_engine::{self, Behaviour, MockConfig};
+use trident::routing::{Backends, ReplicaState, Routes};
 
 use crate::common::metric_value;
 
@@ -42,11 +42,15 @@ async fn gateway(kind: &str, ports: Vec<u16>, settings: Settings) -> (String, Ga
         json!({"models": {"m": {"type": kind, "path": "/x", "port": 1, "replicas": ports.len()}}})
             .to_string();
     let file = ModelsFile::parse(&text, Default::default()).unwrap();
-    let backends = Arc::new(Backends::new(&file, "127.0.0.1", &|_, r| ports[r]));
+    let backends = Backends::new(&file, "127.0.0.1", &|_, r| ports[r]);
     for r in backends.replicas() {
         r.set_state(ReplicaState::Ready);
     }
-    let state = GatewayState::new(backends, settings, SystemFacts::default());
+    let state = GatewayState::new(
+        Arc::new(Routes::new(backends)),
+        settings,
+        SystemFacts::default(),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(gateway::serve(
@@ -215,7 +219,7 @@ async fn a_client_that_leaves_cancels_the_upstream_stream() {
         .await
         .unwrap();
     r.chunk().await.unwrap().unwrap();
-    let replica = state.backends.models[0].replicas[0].clone();
+    let replica = state.routes.load().models[0].replicas[0].clone();
     assert_eq!(
         replica
             .outstanding

@@ -6,6 +6,7 @@ mod balance;
 mod faults;
 mod inprocess;
 mod limits;
+mod operations;
 mod real;
 mod remote;
 mod routing;
@@ -54,6 +55,8 @@ pub struct Appliance {
     pub base: String,
     _dir: tempfile::TempDir,
     pub log: PathBuf,
+    /// The models file it serves (tests edit it and reload).
+    pub models_file: PathBuf,
 }
 
 /// A models.json whose `path`s point at an existing file (mock engines load nothing).
@@ -171,6 +174,7 @@ impl Appliance {
             base: format!("http://{addr}"),
             _dir: dir,
             log,
+            models_file: file,
         };
         if !opts.no_wait {
             app.wait_ready(Duration::from_secs(if opts.real_engines {

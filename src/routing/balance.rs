@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::backends::{ModelBackend, Replica};
 use crate::config::Balance;
+use crate::routing::{ModelBackend, Replica};
 
 /// Picks a replica of `model`, skipping the replica indices in `exclude`.
 pub fn pick(
@@ -125,7 +125,7 @@ pub fn retry_pause() -> Duration {
 mod tests {
     use super::*;
     use crate::config::ModelsFile;
-    use crate::gateway::backends::{Backends, ReplicaState};
+    use crate::routing::{Backends, ReplicaState};
 
     fn model(n: usize) -> Arc<ModelBackend> {
         let text = format!(

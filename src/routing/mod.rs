@@ -1,10 +1,17 @@
-//! The routing table shared by the supervisor and the gateway: every served model with its
-//! replicas (local engine processes or a remote `upstream`).
+//! The routing table: every served model with its replicas (local engine processes or
+//! remote `upstream`s, the same thing to the balancer). The supervisor and the gateway use
+//! it as peers: the supervisor owns each replica's lifecycle (state, pid, restarts, last
+//! error, log tail) and swaps in a new table on reload; the gateway reads the current table
+//! per request to route, and updates the balancing fields (outstanding requests, latency
+//! EWMA, consecutive failures and ejection). Lifecycle and ejection state sit behind small
+//! per-replica mutexes held only for a copy; hot counters are atomics.
 //!
-//! The supervisor owns each replica's lifecycle (state, pid, restarts, last error, log
-//! tail); the gateway reads it to route and updates the balancing fields (outstanding
-//! requests, latency EWMA, consecutive failures and ejection). Lifecycle and ejection state
-//! sit behind small per-replica mutexes held only for a copy; hot counters are atomics.
+//! `balance` picks a replica for a request; `admission` is each model's concurrency limit;
+//! [`Routes`] holds the current table (read lock-free, replaced whole by a reload, which
+//! carries over every model and replica it keeps, with their counters and processes).
+
+pub mod admission;
+pub mod balance;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -15,6 +22,7 @@ use serde::Serialize;
 
 use crate::api::types::models::ModelCard;
 use crate::config::{DeviceSetting, ModelEntry, ModelKind, ModelsFile};
+use admission::ModelLimiter;
 
 /// Lines of engine output kept per replica for `/ready` and `/system/info`.
 pub const LOG_TAIL_LINES: usize = 50;
@@ -32,7 +40,10 @@ pub enum ReplicaState {
     Restarting,
     /// Gave up: crash loop, load failure past the limit, or a refused plan.
     Failed,
-    /// Stopped by the supervisor (shutdown).
+    /// Taken out of routing by the supervisor (a rolling restart, or a reload that removes
+    /// it); finishing its requests before it is stopped.
+    Draining,
+    /// Stopped by the supervisor (shutdown, or removed by a reload).
     Stopped,
 }
 
@@ -68,6 +79,8 @@ pub struct Replica {
     pub device: String,
     pub remote: bool,
     ready: AtomicBool,
+    /// Set by [`Replica::drain`]: the replica stays out of routing whatever its probes say.
+    draining: AtomicBool,
     pub outstanding: AtomicUsize,
     /// Latency EWMA in microseconds (0 = no sample yet).
     ewma_us: AtomicU64,
@@ -105,6 +118,7 @@ impl Replica {
             device,
             remote,
             ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             outstanding: AtomicUsize::new(0),
             ewma_us: AtomicU64::new(0),
             life: Mutex::new(ReplicaLife {
@@ -132,9 +146,14 @@ impl Replica {
         lock(&self.life).state
     }
 
-    /// Sets the lifecycle state (and the fast `ready` flag).
+    /// Sets the lifecycle state (and the fast `ready` flag). While the replica drains, a
+    /// probe that finds it ready leaves it `draining`.
     pub fn set_state(&self, state: ReplicaState) {
         let mut l = lock(&self.life);
+        let state = match state {
+            ReplicaState::Ready if self.draining.load(Ordering::Acquire) => ReplicaState::Draining,
+            s => s,
+        };
         l.state = state;
         self.ready
             .store(state == ReplicaState::Ready, Ordering::Release);
@@ -142,6 +161,34 @@ impl Replica {
             // A fresh start forgets old transport failures.
             *lock(&self.health) = Health::default();
         }
+    }
+
+    /// Takes the replica out of routing until [`Replica::undrain`]; requests already on it
+    /// finish (see `outstanding`).
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+        let mut l = lock(&self.life);
+        if l.state == ReplicaState::Ready {
+            l.state = ReplicaState::Draining;
+        }
+        self.ready.store(false, Ordering::Release);
+    }
+
+    /// Lets a drained replica route again once it is ready (a restart of it begins).
+    pub fn undrain(&self) {
+        self.draining.store(false, Ordering::Release);
+    }
+
+    /// Waits until no request is on the replica, at most `limit`; false when some still are.
+    pub async fn wait_idle(&self, limit: Duration) -> bool {
+        let until = Instant::now() + limit;
+        while self.outstanding.load(Ordering::Acquire) > 0 {
+            if Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
     }
 
     pub fn update(&self, f: impl FnOnce(&mut ReplicaLife)) {
@@ -233,6 +280,8 @@ pub struct ModelBackend {
     pub cursor: AtomicUsize,
     /// `Authorization` sent to remote replicas (from `upstream_api_key_file`; sensitive).
     pub upstream_auth: Option<axum::http::HeaderValue>,
+    /// `max_concurrent_requests` admission (none when unset).
+    pub limiter: Option<Arc<ModelLimiter>>,
 }
 
 /// The aggregate state of a model shown in `/ready` and `/v1/models`.
@@ -283,7 +332,7 @@ impl ModelBackend {
             let life = r.life();
             matches!(
                 life.state,
-                ReplicaState::Unhealthy | ReplicaState::Restarting
+                ReplicaState::Unhealthy | ReplicaState::Restarting | ReplicaState::Draining
             ) || (life.state == ReplicaState::Starting && life.restarts > 0)
         }) {
             ModelState::Restarting
@@ -363,6 +412,119 @@ pub fn upstream_base(url: &str) -> String {
     u.strip_suffix("/v1").unwrap_or(u).to_string()
 }
 
+/// Replicas of an entry: one per upstream URL, else `replicas` (at least one).
+fn replica_count(entry: &ModelEntry) -> usize {
+    match &entry.upstream {
+        Some(urls) => urls.0.len(),
+        None => entry.replicas.max(1),
+    }
+}
+
+/// Replica `r` of an entry: the `r`th upstream URL, or a local engine on `port_for(id, r)`.
+fn new_replica(
+    id: &str,
+    entry: &ModelEntry,
+    r: usize,
+    host: &str,
+    port_for: &PortFor<'_>,
+) -> Arc<Replica> {
+    Arc::new(match &entry.upstream {
+        Some(urls) => Replica::new(id, r, upstream_base(&urls.0[r]), None, "remote".into()),
+        None => {
+            let port = port_for(id, r);
+            Replica::new(
+                id,
+                r,
+                format!("http://{host}:{port}"),
+                Some(port),
+                device_of(entry),
+            )
+        }
+    })
+}
+
+impl ModelBackend {
+    fn new(
+        id: &str,
+        entry: &ModelEntry,
+        replicas: Vec<Arc<Replica>>,
+        limiter: Option<Arc<ModelLimiter>>,
+    ) -> Self {
+        let limiter = limiter.or_else(|| {
+            let max = entry.max_concurrent_requests?;
+            Some(Arc::new(ModelLimiter::new(max, max)))
+        });
+        ModelBackend {
+            id: id.into(),
+            kind: entry.kind,
+            entry: entry.clone(),
+            replicas,
+            cursor: AtomicUsize::new(0),
+            upstream_auth: entry
+                .upstream_api_key_file
+                .as_deref()
+                .and_then(upstream_auth),
+            limiter,
+        }
+    }
+}
+
+/// What a reload does, model by model, and the replicas it stops and starts.
+#[derive(Debug, Default, Serialize)]
+pub struct Changes {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Restarted with the new entry (every replica is new).
+    pub changed: Vec<String>,
+    /// Only `replicas` or `upstream` changed: the replicas both versions have keep serving.
+    pub resized: Vec<String>,
+    pub unchanged: Vec<String>,
+    /// Replicas leaving the table: drained, then stopped.
+    #[serde(skip)]
+    pub stop: Vec<Arc<Replica>>,
+    /// New replicas to start, with the model they belong to in the new table.
+    #[serde(skip)]
+    pub start: Vec<(Arc<ModelBackend>, Arc<Replica>)>,
+}
+
+impl Changes {
+    fn start_all(&mut self, m: &Arc<ModelBackend>) {
+        self.start
+            .extend(m.replicas.iter().map(|r| (m.clone(), r.clone())));
+    }
+
+    /// True when the reload touches nothing.
+    pub fn is_empty(&self) -> bool {
+        self.stop.is_empty() && self.start.is_empty() && self.resized.is_empty()
+    }
+}
+
+/// The current routing table, read without a lock on every request and replaced whole by
+/// a reload (readers that already hold the old table finish with it).
+#[derive(Debug)]
+pub struct Routes(arc_swap::ArcSwap<Backends>);
+
+impl Routes {
+    pub fn new(table: Backends) -> Self {
+        Routes(arc_swap::ArcSwap::from_pointee(table))
+    }
+
+    /// The current table, for the length of a request or a scrape.
+    pub fn load(&self) -> arc_swap::Guard<Arc<Backends>> {
+        self.0.load()
+    }
+
+    /// The current table, owned (to hold across awaits).
+    pub fn current(&self) -> Arc<Backends> {
+        self.0.load_full()
+    }
+
+    /// Makes `table` the current one.
+    pub fn store(&self, table: Backends) {
+        self.0.store(Arc::new(table));
+    }
+}
+
 impl Backends {
     /// The header value local replicas get for `token` (marked sensitive: never printed).
     pub fn token_header(token: &str) -> Option<axum::http::HeaderValue> {
@@ -373,58 +535,121 @@ impl Backends {
 
     /// Builds the table; `port_for(id, replica)` gives each local replica's port.
     pub fn new(file: &ModelsFile, host: &str, port_for: &PortFor<'_>) -> Backends {
+        let models = file
+            .models
+            .iter()
+            .map(|(id, entry)| {
+                let replicas = (0..replica_count(entry))
+                    .map(|r| new_replica(id, entry, r, host, port_for))
+                    .collect();
+                Arc::new(ModelBackend::new(id, entry, replicas, None))
+            })
+            .collect();
+        Backends::index(models, None)
+    }
+
+    /// The table for an edited models file, built from this one: a model whose entry is
+    /// unchanged is carried over as it is (replicas, counters, processes); a model whose
+    /// entry differs only in `replicas` or `upstream` keeps the replicas both versions have
+    /// (same index, and for a remote the same URL); anything else about a model is a new
+    /// model with new replicas. [`Changes`] says what to stop and what to start.
+    pub fn reload(
+        &self,
+        file: &ModelsFile,
+        host: &str,
+        port_for: &PortFor<'_>,
+    ) -> (Backends, Changes) {
+        let mut changes = Changes::default();
         let mut models = Vec::new();
-        let mut by_name = HashMap::new();
-        for (i, (id, entry)) in file.models.iter().enumerate() {
-            let replicas = match &entry.upstream {
-                Some(urls) => urls
-                    .0
-                    .iter()
-                    .enumerate()
-                    .map(|(r, url)| {
-                        Arc::new(Replica::new(
-                            id,
-                            r,
-                            upstream_base(url),
-                            None,
-                            "remote".into(),
-                        ))
-                    })
-                    .collect(),
-                None => (0..entry.replicas.max(1))
-                    .map(|r| {
-                        let port = port_for(id, r);
-                        Arc::new(Replica::new(
-                            id,
-                            r,
-                            format!("http://{host}:{port}"),
-                            Some(port),
-                            device_of(entry),
-                        ))
-                    })
-                    .collect(),
+        for (id, entry) in &file.models {
+            let old = self.models.iter().find(|m| &*m.id == id.as_str());
+            let Some(old) = old else {
+                let replicas: Vec<_> = (0..replica_count(entry))
+                    .map(|r| new_replica(id, entry, r, host, port_for))
+                    .collect();
+                let m = Arc::new(ModelBackend::new(id, entry, replicas, None));
+                changes.start_all(&m);
+                changes.added.push(id.clone());
+                models.push(m);
+                continue;
             };
-            by_name.insert(id.clone(), i);
-            for a in &entry.aliases {
+            if old.entry == *entry {
+                changes.unchanged.push(id.clone());
+                models.push(old.clone());
+                continue;
+            }
+            let mut same_but_size = entry.clone();
+            same_but_size.replicas = old.entry.replicas;
+            same_but_size.upstream = old.entry.upstream.clone();
+            if same_but_size != old.entry
+                || entry.upstream.is_some() != old.entry.upstream.is_some()
+            {
+                let replicas: Vec<_> = (0..replica_count(entry))
+                    .map(|r| new_replica(id, entry, r, host, port_for))
+                    .collect();
+                let m = Arc::new(ModelBackend::new(id, entry, replicas, None));
+                changes.stop.extend(old.replicas.iter().cloned());
+                changes.start_all(&m);
+                changes.changed.push(id.clone());
+                models.push(m);
+                continue;
+            }
+            // Resized: keep what both versions have, stop the rest, start the new ones.
+            let mut replicas = Vec::new();
+            let mut fresh = Vec::new();
+            for r in 0..replica_count(entry) {
+                let kept = old.replicas.get(r).filter(|o| match &entry.upstream {
+                    Some(urls) => o.base_url == upstream_base(&urls.0[r]),
+                    None => true,
+                });
+                match kept {
+                    Some(o) => replicas.push(o.clone()),
+                    None => {
+                        let n = new_replica(id, entry, r, host, port_for);
+                        fresh.push(n.clone());
+                        replicas.push(n);
+                    }
+                }
+            }
+            changes.stop.extend(
+                old.replicas
+                    .iter()
+                    .filter(|o| !replicas.iter().any(|r| Arc::ptr_eq(r, o)))
+                    .cloned(),
+            );
+            let m = Arc::new(ModelBackend::new(id, entry, replicas, old.limiter.clone()));
+            changes
+                .start
+                .extend(fresh.into_iter().map(|r| (m.clone(), r)));
+            changes.resized.push(id.clone());
+            models.push(m);
+        }
+        for old in &self.models {
+            if !file.models.contains_key(&*old.id) {
+                changes.stop.extend(old.replicas.iter().cloned());
+                changes.removed.push(old.id.to_string());
+            }
+        }
+        (Backends::index(models, self.engine_token.clone()), changes)
+    }
+
+    /// The lookup by id, alias and display name over `models`.
+    fn index(
+        models: Vec<Arc<ModelBackend>>,
+        engine_token: Option<axum::http::HeaderValue>,
+    ) -> Backends {
+        let mut by_name = HashMap::new();
+        for (i, m) in models.iter().enumerate() {
+            by_name.insert(m.id.to_string(), i);
+            for a in &m.entry.aliases {
                 by_name.insert(a.clone(), i);
             }
-            models.push(Arc::new(ModelBackend {
-                id: id.as_str().into(),
-                kind: entry.kind,
-                entry: entry.clone(),
-                replicas,
-                cursor: AtomicUsize::new(0),
-                upstream_auth: entry
-                    .upstream_api_key_file
-                    .as_deref()
-                    .and_then(upstream_auth),
-            }));
         }
         // A model's display `name` routes too (the seed's commands call the chat model by its
         // name), unless an id or alias already means something else or two models share it.
         let mut names: HashMap<&str, Vec<usize>> = HashMap::new();
-        for (i, (_, entry)) in file.models.iter().enumerate() {
-            if let Some(n) = entry.name.as_deref() {
+        for (i, m) in models.iter().enumerate() {
+            if let Some(n) = m.entry.name.as_deref() {
                 names.entry(n).or_default().push(i);
             }
         }
@@ -436,7 +661,7 @@ impl Backends {
         Backends {
             models,
             by_name,
-            engine_token: None,
+            engine_token,
         }
     }
 
@@ -567,5 +792,96 @@ mod tests {
         r.push_log("exiting".into());
         assert_eq!(r.last_error_line().unwrap(), "ERROR cannot open weights");
         assert_eq!(upstream_base("http://h:1/v1/"), "http://h:1");
+    }
+
+    #[test]
+    fn reload_keeps_what_did_not_change() {
+        let parse = |t: &str| ModelsFile::parse(t, Default::default()).unwrap();
+        let old = Backends::new(
+            &parse(
+                r#"{"models": {
+                  "same": {"path": "/x", "type": "embedding", "port": 9000},
+                  "grow": {"path": "/x", "type": "chat", "port": 9010, "max_concurrent_requests": 4},
+                  "edit": {"path": "/x", "type": "chat", "port": 9020},
+                  "gone": {"path": "/x", "type": "rerank", "port": 9030},
+                  "far": {"type": "chat", "upstream": ["http://a:1", "http://b:1"]}}}"#,
+            ),
+            "127.0.0.1",
+            &|_, r| 9000 + r as u16,
+        );
+        let (new, changes) = old.reload(
+            &parse(
+                r#"{"models": {
+                  "same": {"path": "/x", "type": "embedding", "port": 9000},
+                  "grow": {"path": "/x", "type": "chat", "port": 9010, "max_concurrent_requests": 4, "replicas": 2},
+                  "edit": {"path": "/x", "type": "chat", "port": 9020, "max_model_len": 64},
+                  "fresh": {"path": "/x", "type": "embedding", "port": 9040},
+                  "far": {"type": "chat", "upstream": ["http://a:1", "http://c:1"]}}}"#,
+            ),
+            "127.0.0.1",
+            &|_, r| 9100 + r as u16,
+        );
+        assert_eq!(changes.unchanged, ["same"]);
+        assert_eq!(changes.resized, ["far", "grow"]);
+        assert_eq!(changes.changed, ["edit"]);
+        assert_eq!(changes.added, ["fresh"]);
+        assert_eq!(changes.removed, ["gone"]);
+        let (o, n) = (
+            |id| old.find(id).unwrap().clone(),
+            |id| new.find(id).unwrap().clone(),
+        );
+        assert!(
+            Arc::ptr_eq(&o("same"), &n("same")),
+            "unchanged: the same model"
+        );
+        // Resized: replica 0 and the limiter carry over, replica 1 is new.
+        assert!(Arc::ptr_eq(&o("grow").replicas[0], &n("grow").replicas[0]));
+        assert!(Arc::ptr_eq(
+            o("grow").limiter.as_ref().unwrap(),
+            n("grow").limiter.as_ref().unwrap()
+        ));
+        assert_eq!(n("grow").replicas[1].port, Some(9101));
+        // A remote keeps the replica whose URL stayed at its place.
+        assert!(Arc::ptr_eq(&o("far").replicas[0], &n("far").replicas[0]));
+        assert_eq!(n("far").replicas[1].base_url, "http://c:1");
+        let stopped: Vec<String> = changes
+            .stop
+            .iter()
+            .map(|r| format!("{}#{}", r.model, r.index))
+            .collect();
+        assert_eq!(stopped, ["edit#0", "far#1", "gone#0"]);
+        let started: Vec<String> = changes
+            .start
+            .iter()
+            .map(|(m, r)| format!("{}#{}", m.id, r.index))
+            .collect();
+        assert_eq!(started, ["edit#0", "far#1", "fresh#0", "grow#1"]);
+        assert!(new.find("gone").is_none());
+        // The same file again: nothing to do.
+        let same = parse(
+            &serde_json::to_string(&ModelsFile {
+                models: new
+                    .models
+                    .iter()
+                    .map(|m| (m.id.to_string(), m.entry.clone()))
+                    .collect(),
+            })
+            .unwrap(),
+        );
+        assert!(new.reload(&same, "127.0.0.1", &|_, _| 1).1.is_empty());
+    }
+
+    #[test]
+    fn a_draining_replica_stays_out_of_routing() {
+        let r = replica();
+        r.set_state(ReplicaState::Ready);
+        r.drain();
+        assert!(!r.is_ready());
+        // A probe that finds the engine answering does not put it back.
+        r.set_state(ReplicaState::Ready);
+        assert_eq!((r.is_ready(), r.state()), (false, ReplicaState::Draining));
+        r.undrain();
+        r.set_state(ReplicaState::Ready);
+        assert!(r.is_ready());
     }
 }
