@@ -700,3 +700,88 @@ async fn stop_strings_can_stay_in_the_output_and_stop_token_ids_end_generation()
         );
     }
 }
+
+#[tokio::test]
+async fn logprobs_and_top_logprobs_on_chat_and_completions_streamed_too() {
+    let Some(e) = engine().await else { return };
+    let mut body = greedy("What is the capital of France?", 12);
+    body["logprobs"] = json!(true);
+    body["top_logprobs"] = json!(5);
+    let (status, v) = post(&e.base, "/v1/chat/completions", body.clone()).await;
+    assert_eq!(status, 200, "{v}");
+    let content = v["choices"][0]["message"]["content"].as_str().unwrap();
+    let items = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(
+        items.len() as u64,
+        v["usage"]["completion_tokens"].as_u64().unwrap() - u64::from(v["choices"][0]["finish_reason"] == "stop"),
+        "one entry per generated token (the end-of-sequence token has none)"
+    );
+    let joined: String = items.iter().map(|t| t["token"].as_str().unwrap()).collect();
+    assert_eq!(joined, content, "the tokens spell the answer");
+    let mut mass = 0.0;
+    for t in items {
+        let lp = t["logprob"].as_f64().unwrap();
+        let top = t["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 5);
+        assert!(lp <= 0.0);
+        // Greedy: the chosen token is the likeliest; alternatives come in order.
+        assert_eq!(top[0]["token"], t["token"]);
+        assert!((top[0]["logprob"].as_f64().unwrap() - lp).abs() < 1e-6);
+        for w in top.windows(2) {
+            assert!(w[0]["logprob"].as_f64() >= w[1]["logprob"].as_f64());
+        }
+        assert_eq!(
+            t["bytes"].as_array().unwrap().len(),
+            t["token"].as_str().unwrap().len()
+        );
+        mass += top.iter().map(|c| c["logprob"].as_f64().unwrap().exp()).sum::<f64>();
+    }
+    assert!(mass / items.len() as f64 <= 1.0 + 1e-4, "probabilities sum past 1");
+    // Streamed: the same tokens, spread over the chunks.
+    body["stream"] = json!(true);
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", e.base))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let mut streamed = Vec::new();
+    for d in sse_data(&resp.text().await.unwrap()) {
+        if d == "[DONE]" {
+            continue;
+        }
+        let c: Value = serde_json::from_str(&d).unwrap();
+        if let Some(list) = c["choices"][0]["logprobs"]["content"].as_array() {
+            streamed.extend(list.iter().map(|t| t["token"].as_str().unwrap().to_string()));
+        }
+    }
+    let want: Vec<String> = items.iter().map(|t| t["token"].as_str().unwrap().to_string()).collect();
+    assert_eq!(streamed, want);
+    // Legacy completions: `logprobs: N` with tokens, offsets and alternatives as a map.
+    let (status, v) = post(
+        &e.base,
+        "/v1/completions",
+        json!({"prompt": "The capital of France is", "max_tokens": 5, "temperature": 0, "logprobs": 3}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let lp = &v["choices"][0]["logprobs"];
+    let tokens = lp["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 5);
+    assert_eq!(lp["token_logprobs"].as_array().unwrap().len(), 5);
+    assert_eq!(lp["top_logprobs"][0].as_object().unwrap().len(), 3);
+    let offsets: Vec<u64> = lp["text_offset"].as_array().unwrap().iter().map(|o| o.as_u64().unwrap()).collect();
+    assert_eq!(offsets[0], 0);
+    assert!(offsets.windows(2).all(|w| w[0] <= w[1]));
+    // Without logprobs the field stays null; out-of-range counts are 400s naming the field.
+    let (_, v) = post(&e.base, "/v1/chat/completions", greedy("Hi", 2)).await;
+    assert!(v["choices"][0]["logprobs"].is_null());
+    for (path, b, param) in [
+        ("/v1/chat/completions", json!({"messages": question("Hi"), "logprobs": true, "top_logprobs": 21}), "top_logprobs"),
+        ("/v1/chat/completions", json!({"messages": question("Hi"), "top_logprobs": 2}), "top_logprobs"),
+        ("/v1/completions", json!({"prompt": "Hi", "logprobs": -1}), "logprobs"),
+    ] {
+        let (status, v) = post(&e.base, path, b).await;
+        assert_eq!((status, v["error"]["param"].as_str()), (400, Some(param)), "{v}");
+    }
+}

@@ -42,6 +42,12 @@ pub struct ChatCompletionRequest {
     pub stream: bool,
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
+    /// Return the log probability of each generated token.
+    #[serde(default)]
+    pub logprobs: Option<bool>,
+    /// With `logprobs`: this many most likely alternatives per token (0–20).
+    #[serde(default)]
+    pub top_logprobs: Option<i64>,
     #[serde(default)]
     pub tools: Option<Value>,
     #[serde(default)]
@@ -76,6 +82,11 @@ impl ChatCompletionRequest {
             stop: self.stop.clone(),
             n: self.n,
             ignore_eos: self.ignore_eos,
+            logprobs: match self.logprobs {
+                Some(true) => Some(self.top_logprobs.unwrap_or(0)),
+                _ => None,
+            },
+            logprobs_param: "top_logprobs",
             extras: self.extras.clone(),
         }
     }

@@ -36,6 +36,10 @@ pub struct SamplingFields {
     pub n: Option<i64>,
     /// vLLM extension: keep generating past the end-of-sequence token.
     pub ignore_eos: bool,
+    /// Log probabilities asked for: `Some(k)` = each token's, plus `k` alternatives.
+    pub logprobs: Option<i64>,
+    /// Which parameter `logprobs`' count came from (for error messages).
+    pub logprobs_param: &'static str,
     pub extras: SamplingExtras,
 }
 
@@ -93,6 +97,9 @@ pub struct CompletionRequest {
     pub stream_options: Option<StreamOptions>,
     #[serde(default, deserialize_with = "crate::api::types::null_default")]
     pub echo: bool,
+    /// The log probability of each generated token and this many alternatives (0–20).
+    #[serde(default)]
+    pub logprobs: Option<i64>,
     #[serde(flatten)]
     pub structured: StructuredFields,
     #[serde(flatten)]
@@ -132,6 +139,8 @@ impl CompletionRequest {
             stop: self.stop.clone(),
             n: self.n,
             ignore_eos: self.ignore_eos,
+            logprobs: self.logprobs,
+            logprobs_param: "logprobs",
             extras: self.extras.clone(),
         }
     }

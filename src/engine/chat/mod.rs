@@ -11,6 +11,7 @@
 
 pub mod backend;
 pub mod constraint;
+pub mod logprobs;
 pub mod request;
 pub mod routes;
 pub mod runner;

@@ -8,6 +8,7 @@ use serde_json::Value;
 use tokenizers::Tokenizer;
 
 use super::constraint::{spec_of, ConstraintSpec};
+use super::logprobs::MAX_TOP_LOGPROBS;
 use super::sampling::SamplingParams;
 use super::tools::{self, Tools};
 use crate::api::types::chat::{parse_messages, ChatCompletionRequest};
@@ -143,6 +144,18 @@ pub fn validate(f: &SamplingFields) -> Result<Generation, ApiError> {
         Some(m) => usize::try_from(m).unwrap_or(usize::MAX),
         None => 0,
     };
+    let logprobs = match f.logprobs {
+        Some(k) if !(0..=MAX_TOP_LOGPROBS as i64).contains(&k) => {
+            return Err(ApiError::invalid_param(
+                f.logprobs_param,
+                format!(
+                    "'{}' must be between 0 and {MAX_TOP_LOGPROBS} (got {k})",
+                    f.logprobs_param
+                ),
+            ))
+        }
+        other => other.map(|k| k as usize),
+    };
     if let Some(max) = max_tokens.filter(|&m| min_tokens > m) {
         return Err(ApiError::invalid_param(
             "min_tokens",
@@ -163,6 +176,7 @@ pub fn validate(f: &SamplingFields) -> Result<Generation, ApiError> {
             min_tokens,
             stop_token_ids: stop_token_ids(f.extras.stop_token_ids.as_deref())?,
             include_stop_str: f.extras.include_stop_str_in_output,
+            logprobs,
         },
         stop,
         max_tokens,
@@ -268,6 +282,12 @@ pub struct CheckedChat {
 pub fn check_chat(req: &ChatCompletionRequest) -> Result<CheckedChat, ApiError> {
     let mut messages = parse_messages(&req.messages)?;
     tools::arguments_as_objects(&mut messages);
+    if req.top_logprobs.is_some() && req.logprobs != Some(true) {
+        return Err(ApiError::invalid_param(
+            "top_logprobs",
+            "'top_logprobs' needs 'logprobs': true",
+        ));
+    }
     let gen = validate(&req.sampling())?;
     let tools = tools::parse(
         req.tools.as_ref(),
@@ -428,6 +448,14 @@ mod tests {
     #[test]
     fn out_of_range_values_name_their_parameter() {
         let p = |p: &str| Some(p.to_string());
+        assert_eq!(
+            param_of(SamplingFields {
+                logprobs: Some(21),
+                logprobs_param: "top_logprobs",
+                ..fields()
+            }),
+            p("top_logprobs")
+        );
         assert_eq!(
             param_of(SamplingFields {
                 temperature: Some(2.5),

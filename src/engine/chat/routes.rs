@@ -152,6 +152,7 @@ async fn chat_completions(
             .await,
         )?
     };
+    let logprobs = gen.params.logprobs.is_some();
     let rx = s.submit(&rt, prompt, gen, constraint, "messages")?;
     let meta = ResponseMeta {
         id: response_id("chatcmpl"),
@@ -159,6 +160,7 @@ async fn chat_completions(
         model: req.model.clone().unwrap_or_else(|| s.common.id.to_string()),
         shape: Shape::Chat,
         include_usage: req.stream_options.as_ref().is_some_and(|o| o.include_usage),
+        logprobs,
     };
     if req.stream {
         return Ok(match tool_spec {
@@ -167,6 +169,7 @@ async fn chat_completions(
         });
     }
     let done = collect(rx).await?;
+    let logprobs = done.logprobs_json(&meta);
     let (content, calls) = match &tool_spec {
         Some(t) => tools::extract(&done.text, t),
         None => (Some(done.text.clone()), Vec::new()),
@@ -191,7 +194,7 @@ async fn chat_completions(
                 tool_calls,
             },
             finish_reason: Some(finish.as_str().into()),
-            logprobs: None,
+            logprobs,
         }],
         usage: done.usage,
     })
@@ -228,6 +231,7 @@ async fn completions(
             "'prompt' must not be empty",
         ));
     }
+    let logprobs = gen.params.logprobs.is_some();
     let rx = s.submit(&rt, prompt, gen, constraint, "prompt")?;
     let meta = ResponseMeta {
         id: response_id("cmpl"),
@@ -235,11 +239,13 @@ async fn completions(
         model: req.model.clone().unwrap_or_else(|| s.common.id.to_string()),
         shape: Shape::Completion,
         include_usage: req.stream_options.as_ref().is_some_and(|o| o.include_usage),
+        logprobs,
     };
     if req.stream {
         return Ok(sse(rx, meta).into_response());
     }
     let done = collect(rx).await?;
+    let logprobs = done.logprobs_json(&meta);
     Ok(Json(CompletionResponse {
         id: meta.id,
         object: "text_completion".into(),
@@ -249,7 +255,7 @@ async fn completions(
             index: 0,
             text: done.text,
             finish_reason: Some(done.finish_reason.as_str().into()),
-            logprobs: None,
+            logprobs,
         }],
         usage: Some(done.usage),
     })

@@ -31,6 +31,8 @@ pub struct SamplingParams {
     pub stop_token_ids: Vec<u32>,
     /// vLLM's `include_stop_str_in_output`: a matched stop string stays in the text.
     pub include_stop_str: bool,
+    /// `Some(k)`: report each token's log probability and its `k` likeliest alternatives.
+    pub logprobs: Option<usize>,
 }
 
 impl Default for SamplingParams {
@@ -48,6 +50,7 @@ impl Default for SamplingParams {
             min_tokens: 0,
             stop_token_ids: Vec::new(),
             include_stop_str: false,
+            logprobs: None,
         }
     }
 }

@@ -40,6 +40,9 @@ impl FinishReason {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     Text(String),
+    /// The log probabilities of the next generated token (before its text, when the
+    /// request asked for them).
+    Logprob(super::logprobs::TokenLogprob),
     Finished {
         reason: FinishReason,
         prompt_tokens: usize,
@@ -360,6 +363,8 @@ impl<C> Scheduler<C> {
             if s.cached < s.tokens.len() {
                 continue; // mid-prompt chunk: its logits are not needed
             }
+            // Log probabilities come from the raw logits, before the sampler changes them.
+            let raw = s.req.params.logprobs.map(|k| (k, l.clone()));
             let id = s.sampler.sample(&mut l);
             s.generated += 1;
             stats.generated_tokens += 1;
@@ -376,6 +381,9 @@ impl<C> Scheduler<C> {
                 let text = text + &s.stop.flush();
                 finish(s, text, FinishReason::Stop);
                 continue;
+            }
+            if let Some((k, raw)) = raw {
+                s.send(Event::Logprob(super::logprobs::compute(&raw, id, k, tok)));
             }
             s.tokens.push(id);
             let piece = s.detok.push(tok, id);

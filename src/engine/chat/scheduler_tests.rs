@@ -44,6 +44,7 @@ fn collect(rx: &mut mpsc::Receiver<Event>) -> Option<(String, FinishReason, usiz
     while let Ok(ev) = rx.try_recv() {
         match ev {
             Event::Text(t) => text.push_str(&t),
+            Event::Logprob(_) => {}
             Event::Finished {
                 reason,
                 completion_tokens,
@@ -333,4 +334,32 @@ fn slow_client_gets_every_event_through_a_small_channel() {
         .collect();
     assert_eq!(text, "b".repeat(10));
     assert!(matches!(got.last(), Some(Event::Finished { .. })));
+}
+
+#[test]
+fn logprobs_come_before_each_token_from_the_raw_logits() {
+    let m = FakeDecoder::new(mix);
+    let mut s = Scheduler::new(cfg(4, 512, 10_000));
+    let (mut req, mut rx) = request(vec![1, 2, 3], 4);
+    req.params.logprobs = Some(2);
+    // A bias the sampler applies (too small to change the choice) must not show in the
+    // reported probabilities.
+    req.params.logit_bias = vec![(0, 5.0)];
+    s.add(req);
+    run_to_end(&mut s, &m);
+    let mut lps = Vec::new();
+    while let Ok(ev) = rx.try_recv() {
+        if let Event::Logprob(lp) = ev {
+            lps.push(lp);
+        }
+    }
+    assert_eq!(lps.len(), 4);
+    // The fake decoder puts logit 10 on one token of 8 and 0 on the rest.
+    let want = 10.0 - (10f64.exp() + 7.0).ln() as f32;
+    for lp in &lps {
+        assert!((lp.chosen.logprob - want).abs() < 1e-4, "{lp:?}");
+        assert_eq!(lp.top.len(), 2);
+        assert_eq!(lp.top[0], lp.chosen, "greedy picks the likeliest");
+        assert!((lp.top[1].logprob - (want - 10.0)).abs() < 1e-4);
+    }
 }

@@ -9,6 +9,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures::stream::{self, Stream, StreamExt};
 use tokio::sync::mpsc;
 
+use super::logprobs::{self, TokenLogprob};
 use super::scheduler::{Event, FinishReason};
 use crate::api::types::chat::{ChatCompletionChunk, ChunkChoice, Delta};
 use crate::api::types::completions::{CompletionChoice, CompletionResponse, Usage};
@@ -29,6 +30,8 @@ pub struct ResponseMeta {
     pub model: String,
     pub shape: Shape,
     pub include_usage: bool,
+    /// The request asked for log probabilities (every chunk then carries them).
+    pub logprobs: bool,
 }
 
 /// A finished generation.
@@ -37,6 +40,8 @@ pub struct Collected {
     pub text: String,
     pub finish_reason: FinishReason,
     pub usage: Usage,
+    /// One per generated token when asked for.
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 fn engine_error(msg: &str) -> ApiError {
@@ -47,9 +52,11 @@ fn engine_error(msg: &str) -> ApiError {
 /// Reads events until the sequence ends.
 pub async fn collect(mut rx: mpsc::Receiver<Event>) -> Result<Collected, ApiError> {
     let mut text = String::new();
+    let mut lps = Vec::new();
     while let Some(ev) = rx.recv().await {
         match ev {
             Event::Text(t) => text.push_str(&t),
+            Event::Logprob(lp) => lps.push(lp),
             Event::Finished {
                 reason,
                 prompt_tokens,
@@ -59,6 +66,7 @@ pub async fn collect(mut rx: mpsc::Receiver<Event>) -> Result<Collected, ApiErro
                     text,
                     finish_reason: reason,
                     usage: Usage::new(prompt_tokens, completion_tokens),
+                    logprobs: lps,
                 })
             }
             Event::Error(e) => return Err(engine_error(&e)),
@@ -67,12 +75,55 @@ pub async fn collect(mut rx: mpsc::Receiver<Event>) -> Result<Collected, ApiErro
     Err(ApiError::unavailable("The engine stopped while generating"))
 }
 
+impl Collected {
+    /// The `logprobs` of a whole answer in `shape`'s form (`None` when not asked for).
+    pub fn logprobs_json(&self, meta: &ResponseMeta) -> Option<serde_json::Value> {
+        meta.logprobs_json(&self.logprobs, 0)
+    }
+}
+
+/// Log probabilities received but not yet sent (their text may still be held back by the
+/// stop matcher), and the text offset the next completion chunk starts at.
+#[derive(Debug, Default)]
+struct Pending {
+    logprobs: Vec<TokenLogprob>,
+    offset: usize,
+}
+
 impl ResponseMeta {
+    fn logprobs_json(&self, items: &[TokenLogprob], offset: usize) -> Option<serde_json::Value> {
+        if !self.logprobs {
+            return None;
+        }
+        Some(match self.shape {
+            Shape::Chat => logprobs::chat_json(items),
+            Shape::Completion => logprobs::completion_json(items, offset),
+        })
+    }
+
+    /// The pending log probabilities for the next chunk (emptied).
+    fn take(&self, p: &mut Pending) -> Option<serde_json::Value> {
+        let v = self.logprobs_json(&p.logprobs, p.offset);
+        p.offset += logprobs::text_len(&p.logprobs);
+        p.logprobs.clear();
+        v
+    }
+
     fn chunk(
         &self,
         delta: Option<Delta>,
         finish: Option<FinishReason>,
         text: Option<String>,
+    ) -> String {
+        self.chunk_with(delta, finish, text, None)
+    }
+
+    fn chunk_with(
+        &self,
+        delta: Option<Delta>,
+        finish: Option<FinishReason>,
+        text: Option<String>,
+        logprobs: Option<serde_json::Value>,
     ) -> String {
         match self.shape {
             Shape::Chat => serde_json::to_string(&ChatCompletionChunk {
@@ -84,7 +135,7 @@ impl ResponseMeta {
                     index: 0,
                     delta: delta.unwrap_or_default(),
                     finish_reason: finish.map(|f| f.as_str().to_string()),
-                    logprobs: None,
+                    logprobs: logprobs.clone(),
                 }],
                 usage: None,
             }),
@@ -97,7 +148,7 @@ impl ResponseMeta {
                     index: 0,
                     text: text.unwrap_or_default(),
                     finish_reason: finish.map(|f| f.as_str().to_string()),
-                    logprobs: None,
+                    logprobs,
                 }],
                 usage: None,
             }),
@@ -105,9 +156,9 @@ impl ResponseMeta {
         .expect("response chunks serialise. This is a bug.")
     }
 
-    fn text_chunk(&self, t: String) -> String {
+    fn text_chunk(&self, t: String, logprobs: Option<serde_json::Value>) -> String {
         match self.shape {
-            Shape::Chat => self.chunk(
+            Shape::Chat => self.chunk_with(
                 Some(Delta {
                     role: None,
                     content: Some(t),
@@ -115,8 +166,9 @@ impl ResponseMeta {
                 }),
                 None,
                 None,
+                logprobs,
             ),
-            Shape::Completion => self.chunk(None, None, Some(t)),
+            Shape::Completion => self.chunk_with(None, None, Some(t), logprobs),
         }
     }
 
@@ -133,15 +185,32 @@ impl ResponseMeta {
     }
 
     /// The SSE events answering one generation event; `true` when the stream is over.
-    fn on_event(&self, ev: Option<Event>) -> (Vec<String>, bool) {
+    fn on_event(&self, ev: Option<Event>, pending: &mut Pending) -> (Vec<String>, bool) {
         match ev {
-            Some(Event::Text(t)) => (vec![self.text_chunk(t)], false),
+            Some(Event::Logprob(lp)) => {
+                pending.logprobs.push(lp);
+                (Vec::new(), false)
+            }
+            Some(Event::Text(t)) => {
+                let lps = self.take(pending);
+                (vec![self.text_chunk(t, lps)], false)
+            }
             Some(Event::Finished {
                 reason,
                 prompt_tokens,
                 completion_tokens,
             }) => {
-                let mut out = vec![self.chunk(Some(Delta::default()), Some(reason), None)];
+                // Tokens whose text never showed (a stop string ate it) keep their place
+                // in the final chunk.
+                let lps = (!pending.logprobs.is_empty())
+                    .then(|| self.take(pending))
+                    .flatten();
+                let mut out = vec![self.chunk_with(
+                    Some(Delta::default()),
+                    Some(reason),
+                    None,
+                    lps,
+                )];
                 if self.include_usage {
                     out.push(self.usage_chunk(Usage::new(prompt_tokens, completion_tokens)));
                 }
@@ -241,10 +310,10 @@ pub fn sse(
         Shape::Completion => Vec::new(),
     };
     let head = stream::iter(first);
-    let body = stream::unfold(Some((rx, meta)), |state| async move {
-        let (mut rx, meta) = state?;
-        let (out, done) = meta.on_event(rx.recv().await);
-        let next = if done { None } else { Some((rx, meta)) };
+    let body = stream::unfold(Some((rx, meta, Pending::default())), |state| async move {
+        let (mut rx, meta, mut pending) = state?;
+        let (out, done) = meta.on_event(rx.recv().await, &mut pending);
+        let next = if done { None } else { Some((rx, meta, pending)) };
         Some((stream::iter(out), next))
     })
     .flatten();
@@ -266,17 +335,21 @@ mod tests {
             model: "m".into(),
             shape,
             include_usage,
+            logprobs: false,
         }
     }
 
     #[test]
     fn finish_adds_usage_then_done_and_errors_end_the_stream() {
         let m = meta(Shape::Chat, true);
-        let (out, done) = m.on_event(Some(Event::Finished {
-            reason: FinishReason::Length,
-            prompt_tokens: 3,
-            completion_tokens: 2,
-        }));
+        let (out, done) = m.on_event(
+            Some(Event::Finished {
+                reason: FinishReason::Length,
+                prompt_tokens: 3,
+                completion_tokens: 2,
+            }),
+            &mut Pending::default(),
+        );
         assert!(done);
         assert_eq!(out.len(), 3);
         let last: serde_json::Value = serde_json::from_str(&out[0]).unwrap();
@@ -285,18 +358,58 @@ mod tests {
         assert_eq!(usage["usage"]["total_tokens"], 5);
         assert_eq!(usage["choices"], serde_json::json!([]));
         assert_eq!(out[2], "[DONE]");
-        let (out, done) =
-            meta(Shape::Completion, false).on_event(Some(Event::Error("boom".into())));
+        let (out, done) = meta(Shape::Completion, false)
+            .on_event(Some(Event::Error("boom".into())), &mut Pending::default());
         assert!(done);
         assert_eq!(out.len(), 1);
         let err: serde_json::Value = serde_json::from_str(&out[0]).unwrap();
         assert_eq!(err["error"]["type"], "server_error");
         assert!(!out[0].contains("boom"), "internal detail leaked");
-        let (out, _) = meta(Shape::Completion, false).on_event(Some(Event::Text("hi".into())));
+        let (out, _) = meta(Shape::Completion, false)
+            .on_event(Some(Event::Text("hi".into())), &mut Pending::default());
         let c: serde_json::Value = serde_json::from_str(&out[0]).unwrap();
         assert_eq!(
             (c["object"].as_str(), c["choices"][0]["text"].as_str()),
             (Some("text_completion"), Some("hi"))
         );
+    }
+
+    #[test]
+    fn streamed_logprobs_ride_with_their_text_and_offsets_run_on() {
+        use crate::engine::chat::logprobs::Candidate;
+        let lp = |t: &str| {
+            Event::Logprob(TokenLogprob {
+                chosen: Candidate {
+                    token: t.into(),
+                    logprob: -0.5,
+                },
+                top: Vec::new(),
+            })
+        };
+        let mut m = meta(Shape::Completion, false);
+        m.logprobs = true;
+        let mut p = Pending::default();
+        assert!(m.on_event(Some(lp("He")), &mut p).0.is_empty());
+        assert!(m.on_event(Some(lp("llo")), &mut p).0.is_empty());
+        let (out, _) = m.on_event(Some(Event::Text("Hello".into())), &mut p);
+        let c: serde_json::Value = serde_json::from_str(&out[0]).unwrap();
+        assert_eq!(c["choices"][0]["logprobs"]["tokens"], serde_json::json!(["He", "llo"]));
+        m.on_event(Some(lp(" you")), &mut p);
+        let (out, _) = m.on_event(Some(Event::Text(" you".into())), &mut p);
+        let c: serde_json::Value = serde_json::from_str(&out[0]).unwrap();
+        assert_eq!(c["choices"][0]["logprobs"]["text_offset"], serde_json::json!([5]));
+        // A token held back and never shown still arrives, in the final chunk.
+        m.on_event(Some(lp("!")), &mut p);
+        let (out, done) = m.on_event(
+            Some(Event::Finished {
+                reason: FinishReason::Stop,
+                prompt_tokens: 1,
+                completion_tokens: 4,
+            }),
+            &mut p,
+        );
+        assert!(done);
+        let c: serde_json::Value = serde_json::from_str(&out[0]).unwrap();
+        assert_eq!(c["choices"][0]["logprobs"]["tokens"], serde_json::json!(["!"]));
     }
 }
