@@ -713,7 +713,8 @@ async fn logprobs_and_top_logprobs_on_chat_and_completions_streamed_too() {
     let items = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
     assert_eq!(
         items.len() as u64,
-        v["usage"]["completion_tokens"].as_u64().unwrap() - u64::from(v["choices"][0]["finish_reason"] == "stop"),
+        v["usage"]["completion_tokens"].as_u64().unwrap()
+            - u64::from(v["choices"][0]["finish_reason"] == "stop"),
         "one entry per generated token (the end-of-sequence token has none)"
     );
     let joined: String = items.iter().map(|t| t["token"].as_str().unwrap()).collect();
@@ -734,9 +735,15 @@ async fn logprobs_and_top_logprobs_on_chat_and_completions_streamed_too() {
             t["bytes"].as_array().unwrap().len(),
             t["token"].as_str().unwrap().len()
         );
-        mass += top.iter().map(|c| c["logprob"].as_f64().unwrap().exp()).sum::<f64>();
+        mass += top
+            .iter()
+            .map(|c| c["logprob"].as_f64().unwrap().exp())
+            .sum::<f64>();
     }
-    assert!(mass / items.len() as f64 <= 1.0 + 1e-4, "probabilities sum past 1");
+    assert!(
+        mass / items.len() as f64 <= 1.0 + 1e-4,
+        "probabilities sum past 1"
+    );
     // Streamed: the same tokens, spread over the chunks.
     body["stream"] = json!(true);
     let resp = reqwest::Client::new()
@@ -752,10 +759,16 @@ async fn logprobs_and_top_logprobs_on_chat_and_completions_streamed_too() {
         }
         let c: Value = serde_json::from_str(&d).unwrap();
         if let Some(list) = c["choices"][0]["logprobs"]["content"].as_array() {
-            streamed.extend(list.iter().map(|t| t["token"].as_str().unwrap().to_string()));
+            streamed.extend(
+                list.iter()
+                    .map(|t| t["token"].as_str().unwrap().to_string()),
+            );
         }
     }
-    let want: Vec<String> = items.iter().map(|t| t["token"].as_str().unwrap().to_string()).collect();
+    let want: Vec<String> = items
+        .iter()
+        .map(|t| t["token"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(streamed, want);
     // Legacy completions: `logprobs: N` with tokens, offsets and alternatives as a map.
     let (status, v) = post(
@@ -770,18 +783,39 @@ async fn logprobs_and_top_logprobs_on_chat_and_completions_streamed_too() {
     assert_eq!(tokens.len(), 5);
     assert_eq!(lp["token_logprobs"].as_array().unwrap().len(), 5);
     assert_eq!(lp["top_logprobs"][0].as_object().unwrap().len(), 3);
-    let offsets: Vec<u64> = lp["text_offset"].as_array().unwrap().iter().map(|o| o.as_u64().unwrap()).collect();
+    let offsets: Vec<u64> = lp["text_offset"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_u64().unwrap())
+        .collect();
     assert_eq!(offsets[0], 0);
     assert!(offsets.windows(2).all(|w| w[0] <= w[1]));
     // Without logprobs the field stays null; out-of-range counts are 400s naming the field.
     let (_, v) = post(&e.base, "/v1/chat/completions", greedy("Hi", 2)).await;
     assert!(v["choices"][0]["logprobs"].is_null());
     for (path, b, param) in [
-        ("/v1/chat/completions", json!({"messages": question("Hi"), "logprobs": true, "top_logprobs": 21}), "top_logprobs"),
-        ("/v1/chat/completions", json!({"messages": question("Hi"), "top_logprobs": 2}), "top_logprobs"),
-        ("/v1/completions", json!({"prompt": "Hi", "logprobs": -1}), "logprobs"),
+        (
+            "/v1/chat/completions",
+            json!({"messages": question("Hi"), "logprobs": true, "top_logprobs": 21}),
+            "top_logprobs",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": question("Hi"), "top_logprobs": 2}),
+            "top_logprobs",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "Hi", "logprobs": -1}),
+            "logprobs",
+        ),
     ] {
         let (status, v) = post(&e.base, path, b).await;
-        assert_eq!((status, v["error"]["param"].as_str()), (400, Some(param)), "{v}");
+        assert_eq!(
+            (status, v["error"]["param"].as_str()),
+            (400, Some(param)),
+            "{v}"
+        );
     }
 }

@@ -205,12 +205,8 @@ impl ResponseMeta {
                 let lps = (!pending.logprobs.is_empty())
                     .then(|| self.take(pending))
                     .flatten();
-                let mut out = vec![self.chunk_with(
-                    Some(Delta::default()),
-                    Some(reason),
-                    None,
-                    lps,
-                )];
+                let mut out =
+                    vec![self.chunk_with(Some(Delta::default()), Some(reason), None, lps)];
                 if self.include_usage {
                     out.push(self.usage_chunk(Usage::new(prompt_tokens, completion_tokens)));
                 }
@@ -313,7 +309,11 @@ pub fn sse(
     let body = stream::unfold(Some((rx, meta, Pending::default())), |state| async move {
         let (mut rx, meta, mut pending) = state?;
         let (out, done) = meta.on_event(rx.recv().await, &mut pending);
-        let next = if done { None } else { Some((rx, meta, pending)) };
+        let next = if done {
+            None
+        } else {
+            Some((rx, meta, pending))
+        };
         Some((stream::iter(out), next))
     })
     .flatten();
@@ -393,11 +393,17 @@ mod tests {
         assert!(m.on_event(Some(lp("llo")), &mut p).0.is_empty());
         let (out, _) = m.on_event(Some(Event::Text("Hello".into())), &mut p);
         let c: serde_json::Value = serde_json::from_str(&out[0]).unwrap();
-        assert_eq!(c["choices"][0]["logprobs"]["tokens"], serde_json::json!(["He", "llo"]));
+        assert_eq!(
+            c["choices"][0]["logprobs"]["tokens"],
+            serde_json::json!(["He", "llo"])
+        );
         m.on_event(Some(lp(" you")), &mut p);
         let (out, _) = m.on_event(Some(Event::Text(" you".into())), &mut p);
         let c: serde_json::Value = serde_json::from_str(&out[0]).unwrap();
-        assert_eq!(c["choices"][0]["logprobs"]["text_offset"], serde_json::json!([5]));
+        assert_eq!(
+            c["choices"][0]["logprobs"]["text_offset"],
+            serde_json::json!([5])
+        );
         // A token held back and never shown still arrives, in the final chunk.
         m.on_event(Some(lp("!")), &mut p);
         let (out, done) = m.on_event(
@@ -410,6 +416,9 @@ mod tests {
         );
         assert!(done);
         let c: serde_json::Value = serde_json::from_str(&out[0]).unwrap();
-        assert_eq!(c["choices"][0]["logprobs"]["tokens"], serde_json::json!(["!"]));
+        assert_eq!(
+            c["choices"][0]["logprobs"]["tokens"],
+            serde_json::json!(["!"])
+        );
     }
 }
