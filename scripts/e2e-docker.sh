@@ -7,7 +7,8 @@
 #  3. `docker compose up -d` from the repository root; wait for /ready; the generated API key
 #     (./deploy.sh key: mode 0600, never in the logs, 401 without it); capabilities dropped;
 #     chat, embeddings and rerank through :8000 with the key
-#  4. ./deploy.sh status (exit 0, three models ready) and logs; ./deploy.sh restart
+#  4. ./deploy.sh status (exit 0, three models ready) and logs; ./deploy.sh reload of an edited
+#     models.json and restart-model; ./deploy.sh restart
 #  5. profile nginx: the same calls (and an SSE stream) through nginx
 #  6. profile monitoring: Prometheus scrapes the appliance (target up, a trident_ series)
 #  7. ./deploy.sh stop and clean --force
@@ -48,8 +49,10 @@ fail() {
   summary
   exit 1
 }
+models_edited=0
 cleanup() {
   local rc=$?
+  [ "$models_edited" = 1 ] && cp "$log_dir/models.json.orig" config/models.json
   if [ "${E2E_KEEP:-0}" != 1 ]; then
     compose --profile nginx --profile monitoring down -v --remove-orphans -t 10 >/dev/null 2>&1 || true
   fi
@@ -204,6 +207,35 @@ jcheck "status: three models ready, appliance healthy" \
 ./deploy.sh logs -n 20 trident >"$log_dir/logs.txt" 2>&1 || fail "deploy.sh logs"
 grep -q '^trident *| ' "$log_dir/logs.txt" || { cat "$log_dir/logs.txt"; fail "deploy.sh logs printed no 'trident |' line"; }
 ok "deploy.sh logs ($(wc -l <"$log_dir/logs.txt") lines)"
+
+step "./deploy.sh reload and restart-model (config/models.json edited on the host)"
+cp config/models.json "$log_dir/models.json.orig"
+models_edited=1
+python3 - <<'PY'
+import json
+p = "config/models.json"
+m = json.load(open(p))
+m["models"]["embedding"]["aliases"].append("e2e-embedding")
+open(p, "w").write(json.dumps(m))
+PY
+chat_pid_before=$(curl -sf -m 5 -H "authorization: Bearer $key" "$base/system/info" \
+  | python3 -c 'import json,sys; print([e["pid"] for e in json.load(sys.stdin)["engines"] if e["model"] == "chat"][0])')
+./deploy.sh reload >"$log_dir/reload.txt" 2>&1 || { cat "$log_dir/reload.txt"; fail "deploy.sh reload"; }
+grep -q 'changed: *embedding' "$log_dir/reload.txt" && grep -q 'unchanged: *chat, rerank' "$log_dir/reload.txt" \
+  || { cat "$log_dir/reload.txt"; fail "reload report"; }
+post "$base/v1/embeddings" '{"model":"e2e-embedding","input":"a"}' >"$log_dir/emb2.json" \
+  || fail "the reloaded alias does not route: $(cat "$log_dir/emb2.json")"
+chat_pid=$(curl -sf -m 5 -H "authorization: Bearer $key" "$base/system/info" \
+  | python3 -c 'import json,sys; print([e["pid"] for e in json.load(sys.stdin)["engines"] if e["model"] == "chat"][0])')
+[ "$chat_pid" = "$chat_pid_before" ] || fail "reload restarted the unchanged chat engine ($chat_pid_before -> $chat_pid)"
+ok "reload: the edited model restarted with its new alias, the others untouched"
+cp "$log_dir/models.json.orig" config/models.json
+models_edited=0
+./deploy.sh reload >/dev/null 2>&1 || fail "deploy.sh reload (restoring models.json)"
+./deploy.sh restart-model rerank >"$log_dir/rr.txt" 2>&1 || { cat "$log_dir/rr.txt"; fail "deploy.sh restart-model"; }
+grep -q '^restarted rerank: replica 0 in' "$log_dir/rr.txt" || { cat "$log_dir/rr.txt"; fail "restart-model report"; }
+wait_ready 120
+ok "restart-model rerank: $(cat "$log_dir/rr.txt")"
 
 step "./deploy.sh restart"
 id_before=$(compose ps -q trident)
