@@ -791,6 +791,15 @@ async fn logprobs_and_top_logprobs_on_chat_and_completions_streamed_too() {
         .collect();
     assert_eq!(offsets[0], 0);
     assert!(offsets.windows(2).all(|w| w[0] <= w[1]));
+    // A completion without max_tokens stops at 16 tokens, as OpenAI's and vLLM's do.
+    let (_, v) = post(
+        &e.base,
+        "/v1/completions",
+        json!({"prompt": "Once upon a time", "temperature": 0, "ignore_eos": true}),
+    )
+    .await;
+    assert_eq!(v["usage"]["completion_tokens"], 16, "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
     // Without logprobs the field stays null; out-of-range counts are 400s naming the field.
     let (_, v) = post(&e.base, "/v1/chat/completions", greedy("Hi", 2)).await;
     assert!(v["choices"][0]["logprobs"].is_null());

@@ -259,12 +259,6 @@ fn error_table() {
             ),
             (
                 "/v1/rerank",
-                json!({"query": "q", "documents": ["a"], "top_n": 0}),
-                400,
-                "top_n",
-            ),
-            (
-                "/v1/rerank",
                 json!({"query": "q", "documents": ["a"], "top_n": -3}),
                 400,
                 "top_n",
@@ -313,6 +307,19 @@ fn error_table() {
         .await;
         assert_eq!(st, 200, "{v}");
         assert_eq!(v["results"].as_array().unwrap().len(), 2);
+        // `top_n: 0` means all, and an empty document (a RAG chunk can be empty) is scored
+        // with the others instead of refusing the request.
+        let (st, v) = post(
+            &rr,
+            "/v1/rerank",
+            &json!({"query": QUERY, "documents": [DOCS[0], "", DOCS[1]], "top_n": 0}),
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+        let results = v["results"].as_array().unwrap();
+        assert_eq!(results.len(), 3);
+        assert_eq!(results[0]["index"], 2, "the relevant document first: {v}");
+        assert!(results.iter().all(|r| r["relevance_score"].as_f64().is_some_and(f64::is_finite)));
     });
 }
 

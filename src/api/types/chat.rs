@@ -93,7 +93,7 @@ impl ChatCompletionRequest {
 }
 
 /// Checks `messages` and returns them with `content` flattened to a string (text parts
-/// joined), ready for the chat template. Other keys (`name`, `tool_calls`, …) are kept.
+/// joined by newlines), ready for the chat template. Other keys (`name`, `tool_calls`, …) are kept.
 pub fn parse_messages(messages: &Value) -> Result<Vec<Value>, ApiError> {
     let Value::Array(items) = messages else {
         return Err(ApiError::invalid_param(
@@ -160,7 +160,13 @@ fn text_parts(parts: &[Value], param: &str) -> Result<String, ApiError> {
     let mut text = String::new();
     for (j, p) in parts.iter().enumerate() {
         match (p.get("type").and_then(Value::as_str), p.get("text")) {
-            (Some("text"), Some(Value::String(t))) => text.push_str(t),
+            (Some("text"), Some(Value::String(t))) => {
+                // Parts are joined with a newline, as vLLM renders them for the templates.
+                if j > 0 {
+                    text.push('\n');
+                }
+                text.push_str(t);
+            }
             (Some(other), _) if other != "text" => {
                 let shown: String = other.chars().take(32).filter(|c| !c.is_control()).collect();
                 return Err(ApiError::invalid_param(
@@ -249,7 +255,7 @@ mod tests {
             {"role": "assistant", "content": null, "tool_calls": []}
         ]))
         .unwrap();
-        assert_eq!(ok[1]["content"], "ab");
+        assert_eq!(ok[1]["content"], "a\nb");
         assert_eq!(ok[2]["content"], "");
         assert!(ok[2].get("tool_calls").is_some());
         let param = |v: Value| parse_messages(&v).unwrap_err().param;

@@ -124,10 +124,14 @@ pub struct StructuredFields {
     pub structured_outputs: Option<serde_json::Value>,
 }
 
+/// `max_tokens` of a completion that does not set it (OpenAI's and vLLM's default; chat
+/// requests default to the rest of the context instead).
+pub const COMPLETION_DEFAULT_MAX_TOKENS: i64 = 16;
+
 impl CompletionRequest {
     pub fn sampling(&self) -> SamplingFields {
         SamplingFields {
-            max_tokens: self.max_tokens,
+            max_tokens: self.max_tokens.or(Some(COMPLETION_DEFAULT_MAX_TOKENS)),
             max_tokens_param: "max_tokens",
             temperature: self.temperature,
             top_p: self.top_p,

@@ -123,8 +123,9 @@ pub fn parse_query(v: Option<&Value>, param: &str) -> Result<String, ApiError> {
     }
 }
 
-/// Checks a document list: present, an array of 1..=[`MAX_DOCUMENTS`] non-blank strings
-/// (or, when `objects` is set, `{"text": …}` objects). The count is checked first.
+/// Checks a document list: present, an array of 1..=[`MAX_DOCUMENTS`] strings (or, when
+/// `objects` is set, `{"text": …}` objects). The count is checked first. An empty document
+/// is scored like any other (a RAG chunk can be empty), not a reason to refuse the list.
 pub fn parse_documents(
     v: Option<&Value>,
     param: &str,
@@ -158,9 +159,6 @@ pub fn parse_documents(
                 _ => None,
             };
             match text {
-                Some(s) if s.trim().is_empty() => {
-                    Err(bad(format!("'{param}[{i}]' must not be empty")))
-                }
                 Some(s) => Ok(s.clone()),
                 None if objects => Err(bad(format!(
                     "'{param}[{i}]' must be a string or an object with a string 'text'"
@@ -171,13 +169,14 @@ pub fn parse_documents(
         .collect()
 }
 
-/// Checks `top_n`: absent means all; it must be positive; larger than the list means all.
+/// Checks `top_n`: absent or 0 means all (as vLLM and Jina read it); larger than the list
+/// means all; negative is refused.
 pub fn parse_top_n(top_n: Option<i64>) -> Result<Option<usize>, ApiError> {
     match top_n {
-        None => Ok(None),
-        Some(n) if n <= 0 => Err(ApiError::invalid_param(
+        None | Some(0) => Ok(None),
+        Some(n) if n < 0 => Err(ApiError::invalid_param(
             "top_n",
-            "'top_n' must be a positive integer",
+            "'top_n' must be 0 (all documents) or a positive integer",
         )),
         Some(n) => Ok(Some(usize::try_from(n).unwrap_or(usize::MAX))),
     }

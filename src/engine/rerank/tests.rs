@@ -339,12 +339,6 @@ async fn error_table() {
         ),
         (
             "/v1/rerank",
-            json!({"query": "q", "documents": ["a"], "top_n": 0}),
-            400,
-            Some("top_n"),
-        ),
-        (
-            "/v1/rerank",
             json!({"query": "q", "documents": ["a"], "top_n": -1}),
             400,
             Some("top_n"),
