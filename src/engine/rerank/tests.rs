@@ -315,12 +315,6 @@ async fn error_table() {
         ),
         (
             "/v1/rerank",
-            json!({"query": "q", "documents": ["a", ""]}),
-            400,
-            Some("documents"),
-        ),
-        (
-            "/v1/rerank",
             json!({"documents": ["a"]}),
             400,
             Some("query"),

@@ -19,7 +19,8 @@ fn documents_as_strings_or_text_objects() {
 
 #[test]
 fn top_n_zero_means_all_and_empty_documents_are_kept() {
-    let (task, top) = rerank(json!({"query": "q", "documents": ["a", "", " "], "top_n": 0})).unwrap();
+    let (task, top) =
+        rerank(json!({"query": "q", "documents": ["a", "", " "], "top_n": 0})).unwrap();
     assert_eq!(top, None);
     assert_eq!(task.seconds, vec!["a", "", " "]);
 }
