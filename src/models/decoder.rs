@@ -44,6 +44,48 @@ pub struct DecoderInfo {
     pub chat_template: Option<String>,
     /// Weight format, e.g. `f32`, `bf16` or `gguf:Q4_1`.
     pub dtype: String,
+    /// The checkpoint's own sampling defaults (`generation_config.json`), used where a
+    /// request does not set a value.
+    pub sampling_defaults: SamplingDefaults,
+}
+
+/// Sampling values a checkpoint recommends in its `generation_config.json` (as vLLM reads
+/// them: `do_sample` is not consulted); each is `None` when the file does not set it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SamplingDefaults {
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub top_k: Option<i64>,
+    pub min_p: Option<f64>,
+    pub repetition_penalty: Option<f64>,
+}
+
+impl SamplingDefaults {
+    /// Reads the values out of a parsed `generation_config.json`.
+    pub fn from_generation_config(gen: &Value) -> Self {
+        // A value a request could not send either is dropped (a request that sets none
+        // must never be refused for the checkpoint's sake).
+        let f = |k: &str, ok: fn(f64) -> bool| {
+            gen.get(k)
+                .and_then(Value::as_f64)
+                .filter(|&x| x.is_finite() && ok(x))
+        };
+        SamplingDefaults {
+            temperature: f("temperature", |x| (0.0..=2.0).contains(&x)),
+            top_p: f("top_p", |x| x > 0.0 && x <= 1.0),
+            top_k: gen
+                .get("top_k")
+                .and_then(Value::as_i64)
+                .filter(|&k| k >= -1),
+            min_p: f("min_p", |x| (0.0..=1.0).contains(&x)),
+            repetition_penalty: f("repetition_penalty", |x| x > 0.0),
+        }
+    }
+
+    /// Whether the checkpoint sets any value.
+    pub fn is_empty(&self) -> bool {
+        *self == SamplingDefaults::default()
+    }
 }
 
 /// The KV cache of one sequence (not `Clone`: on the device path it owns blocks of a pool).
@@ -70,6 +112,17 @@ impl SeqCache {
     /// Whether no token has been cached yet.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// A copy for a sequence continuing from the same tokens: the CPU path's caches are
+    /// plain vectors and copy; the device path's blocks are not shared yet (`None`).
+    pub fn fork(&self) -> Option<SeqCache> {
+        match &self.inner {
+            CacheInner::Fast(c) => Some(SeqCache {
+                inner: CacheInner::Fast(c.clone()),
+            }),
+            CacheInner::Device(_) => None,
+        }
     }
 }
 
@@ -101,6 +154,7 @@ struct Meta {
     eos_tok: Option<String>,
     add_bos: Option<bool>,
     template: Option<String>,
+    sampling: SamplingDefaults,
 }
 
 fn read_json(path: &Path) -> Option<Value> {
@@ -174,6 +228,10 @@ fn dir_meta(dir: &Path, config: Option<&Value>) -> Meta {
             .and_then(|t| t.get("add_bos_token"))
             .and_then(Value::as_bool),
         template: dir_template(dir, tc.as_ref()),
+        sampling: gen
+            .as_ref()
+            .map(SamplingDefaults::from_generation_config)
+            .unwrap_or_default(),
     }
 }
 
@@ -200,6 +258,7 @@ fn gguf_meta(g: &GgufFile) -> Meta {
             .meta("tokenizer.chat_template")
             .and_then(|v| v.to_string().ok())
             .cloned(),
+        sampling: SamplingDefaults::default(),
     }
 }
 
@@ -276,6 +335,9 @@ impl DecoderModel {
         if let Some(t) = dir_template(dir, read_json(&dir.join("tokenizer_config.json")).as_ref()) {
             meta.template = Some(t);
         }
+        if let Some(gen) = read_json(&dir.join("generation_config.json")) {
+            meta.sampling = SamplingDefaults::from_generation_config(&gen);
+        }
         let dtype = g
             .content
             .tensor_infos
@@ -339,6 +401,7 @@ impl DecoderModel {
             add_bos_token: meta.add_bos.unwrap_or(false),
             chat_template: meta.template,
             dtype,
+            sampling_defaults: meta.sampling,
         };
         DecoderModel {
             net: Net::Fast(model),

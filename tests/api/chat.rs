@@ -368,7 +368,9 @@ async fn invalid_requests_are_400_naming_the_parameter() {
         (json!({"repetition_penalty": 0}), "repetition_penalty"),
         (json!({"max_tokens": 0}), "max_tokens"),
         (json!({"max_tokens": -5}), "max_tokens"),
-        (json!({"n": 2}), "n"),
+        (json!({"n": 0}), "n"),
+        (json!({"n": 17}), "n"),
+        (json!({"n": 129}), "n"),
         (json!({"stop": ["a", "b", "c", "d", "e"]}), "stop"),
         (json!({"stop": "s".repeat(257)}), "stop"),
         (json!({"temperature": "hot"}), "temperature"),
@@ -826,5 +828,217 @@ async fn logprobs_and_top_logprobs_on_chat_and_completions_streamed_too() {
             (400, Some(param)),
             "{v}"
         );
+    }
+}
+
+/// The choices of a non-streamed response: (index, text, finish_reason).
+fn choices(v: &Value, chat: bool) -> Vec<(u64, String, String)> {
+    v["choices"]
+        .as_array()
+        .expect("choices")
+        .iter()
+        .map(|c| {
+            let text = if chat {
+                &c["message"]["content"]
+            } else {
+                &c["text"]
+            };
+            (
+                c["index"].as_u64().unwrap(),
+                text.as_str().unwrap().to_string(),
+                c["finish_reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// A streamed response's text per choice index, and its usage chunk.
+async fn stream_choices(base: &str, path: &str, mut body: Value) -> (Vec<String>, Value) {
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let r = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let events = sse_data(&r.text().await.unwrap());
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let mut texts: Vec<String> = Vec::new();
+    let mut finished = std::collections::HashSet::new();
+    let mut usage = Value::Null;
+    for e in &events[..events.len() - 1] {
+        let c: Value = serde_json::from_str(e).unwrap();
+        let Some(choice) = c["choices"].get(0) else {
+            assert!(usage.is_null(), "two usage chunks");
+            usage = c["usage"].clone();
+            continue;
+        };
+        assert!(usage.is_null(), "a choice chunk after the usage chunk");
+        let i = choice["index"].as_u64().unwrap() as usize;
+        if texts.len() <= i {
+            texts.resize(i + 1, String::new());
+        }
+        assert!(
+            !finished.contains(&i),
+            "choice {i} continued after its finish chunk"
+        );
+        let t = choice["delta"]["content"]
+            .as_str()
+            .or(choice["text"].as_str());
+        texts[i].push_str(t.unwrap_or_default());
+        if choice["finish_reason"].is_string() {
+            finished.insert(i);
+        }
+    }
+    assert_eq!(finished.len(), texts.len(), "every choice finished");
+    (texts, usage)
+}
+
+#[tokio::test]
+async fn n_choices_prompt_lists_token_prompts_and_echo() {
+    let Some(e) = engine().await else { return };
+    // Greedy n = 3: three copies of the one answer; the prompt is counted once.
+    let one = greedy("Name a color.", 10);
+    let (_, solo) = post(&e.base, "/v1/chat/completions", one.clone()).await;
+    let mut three = one.clone();
+    three["n"] = json!(3);
+    let (status, v) = post(&e.base, "/v1/chat/completions", three.clone()).await;
+    assert_eq!(status, 200, "{v}");
+    let want = choices(&solo, true)[0].clone();
+    let got = choices(&v, true);
+    assert_eq!(got.len(), 3);
+    for (i, c) in got.iter().enumerate() {
+        assert_eq!((c.0, &c.1, &c.2), (i as u64, &want.1, &want.2));
+    }
+    assert_eq!(v["usage"]["prompt_tokens"], solo["usage"]["prompt_tokens"]);
+    assert_eq!(
+        v["usage"]["completion_tokens"].as_u64().unwrap(),
+        3 * solo["usage"]["completion_tokens"].as_u64().unwrap()
+    );
+    // Streamed, the choices interleave by index; each one spells the same answer.
+    let (texts, usage) = stream_choices(&e.base, "/v1/chat/completions", three).await;
+    assert_eq!(texts, vec![want.1.clone(); 3]);
+    assert_eq!(usage["total_tokens"], v["usage"]["total_tokens"]);
+    // Sampled: the choices differ, and the same seed gives the same set again.
+    let sampled = json!({"messages": question("Write a word."), "max_tokens": 8,
+        "temperature": 1.2, "seed": 5, "n": 4});
+    let (_, a) = post(&e.base, "/v1/chat/completions", sampled.clone()).await;
+    let (_, b) = post(&e.base, "/v1/chat/completions", sampled).await;
+    let a = choices(&a, true);
+    assert_eq!(a, choices(&b, true), "same seed, same choices");
+    let distinct: std::collections::HashSet<_> = a.iter().map(|c| &c.1).collect();
+    assert!(
+        distinct.len() > 1,
+        "4 sampled choices were all equal: {a:?}"
+    );
+
+    // Completions: a list of prompts × n, numbered prompt by prompt.
+    let comp = |prompt: Value, extra: Value| {
+        let mut b = json!({"prompt": prompt, "max_tokens": 6, "temperature": 0});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        b
+    };
+    let solo_text = |v: &Value| choices(v, false)[0].1.clone();
+    let (_, fr) = post(
+        &e.base,
+        "/v1/completions",
+        comp(json!("The capital of France is"), json!({})),
+    )
+    .await;
+    let (_, de) = post(
+        &e.base,
+        "/v1/completions",
+        comp(json!("Berlin is in"), json!({})),
+    )
+    .await;
+    let (status, v) = post(
+        &e.base,
+        "/v1/completions",
+        comp(
+            json!(["The capital of France is", "Berlin is in"]),
+            json!({"n": 2}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let texts: Vec<String> = choices(&v, false).into_iter().map(|c| c.1).collect();
+    assert_eq!(
+        texts,
+        vec![
+            solo_text(&fr),
+            solo_text(&fr),
+            solo_text(&de),
+            solo_text(&de)
+        ]
+    );
+    assert_eq!(
+        v["usage"]["prompt_tokens"].as_u64(),
+        Some(
+            fr["usage"]["prompt_tokens"].as_u64().unwrap()
+                + de["usage"]["prompt_tokens"].as_u64().unwrap()
+        )
+    );
+    // Token ids are a prompt too (the model's own vocabulary).
+    let (_, tok) = post(
+        &e.base,
+        "/tokenize",
+        json!({"prompt": "The capital of France is"}),
+    )
+    .await;
+    let (status, v) = post(
+        &e.base,
+        "/v1/completions",
+        comp(tok["tokens"].clone(), json!({})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(solo_text(&v), solo_text(&fr));
+    // echo: the prompt comes first, non-streamed and streamed.
+    let (_, v) = post(
+        &e.base,
+        "/v1/completions",
+        comp(json!("The capital of France is"), json!({"echo": true})),
+    )
+    .await;
+    assert_eq!(
+        solo_text(&v),
+        format!("The capital of France is{}", solo_text(&fr))
+    );
+    let (texts, _) = stream_choices(
+        &e.base,
+        "/v1/completions",
+        comp(
+            json!(["The capital of France is", "Berlin is in"]),
+            json!({"echo": true}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        texts,
+        vec![
+            format!("The capital of France is{}", solo_text(&fr)),
+            format!("Berlin is in{}", solo_text(&de))
+        ]
+    );
+    // What cannot be done is a 400 naming the parameter.
+    for (extra_prompt, extra, param) in [
+        (json!([]), json!({}), "prompt"),
+        (json!([1, "a"]), json!({}), "prompt"),
+        (json!([[1, 2], [999999]]), json!({}), "prompt"),
+        (json!("x"), json!({"echo": true, "logprobs": 1}), "echo"),
+        (json!(["a", "a"]), json!({"n": 100}), "n"),
+    ] {
+        let (status, v) = post(
+            &e.base,
+            "/v1/completions",
+            comp(extra_prompt.clone(), extra.clone()),
+        )
+        .await;
+        assert_eq!(status, 400, "{extra_prompt} {extra} → {v}");
+        assert_eq!(v["error"]["param"], param, "{extra_prompt} {extra} → {v}");
     }
 }

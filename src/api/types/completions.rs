@@ -43,6 +43,18 @@ pub struct SamplingFields {
     pub extras: SamplingExtras,
 }
 
+impl SamplingFields {
+    /// Fills the values the request left unset from the checkpoint's recommendations.
+    pub fn with_defaults(mut self, d: &crate::models::decoder::SamplingDefaults) -> Self {
+        self.temperature = self.temperature.or(d.temperature);
+        self.top_p = self.top_p.or(d.top_p);
+        self.top_k = self.top_k.or(d.top_k);
+        self.repetition_penalty = self.repetition_penalty.or(d.repetition_penalty);
+        self.extras.min_p = self.extras.min_p.or(d.min_p);
+        self
+    }
+}
+
 /// Sampling controls chat and completion requests share beyond the classic ones: OpenAI's
 /// `logit_bias` and vLLM's `min_p` and `min_tokens`.
 #[derive(Debug, Clone, Default, Deserialize)]

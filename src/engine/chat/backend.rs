@@ -25,6 +25,10 @@ pub trait DecoderBackend {
     /// One forward step over several sequences; each item appends its tokens (a prefill
     /// chunk or one decode token) and gets the logits of its last token, in item order.
     fn step(&self, items: &mut [BatchItem<'_, Self::Cache>]) -> Result<Vec<Vec<f32>>, ModelError>;
+    /// A copy of a sequence's cache for a sibling that continues from the same prompt
+    /// (`n` > 1), or `None` where copying is not possible; the sibling then prefills the
+    /// prompt itself.
+    fn fork(&self, cache: &Self::Cache) -> Option<Self::Cache>;
 }
 
 impl DecoderBackend for DecoderModel {
@@ -51,5 +55,9 @@ impl DecoderBackend for DecoderModel {
             })
             .collect();
         DecoderModel::step(self, &mut steps)
+    }
+
+    fn fork(&self, cache: &SeqCache) -> Option<SeqCache> {
+        cache.fork()
     }
 }

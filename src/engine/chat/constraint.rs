@@ -159,6 +159,13 @@ impl Constraint {
             .unwrap_or(0)
     }
 
+    /// An independent copy in the same state (a sibling sequence of `n` > 1).
+    pub fn fork(&self) -> Constraint {
+        Constraint {
+            matcher: self.matcher.deep_clone(),
+        }
+    }
+
     /// Records the sampled token.
     pub fn advance(&mut self, token: u32) {
         if let Err(e) = self.matcher.consume_token(token) {

@@ -56,6 +56,8 @@ pub struct ChatRuntime {
     pub queue: ChatQueue,
     /// Longest prompt + completion, tokens.
     pub max_model_len: usize,
+    /// The scheduler's limits (the choices of one prompt must fit them together).
+    pub scheduler: SchedulerConfig,
     /// The structured-output compiler, built on the first constrained request.
     pub grammars: OnceLock<Result<Arc<constraint::Grammars>, String>>,
 }
@@ -250,6 +252,7 @@ fn load(
         template,
         queue: queue.clone(),
         max_model_len: lim.max_model_len,
+        scheduler: lim.scheduler,
         grammars: OnceLock::new(),
     };
     let facts = CardFacts {
@@ -263,6 +266,9 @@ fn load(
         kv_budget_tokens = lim.scheduler.kv_budget_tokens,
         max_num_seqs = lim.scheduler.max_num_seqs, "model ready"
     );
+    if !info.sampling_defaults.is_empty() {
+        tracing::info!(defaults = ?info.sampling_defaults, "sampling defaults from generation_config.json (a request's own values win)");
+    }
     Some((model, queue, lim.scheduler))
 }
 

@@ -14,7 +14,7 @@ use super::tools::{self, Tools};
 use crate::api::types::chat::{parse_messages, ChatCompletionRequest};
 use crate::api::types::completions::{CompletionRequest, SamplingFields, StopField};
 use crate::api::ApiError;
-use crate::models::decoder::DecoderInfo;
+use crate::models::decoder::{DecoderInfo, SamplingDefaults};
 use crate::models::encoder::CHARS_PER_TOKEN;
 
 /// Most stop strings per request.
@@ -31,7 +31,14 @@ pub struct Generation {
     /// `None`: up to the end of the context.
     pub max_tokens: Option<usize>,
     pub ignore_eos: bool,
+    /// Choices per prompt (each sampled independently from the shared prompt).
+    pub n: usize,
 }
+
+/// Most choices per prompt (OpenAI's limit); a model also caps it at its `max_num_seqs`.
+pub const MAX_N: usize = 128;
+/// Most prompts in one completion request.
+pub const MAX_PROMPTS: usize = 128;
 
 fn range(
     param: &str,
@@ -50,16 +57,16 @@ fn range(
 
 /// Checks every sampling value; the first problem is reported with its parameter name.
 pub fn validate(f: &SamplingFields) -> Result<Generation, ApiError> {
-    if let Some(n) = f.n {
-        if n != 1 {
+    let n = match f.n {
+        None => 1,
+        Some(n) if (1..=MAX_N as i64).contains(&n) => n as usize,
+        Some(n) => {
             return Err(ApiError::invalid_param(
                 "n",
-                format!(
-                    "'n' must be 1 (got {n}); several choices per request are not supported yet"
-                ),
-            ));
+                format!("'n' must be between 1 and {MAX_N} (got {n})"),
+            ))
         }
-    }
+    };
     let max_tokens = match f.max_tokens {
         Some(m) if m < 1 => {
             return Err(ApiError::invalid_param(
@@ -181,6 +188,7 @@ pub fn validate(f: &SamplingFields) -> Result<Generation, ApiError> {
         stop,
         max_tokens,
         ignore_eos: f.ignore_eos,
+        n,
     })
 }
 
@@ -279,7 +287,10 @@ pub struct CheckedChat {
 
 /// The checks of `POST /v1/chat/completions` before the template runs (also the fuzz
 /// target's entry point, so both see the same rules).
-pub fn check_chat(req: &ChatCompletionRequest) -> Result<CheckedChat, ApiError> {
+pub fn check_chat(
+    req: &ChatCompletionRequest,
+    defaults: &SamplingDefaults,
+) -> Result<CheckedChat, ApiError> {
     let mut messages = parse_messages(&req.messages)?;
     tools::arguments_as_objects(&mut messages);
     if req.top_logprobs.is_some() && req.logprobs != Some(true) {
@@ -288,7 +299,7 @@ pub fn check_chat(req: &ChatCompletionRequest) -> Result<CheckedChat, ApiError> 
             "'top_logprobs' needs 'logprobs': true",
         ));
     }
-    let gen = validate(&req.sampling())?;
+    let gen = validate(&req.sampling().with_defaults(defaults))?;
     let tools = tools::parse(
         req.tools.as_ref(),
         req.tool_choice.as_ref(),
@@ -316,34 +327,98 @@ pub fn check_chat(req: &ChatCompletionRequest) -> Result<CheckedChat, ApiError> 
     })
 }
 
+/// One prompt of a completion request: text, or token ids in the model's vocabulary.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PromptInput {
+    Text(String),
+    Tokens(Vec<u32>),
+}
+
 /// A completion request after every check that needs no model.
 #[derive(Debug, Clone)]
 pub struct CheckedCompletion {
-    pub prompt: String,
+    pub prompts: Vec<PromptInput>,
+    /// Each choice's text starts with its prompt.
+    pub echo: bool,
     pub gen: Generation,
     pub spec: Option<(ConstraintSpec, &'static str)>,
 }
 
-/// The checks of `POST /v1/completions` before tokenisation.
-pub fn check_completion(req: &CompletionRequest) -> Result<CheckedCompletion, ApiError> {
-    let prompt = match &req.prompt {
-        Value::String(t) => t.clone(),
-        Value::Array(a) if a.len() == 1 && a[0].is_string() => {
-            a[0].as_str().unwrap_or_default().to_string()
-        }
-        _ => {
+/// `prompt` as OpenAI defines it: a string, a list of strings, a list of token ids, or a
+/// list of such lists.
+fn prompts(v: &Value) -> Result<Vec<PromptInput>, ApiError> {
+    let bad = || {
+        ApiError::invalid_param(
+            "prompt",
+            "'prompt' must be a string, a list of strings, a list of token ids or a list of token-id lists",
+        )
+    };
+    let ids = |a: &[Value]| -> Result<Vec<u32>, ApiError> {
+        a.iter()
+            .map(|t| {
+                t.as_u64()
+                    .and_then(|t| u32::try_from(t).ok())
+                    .ok_or_else(bad)
+            })
+            .collect()
+    };
+    let list = match v {
+        Value::String(t) => return Ok(vec![PromptInput::Text(t.clone())]),
+        Value::Array(a) if a.is_empty() => {
             return Err(ApiError::invalid_param(
                 "prompt",
-                "'prompt' must be a string (a list of prompts is not supported yet)",
-            ));
+                "'prompt' must not be empty",
+            ))
         }
+        Value::Array(a) if a[0].is_number() => return Ok(vec![PromptInput::Tokens(ids(a)?)]),
+        Value::Array(a) => a,
+        _ => return Err(bad()),
     };
-    if req.echo {
-        return Err(ApiError::invalid_param("echo", "'echo' is not supported"));
+    if list.len() > MAX_PROMPTS {
+        return Err(ApiError::invalid_param(
+            "prompt",
+            format!(
+                "'prompt' accepts at most {MAX_PROMPTS} prompts (got {})",
+                list.len()
+            ),
+        ));
+    }
+    list.iter()
+        .map(|p| match p {
+            Value::String(t) => Ok(PromptInput::Text(t.clone())),
+            Value::Array(a) => Ok(PromptInput::Tokens(ids(a)?)),
+            _ => Err(bad()),
+        })
+        .collect()
+}
+
+/// The checks of `POST /v1/completions` before tokenisation.
+pub fn check_completion(
+    req: &CompletionRequest,
+    defaults: &SamplingDefaults,
+) -> Result<CheckedCompletion, ApiError> {
+    let prompts = prompts(&req.prompt)?;
+    let gen = validate(&req.sampling().with_defaults(defaults))?;
+    if prompts.len() * gen.n > MAX_N {
+        return Err(ApiError::invalid_param(
+            "n",
+            format!(
+                "a request may ask for at most {MAX_N} choices in all ({} prompts × n = {} asked)",
+                prompts.len(),
+                prompts.len() * gen.n
+            ),
+        ));
+    }
+    if req.echo && gen.params.logprobs.is_some() {
+        return Err(ApiError::invalid_param(
+            "echo",
+            "'echo' with 'logprobs' would need the prompt's log probabilities, which this engine does not compute; drop one of them",
+        ));
     }
     Ok(CheckedCompletion {
-        prompt,
-        gen: validate(&req.sampling())?,
+        prompts,
+        echo: req.echo,
+        gen,
         spec: spec_of(&req.structured)?,
     })
 }
@@ -514,7 +589,14 @@ mod tests {
         );
         assert_eq!(
             param_of(SamplingFields {
-                n: Some(2),
+                n: Some(0),
+                ..fields()
+            }),
+            p("n")
+        );
+        assert_eq!(
+            param_of(SamplingFields {
+                n: Some(MAX_N as i64 + 1),
                 ..fields()
             }),
             p("n")
@@ -553,15 +635,76 @@ mod tests {
             seed: Some(42),
             stop: Some(StopField::One("x".into())),
             max_tokens: Some(5),
-            n: Some(1),
+            n: Some(3),
             ..fields()
         })
         .unwrap();
+        assert_eq!(g.n, 3);
         assert_eq!(g.params.temperature, 0.0);
         assert_eq!(g.params.top_k, 0);
         assert_eq!(g.params.seed, Some(42));
         assert_eq!(g.stop, vec!["x".to_string()]);
         assert_eq!(g.max_tokens, Some(5));
+    }
+
+    #[test]
+    fn prompts_take_every_openai_form() {
+        use serde_json::json;
+        let t = |s: &str| PromptInput::Text(s.into());
+        assert_eq!(prompts(&json!("a")).unwrap(), vec![t("a")]);
+        assert_eq!(prompts(&json!(["a", "b"])).unwrap(), vec![t("a"), t("b")]);
+        assert_eq!(
+            prompts(&json!([1, 2])).unwrap(),
+            vec![PromptInput::Tokens(vec![1, 2])]
+        );
+        assert_eq!(
+            prompts(&json!([[1], "c"])).unwrap(),
+            vec![PromptInput::Tokens(vec![1]), t("c")]
+        );
+        for bad in [
+            json!([]),
+            json!(3),
+            json!([1, "a"]),
+            json!([-1]),
+            json!([{}]),
+            json!(null),
+        ] {
+            assert_eq!(
+                prompts(&bad).unwrap_err().param.as_deref(),
+                Some("prompt"),
+                "{bad}"
+            );
+        }
+        let many: Vec<String> = (0..=MAX_PROMPTS).map(|i| i.to_string()).collect();
+        assert!(prompts(&json!(many)).is_err());
+    }
+
+    #[test]
+    fn model_defaults_fill_only_what_the_request_left_unset() {
+        let d = SamplingDefaults {
+            temperature: Some(0.6),
+            top_p: Some(0.95),
+            top_k: Some(20),
+            min_p: Some(0.05),
+            repetition_penalty: Some(1.1),
+        };
+        let g = validate(&fields().with_defaults(&d)).unwrap();
+        assert_eq!(
+            (g.params.temperature, g.params.top_p, g.params.top_k),
+            (0.6, 0.95, 20)
+        );
+        assert_eq!((g.params.min_p, g.params.repetition_penalty), (0.05, 1.1));
+        let g = validate(
+            &SamplingFields {
+                temperature: Some(0.0),
+                top_k: Some(-1),
+                ..fields()
+            }
+            .with_defaults(&d),
+        )
+        .unwrap();
+        assert_eq!((g.params.temperature, g.params.top_k), (0.0, 0));
+        assert_eq!(g.params.top_p, 0.95);
     }
 
     #[test]

@@ -17,11 +17,11 @@ use tokio::sync::mpsc;
 use super::constraint::Constraint;
 use super::request::{
     check_chars, check_chat, check_completion, check_vocab, completion_budget, encode, json_chars,
-    CheckedChat, CheckedCompletion, Generation,
+    CheckedChat, CheckedCompletion, Generation, PromptInput,
 };
 use super::runner::SubmitError;
 use super::scheduler::{Event, FinishReason, GenRequest};
-use super::stream::{collect, sse, sse_tool_answer, ResponseMeta, Shape};
+use super::stream::{collect_all, sse, sse_tool_answer, ResponseMeta, Shape, StreamChoice};
 use super::template::TemplateError;
 use super::tools;
 use super::{ChatRuntime, ChatState};
@@ -81,36 +81,90 @@ fn chat_prompt(
 }
 
 impl ChatState {
-    /// Queues a checked prompt and returns its event receiver.
+    /// Queues each prompt with its `n` choices (the siblings share the prompt's prefill)
+    /// and returns the choices' event receivers in OpenAI's order: prompt by prompt, `n`
+    /// each. Nothing runs for a request that cannot fit: each prompt's context and the KV
+    /// and sequence room its choices need together are checked first.
     fn submit(
         &self,
         rt: &ChatRuntime,
-        prompt: Vec<u32>,
+        prompts: Vec<Vec<u32>>,
         gen: Generation,
         constraint: Option<Constraint>,
         param: &str,
-    ) -> Result<mpsc::Receiver<Event>, ApiError> {
-        let max_tokens = completion_budget(prompt.len(), gen.max_tokens, rt.max_model_len, param)
-            .inspect_err(|_| self.common.reject(reason::TOO_LONG))?;
-        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
-        let req = GenRequest {
-            prompt,
-            params: gen.params,
-            stop: gen.stop,
-            max_tokens,
-            ignore_eos: gen.ignore_eos,
-            events: tx,
-            enqueued: Instant::now(),
-            constraint,
-        };
-        match rt.queue.submit(req) {
-            Ok(()) => Ok(rx),
-            Err(SubmitError::Full) => {
-                self.common.reject(reason::QUEUE_FULL);
-                Err(ApiError::overloaded(1))
-            }
-            Err(SubmitError::Closed) => Err(ApiError::unavailable("The engine is shutting down")),
+    ) -> Result<Vec<mpsc::Receiver<Event>>, ApiError> {
+        let n = gen.n;
+        let sched = rt.scheduler;
+        if n > sched.max_num_seqs {
+            self.common.reject(reason::INVALID);
+            return Err(ApiError::invalid_param(
+                "n",
+                format!(
+                    "'n' must be at most {} for this model (its max_num_seqs; got {n})",
+                    sched.max_num_seqs
+                ),
+            ));
         }
+        let mut budgets = Vec::with_capacity(prompts.len());
+        for p in &prompts {
+            let max_tokens = completion_budget(p.len(), gen.max_tokens, rt.max_model_len, param)
+                .inspect_err(|_| self.common.reject(reason::TOO_LONG))?;
+            if n > 1 && (p.len() + max_tokens).saturating_mul(n) > sched.kv_budget_tokens {
+                self.common.reject(reason::TOO_LONG);
+                return Err(ApiError::invalid_param(
+                    "n",
+                    format!(
+                        "{n} choices of up to {} tokens each do not fit this model's KV cache ({} tokens); lower 'n' or the maximum tokens",
+                        p.len() + max_tokens,
+                        sched.kv_budget_tokens
+                    ),
+                ));
+            }
+            budgets.push(max_tokens);
+        }
+        let mut receivers = Vec::with_capacity(prompts.len() * n);
+        let last = prompts.len().saturating_sub(1);
+        let mut constraint = constraint;
+        for (i, (prompt, max_tokens)) in prompts.into_iter().zip(budgets).enumerate() {
+            let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+            receivers.push(rx);
+            let siblings = (1..n)
+                .map(|_| {
+                    let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+                    receivers.push(rx);
+                    tx
+                })
+                .collect();
+            // Each prompt gets its own grammar state; the last one takes the original.
+            let c = if i == last {
+                constraint.take()
+            } else {
+                constraint.as_ref().map(Constraint::fork)
+            };
+            let req = GenRequest {
+                prompt,
+                params: gen.params.clone(),
+                stop: gen.stop.clone(),
+                max_tokens,
+                ignore_eos: gen.ignore_eos,
+                events: tx,
+                enqueued: Instant::now(),
+                constraint: c,
+                siblings,
+            };
+            match rt.queue.submit(req) {
+                Ok(()) => {}
+                // Prompts already queued are dropped with their receivers.
+                Err(SubmitError::Full) => {
+                    self.common.reject(reason::QUEUE_FULL);
+                    return Err(ApiError::overloaded(1));
+                }
+                Err(SubmitError::Closed) => {
+                    return Err(ApiError::unavailable("The engine is shutting down"))
+                }
+            }
+        }
+        Ok(receivers)
     }
 
     fn invalid<T>(&self, r: Result<T, ApiError>) -> Result<T, ApiError> {
@@ -136,7 +190,7 @@ async fn chat_completions(
         gen,
         tools: tool_spec,
         spec,
-    } = s.invalid(check_chat(&req))?;
+    } = s.invalid(check_chat(&req, &rt.info.sampling_defaults))?;
     s.invalid(check_vocab(&gen, rt.info.vocab_size))?;
     // With tool_choice "none" the template still sees the tools (as OpenAI documents).
     let tools = req.tools.clone();
@@ -152,53 +206,113 @@ async fn chat_completions(
             .await,
         )?
     };
-    let logprobs = gen.params.logprobs.is_some();
-    let rx = s.submit(&rt, prompt, gen, constraint, "messages")?;
     let meta = ResponseMeta {
         id: response_id("chatcmpl"),
         created: now_secs(),
         model: req.model.clone().unwrap_or_else(|| s.common.id.to_string()),
         shape: Shape::Chat,
         include_usage: req.stream_options.as_ref().is_some_and(|o| o.include_usage),
-        logprobs,
+        logprobs: gen.params.logprobs.is_some(),
+        prompt_tokens: prompt.len(),
     };
+    let rxs = s.submit(&rt, vec![prompt], gen, constraint, "messages")?;
     if req.stream {
         return Ok(match tool_spec {
-            None => sse(rx, meta).into_response(),
-            Some(t) => sse_tool_answer(rx, t, meta).into_response(),
+            None => {
+                let choices = rxs.into_iter().map(|rx| StreamChoice { rx, echo: None });
+                sse(choices.collect(), meta).into_response()
+            }
+            Some(t) => sse_tool_answer(rxs, t, meta).into_response(),
         });
     }
-    let done = collect(rx).await?;
-    let logprobs = done.logprobs_json(&meta);
-    let (content, calls) = match &tool_spec {
-        Some(t) => tools::extract(&done.text, t),
-        None => (Some(done.text.clone()), Vec::new()),
-    };
-    let finish = if calls.is_empty() {
-        done.finish_reason
-    } else {
-        FinishReason::ToolCalls
-    };
-    let tool_calls = (!calls.is_empty())
-        .then(|| serde_json::to_value(&calls).expect("tool calls serialise. This is a bug."));
+    let done = collect_all(rxs).await?;
+    let completion_tokens = done.iter().map(|d| d.usage.completion_tokens).sum();
+    let choices = done
+        .iter()
+        .enumerate()
+        .map(|(index, d)| {
+            let (content, calls) = match &tool_spec {
+                Some(t) => tools::extract(&d.text, t),
+                None => (Some(d.text.clone()), Vec::new()),
+            };
+            let finish = if calls.is_empty() {
+                d.finish_reason
+            } else {
+                FinishReason::ToolCalls
+            };
+            let tool_calls = (!calls.is_empty()).then(|| {
+                serde_json::to_value(&calls).expect("tool calls serialise. This is a bug.")
+            });
+            ChatChoice {
+                index,
+                message: ChatMessage {
+                    role: "assistant".into(),
+                    content,
+                    tool_calls,
+                },
+                finish_reason: Some(finish.as_str().into()),
+                logprobs: d.logprobs_json(&meta),
+            }
+        })
+        .collect();
     Ok(Json(ChatCompletionResponse {
+        usage: meta.usage(completion_tokens),
         id: meta.id,
         object: "chat.completion".into(),
         created: meta.created,
         model: meta.model,
-        choices: vec![ChatChoice {
-            index: 0,
-            message: ChatMessage {
-                role: "assistant".into(),
-                content,
-                tool_calls,
-            },
-            finish_reason: Some(finish.as_str().into()),
-            logprobs,
-        }],
-        usage: done.usage,
+        choices,
     })
     .into_response())
+}
+
+/// Token ids of a completion prompt, tokenising text prompts (on a blocking thread) and
+/// checking given ids against the vocabulary; with `echo`, the text each choice starts with.
+fn completion_prompts(
+    rt: &ChatRuntime,
+    prompts: Vec<PromptInput>,
+    echo: bool,
+) -> Result<(Vec<Vec<u32>>, Vec<Option<String>>), ApiError> {
+    let mut ids = Vec::with_capacity(prompts.len());
+    let mut echoes = Vec::with_capacity(prompts.len());
+    for p in prompts {
+        let (tokens, text) = match p {
+            PromptInput::Text(t) => (
+                encode(&rt.tokenizer, &rt.info, &t, true, rt.max_model_len)?,
+                echo.then_some(t),
+            ),
+            PromptInput::Tokens(t) => {
+                if let Some(bad) = t.iter().find(|&&id| id as usize >= rt.info.vocab_size) {
+                    return Err(ApiError::invalid_param(
+                        "prompt",
+                        format!(
+                            "token id {bad} is outside the vocabulary (size {})",
+                            rt.info.vocab_size
+                        ),
+                    ));
+                }
+                let text = echo
+                    .then(|| rt.tokenizer.decode(&t, false))
+                    .transpose()
+                    .map_err(|_| {
+                        ApiError::invalid_param(
+                            "prompt",
+                            "The prompt's tokens could not be decoded",
+                        )
+                    })?;
+                (t, text)
+            }
+        };
+        if tokens.is_empty() {
+            return Err(ApiError::invalid_param(
+                "prompt",
+                "'prompt' must not be empty",
+            ));
+        }
+        ids.push(tokens);
+        echoes.push(text);
+    }
+    Ok((ids, echoes))
 }
 
 async fn completions(
@@ -208,56 +322,66 @@ async fn completions(
     s.common.check_model(req.model.as_deref())?;
     let rt = s.runtime()?;
     let CheckedCompletion {
-        prompt: text,
+        prompts,
+        echo,
         gen,
         spec,
-    } = s.invalid(check_completion(&req))?;
+    } = s.invalid(check_completion(&req, &rt.info.sampling_defaults))?;
     s.invalid(check_vocab(&gen, rt.info.vocab_size))?;
-    let (prompt, constraint) = {
+    let (prompts, echoes, constraint) = {
         let rt = rt.clone();
         s.invalid(
             blocking(move || {
-                let prompt = encode(&rt.tokenizer, &rt.info, &text, true, rt.max_model_len)?;
+                let (ids, echoes) = completion_prompts(&rt, prompts, echo)?;
                 let c = spec.map(|(sp, p)| rt.constraint(&sp, p)).transpose()?;
-                Ok((prompt, c))
+                Ok((ids, echoes, c))
             })
             .await,
         )?
     };
-    if prompt.is_empty() {
-        s.common.reject(reason::INVALID);
-        return Err(ApiError::invalid_param(
-            "prompt",
-            "'prompt' must not be empty",
-        ));
-    }
-    let logprobs = gen.params.logprobs.is_some();
-    let rx = s.submit(&rt, prompt, gen, constraint, "prompt")?;
     let meta = ResponseMeta {
         id: response_id("cmpl"),
         created: now_secs(),
         model: req.model.clone().unwrap_or_else(|| s.common.id.to_string()),
         shape: Shape::Completion,
         include_usage: req.stream_options.as_ref().is_some_and(|o| o.include_usage),
-        logprobs,
+        logprobs: gen.params.logprobs.is_some(),
+        prompt_tokens: prompts.iter().map(Vec::len).sum(),
     };
+    let n = gen.n;
+    let rxs = s.submit(&rt, prompts, gen, constraint, "prompt")?;
+    // Choice i answers prompt i / n.
+    let echo_of = |i: usize| echoes[i / n].clone();
     if req.stream {
-        return Ok(sse(rx, meta).into_response());
+        let choices = rxs
+            .into_iter()
+            .enumerate()
+            .map(|(i, rx)| StreamChoice {
+                rx,
+                echo: echo_of(i),
+            })
+            .collect();
+        return Ok(sse(choices, meta).into_response());
     }
-    let done = collect(rx).await?;
-    let logprobs = done.logprobs_json(&meta);
+    let done = collect_all(rxs).await?;
+    let completion_tokens = done.iter().map(|d| d.usage.completion_tokens).sum();
+    let choices = done
+        .iter()
+        .enumerate()
+        .map(|(index, d)| CompletionChoice {
+            index,
+            text: echo_of(index).unwrap_or_default() + &d.text,
+            finish_reason: Some(d.finish_reason.as_str().into()),
+            logprobs: d.logprobs_json(&meta),
+        })
+        .collect();
     Ok(Json(CompletionResponse {
+        usage: Some(meta.usage(completion_tokens)),
         id: meta.id,
         object: "text_completion".into(),
         created: meta.created,
         model: meta.model,
-        choices: vec![CompletionChoice {
-            index: 0,
-            text: done.text,
-            finish_reason: Some(done.finish_reason.as_str().into()),
-            logprobs,
-        }],
-        usage: Some(done.usage),
+        choices,
     })
     .into_response())
 }

@@ -254,6 +254,7 @@ mod tests {
                 events: tx,
                 enqueued: Instant::now(),
                 constraint: None,
+                siblings: Vec::new(),
             },
             rx,
         )

@@ -106,6 +106,32 @@ impl Sampler {
         self
     }
 
+    /// The sampler of sibling `i` (≥ 1) of an `n` > 1 request, before anything was
+    /// generated: the same state with its own random stream (a set seed moves by `i`, so
+    /// the choices differ and stay reproducible).
+    pub fn fork(&self, i: u64) -> Sampler {
+        let mut params = self.params.clone();
+        params.seed = params.seed.map(|s| s.wrapping_add(i));
+        let rng = match params.seed {
+            Some(s) => StdRng::seed_from_u64(s),
+            None => StdRng::from_entropy(),
+        };
+        Sampler {
+            params,
+            rng,
+            generated: self.generated.clone(),
+            seen_prompt: self.seen_prompt.clone(),
+            constraint: self.constraint.as_ref().map(|c| c.fork()),
+            eos: self.eos.clone(),
+            count: self.count,
+        }
+    }
+
+    /// The parameters, as the sampler uses them.
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
     /// Picks the next token from `logits` (modified in place) and records it.
     pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
         if let Some(c) = &mut self.constraint {

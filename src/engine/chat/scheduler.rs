@@ -65,11 +65,36 @@ pub struct GenRequest {
     pub enqueued: Instant,
     /// Structured output: the grammar every token must follow.
     pub constraint: Option<super::constraint::Constraint>,
+    /// `n` > 1: the event channels of the other choices. They share this request's
+    /// prefill: once the prompt is cached, each becomes its own sequence with a copy of the
+    /// cache, sampled independently.
+    pub siblings: Vec<mpsc::Sender<Event>>,
 }
 
 impl GenRequest {
+    /// The KV tokens reserved for this request and the siblings it has not forked yet.
     fn worst_case_tokens(&self) -> usize {
-        self.prompt.len() + self.max_tokens
+        (self.prompt.len() + self.max_tokens) * self.group()
+    }
+
+    /// Sequences this request becomes: itself and its unforked siblings.
+    fn group(&self) -> usize {
+        1 + self.siblings.len()
+    }
+
+    /// A sibling's request: the same prompt and limits, its own channel and parameters.
+    fn sibling(&self, events: mpsc::Sender<Event>, params: SamplingParams) -> Self {
+        GenRequest {
+            prompt: self.prompt.clone(),
+            params,
+            stop: self.stop.clone(),
+            max_tokens: self.max_tokens,
+            ignore_eos: self.ignore_eos,
+            events,
+            enqueued: self.enqueued,
+            constraint: None,
+            siblings: Vec::new(),
+        }
     }
 }
 
@@ -103,6 +128,24 @@ struct Seq<C> {
 }
 
 impl<C> Seq<C> {
+    fn new(req: GenRequest, cache: C, cached: usize, sampler: Sampler) -> Self {
+        Seq {
+            tokens: req.prompt.clone(),
+            cached,
+            chunk: 0,
+            cache,
+            sampler,
+            detok: Detokenizer::new(&req.prompt),
+            stop: StopMatcher::new(req.stop.clone()).including(req.params.include_stop_str),
+            generated: 0,
+            last_token_at: None,
+            outbox: VecDeque::new(),
+            finished: false,
+            gone: false,
+            req,
+        }
+    }
+
     fn send(&mut self, ev: Event) {
         self.outbox.push_back(ev);
     }
@@ -234,12 +277,14 @@ impl<C> Scheduler<C> {
         before - self.waiting.len() - self.running.len()
     }
 
-    /// Moves waiting requests into the running set, oldest first, while they fit.
+    /// Moves waiting requests into the running set, oldest first, while they fit (a
+    /// request with siblings needs room for all of them).
     fn admit<B: DecoderBackend<Cache = C>>(&mut self, backend: &B, stats: &mut StepStats) {
-        while self.running.len() < self.cfg.max_num_seqs {
-            let Some(front) = self.waiting.front() else {
+        while let Some(front) = self.waiting.front() {
+            if self.running.len() + front.group().min(self.cfg.max_num_seqs) > self.cfg.max_num_seqs
+            {
                 break;
-            };
+            }
             let need = front.worst_case_tokens();
             if self.reserved + need > self.cfg.kv_budget_tokens {
                 stats.kv_blocked = self.waiting.len();
@@ -251,23 +296,11 @@ impl<C> Scheduler<C> {
                 .expect("front exists. This is a bug.");
             self.reserved += need;
             stats.queue_wait.push(req.enqueued.elapsed());
-            self.running.push(Seq {
-                tokens: req.prompt.clone(),
-                cached: 0,
-                chunk: 0,
-                cache: backend.new_sequence(),
-                sampler: Sampler::new(req.params.clone(), &req.prompt)
-                    .with_constraint(req.constraint.take())
-                    .with_eos(&backend.info().eos_token_ids),
-                detok: Detokenizer::new(&req.prompt),
-                stop: StopMatcher::new(req.stop.clone()).including(req.params.include_stop_str),
-                generated: 0,
-                last_token_at: None,
-                outbox: VecDeque::new(),
-                finished: false,
-                gone: false,
-                req,
-            });
+            let sampler = Sampler::new(req.params.clone(), &req.prompt)
+                .with_constraint(req.constraint.take())
+                .with_eos(&backend.info().eos_token_ids);
+            self.running
+                .push(Seq::new(req, backend.new_sequence(), 0, sampler));
         }
     }
 
@@ -344,18 +377,18 @@ impl<C> Scheduler<C> {
         stats
     }
 
-    /// Samples the next token of every sequence whose prompt is now fully cached.
+    /// Samples the next token of every sequence whose prompt is now fully cached. A request
+    /// with siblings forks them here, from the same logits, before its own first token.
     fn consume<B: DecoderBackend<Cache = C>>(
         &mut self,
         backend: &B,
         logits: Vec<Vec<f32>>,
         stats: &mut StepStats,
     ) {
-        let tok = backend.tokenizer();
-        let eos = &backend.info().eos_token_ids;
         let now = Instant::now();
+        let mut forked = Vec::new();
         let batched = self.running.iter_mut().filter(|s| s.chunk > 0);
-        for (s, mut l) in batched.zip(logits) {
+        for (s, l) in batched.zip(logits) {
             if s.generated == 0 {
                 stats.prefill_tokens += s.chunk;
             }
@@ -363,50 +396,21 @@ impl<C> Scheduler<C> {
             if s.cached < s.tokens.len() {
                 continue; // mid-prompt chunk: its logits are not needed
             }
-            // Log probabilities come from the raw logits, before the sampler changes them.
-            let raw = s.req.params.logprobs.map(|k| (k, l.clone()));
-            let id = s.sampler.sample(&mut l);
-            s.generated += 1;
-            stats.generated_tokens += 1;
-            match s.last_token_at {
-                None => stats.ttft.push(now.duration_since(s.req.enqueued)),
-                Some(t) => stats.itl.push(now.duration_since(t)),
-            }
-            s.last_token_at = Some(now);
-            let ends = (!s.req.ignore_eos && eos.contains(&id))
-                || s.req.params.stop_token_ids.contains(&id);
-            if ends {
-                let rest = s.detok.flush(tok);
-                let (text, _) = s.stop.push(&rest);
-                let text = text + &s.stop.flush();
-                finish(s, text, FinishReason::Stop);
-                continue;
-            }
-            if let Some((k, raw)) = raw {
-                s.send(Event::Logprob(super::logprobs::compute(&raw, id, k, tok)));
-            }
-            s.tokens.push(id);
-            let piece = s.detok.push(tok, id);
-            let (text, stopped) = s.stop.push(&piece);
-            if stopped {
-                finish(s, text, FinishReason::Stop);
-            } else if s.generated >= s.req.max_tokens {
-                let (more, stopped) = s.stop.push(&s.detok.flush(tok));
-                let text = if stopped {
-                    text + &more
-                } else {
-                    text + &more + &s.stop.flush()
+            for (i, events) in std::mem::take(&mut s.req.siblings).into_iter().enumerate() {
+                let sampler = s.sampler.fork(i as u64 + 1);
+                let req = s.req.sibling(events, sampler.params().clone());
+                let mut sib = match backend.fork(&s.cache) {
+                    Some(cache) => Seq::new(req, cache, s.cached, sampler),
+                    None => Seq::new(req, backend.new_sequence(), 0, sampler),
                 };
-                let reason = if stopped {
-                    FinishReason::Stop
-                } else {
-                    FinishReason::Length
-                };
-                finish(s, text, reason);
-            } else if !text.is_empty() {
-                s.send(Event::Text(text));
+                if sib.cached == sib.tokens.len() {
+                    advance(&mut sib, l.clone(), backend, now, stats);
+                }
+                forked.push(sib);
             }
+            advance(s, l, backend, now, stats);
         }
+        self.running.extend(forked);
     }
 
     /// Delivers queued events and removes finished or abandoned sequences; returns how
@@ -432,6 +436,62 @@ impl<C> Scheduler<C> {
         self.reserved -= freed;
         self.draining.extend(draining);
         gone
+    }
+}
+
+/// Samples one sequence's next token from its logits, then detokenises it, checks the stop
+/// conditions and queues the events.
+fn advance<B: DecoderBackend>(
+    s: &mut Seq<B::Cache>,
+    mut l: Vec<f32>,
+    backend: &B,
+    now: Instant,
+    stats: &mut StepStats,
+) {
+    let tok = backend.tokenizer();
+    let eos = &backend.info().eos_token_ids;
+    // Log probabilities come from the raw logits, before the sampler changes them.
+    let raw = s.req.params.logprobs.map(|k| (k, l.clone()));
+    let id = s.sampler.sample(&mut l);
+    s.generated += 1;
+    stats.generated_tokens += 1;
+    match s.last_token_at {
+        None => stats.ttft.push(now.duration_since(s.req.enqueued)),
+        Some(t) => stats.itl.push(now.duration_since(t)),
+    }
+    s.last_token_at = Some(now);
+    let ends =
+        (!s.req.ignore_eos && eos.contains(&id)) || s.req.params.stop_token_ids.contains(&id);
+    if ends {
+        let rest = s.detok.flush(tok);
+        let (text, _) = s.stop.push(&rest);
+        let text = text + &s.stop.flush();
+        finish(s, text, FinishReason::Stop);
+        return;
+    }
+    if let Some((k, raw)) = raw {
+        s.send(Event::Logprob(super::logprobs::compute(&raw, id, k, tok)));
+    }
+    s.tokens.push(id);
+    let piece = s.detok.push(tok, id);
+    let (text, stopped) = s.stop.push(&piece);
+    if stopped {
+        finish(s, text, FinishReason::Stop);
+    } else if s.generated >= s.req.max_tokens {
+        let (more, stopped) = s.stop.push(&s.detok.flush(tok));
+        let text = if stopped {
+            text + &more
+        } else {
+            text + &more + &s.stop.flush()
+        };
+        let reason = if stopped {
+            FinishReason::Stop
+        } else {
+            FinishReason::Length
+        };
+        finish(s, text, reason);
+    } else if !text.is_empty() {
+        s.send(Event::Text(text));
     }
 }
 

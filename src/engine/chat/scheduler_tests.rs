@@ -26,6 +26,7 @@ fn request(prompt: Vec<u32>, max_tokens: usize) -> (GenRequest, mpsc::Receiver<E
         events: tx,
         enqueued: Instant::now(),
         constraint: None,
+        siblings: Vec::new(),
     };
     (req, rx)
 }
@@ -362,4 +363,106 @@ fn logprobs_come_before_each_token_from_the_raw_logits() {
         assert_eq!(lp.top[0], lp.chosen, "greedy picks the likeliest");
         assert!((lp.top[1].logprob - (want - 10.0)).abs() < 1e-4);
     }
+}
+
+/// A request with `n - 1` siblings and the receivers of all `n` choices.
+fn group(
+    prompt: Vec<u32>,
+    max_tokens: usize,
+    n: usize,
+) -> (GenRequest, Vec<mpsc::Receiver<Event>>) {
+    let (mut req, rx) = request(prompt, max_tokens);
+    let mut rxs = vec![rx];
+    for _ in 1..n {
+        let (tx, rx) = mpsc::channel(1024);
+        req.siblings.push(tx);
+        rxs.push(rx);
+    }
+    (req, rxs)
+}
+
+#[test]
+fn siblings_share_the_prefill_and_each_equals_a_solo_run() {
+    let prompt: Vec<u32> = (0..9).map(|i| (i * 2) % 5).collect();
+    let alone = solo(prompt.clone(), 6);
+    for can_fork in [true, false] {
+        let mut m = FakeDecoder::new(mix);
+        m.can_fork = can_fork;
+        let mut s = Scheduler::new(cfg(4, 512, 10_000));
+        let (req, mut rxs) = group(prompt.clone(), 6, 3);
+        s.add(req);
+        run_to_end(&mut s, &m);
+        for rx in rxs.iter_mut() {
+            assert_eq!(collect(rx).expect("finished"), alone, "can_fork {can_fork}");
+        }
+        // The prompt's 9 tokens go through the model once when caches fork, three times
+        // (one prefill each) when they cannot.
+        let prefilled: usize = m
+            .steps
+            .borrow()
+            .iter()
+            .flatten()
+            .filter(|&&t| t == 9)
+            .count();
+        assert_eq!(
+            prefilled,
+            if can_fork { 1 } else { 3 },
+            "can_fork {can_fork}"
+        );
+        assert_eq!(s.kv_usage(), 0.0, "every reservation was given back");
+    }
+}
+
+#[test]
+fn a_group_is_admitted_whole_and_reserves_kv_for_every_choice() {
+    let m = FakeDecoder::new(mix);
+    // Room for 3 sequences: a running one leaves too little for a group of 3.
+    let mut s = Scheduler::new(cfg(3, 64, 10_000));
+    let (a, mut rx_a) = request(vec![1, 2], 20);
+    s.add(a);
+    s.step(&m);
+    let (g, mut rxs) = group(vec![3, 4], 4, 3);
+    s.add(g);
+    let st = s.step(&m);
+    assert_eq!((st.running, st.waiting), (1, 1), "the group waits for room");
+    run_to_end(&mut s, &m);
+    assert!(collect(&mut rx_a).is_some());
+    for rx in rxs.iter_mut() {
+        assert_eq!(collect(rx).expect("finished").2, 4);
+    }
+    // KV: each of 3 choices reserves prompt + max_tokens.
+    let mut s = Scheduler::new(cfg(8, 64, 3 * (2 + 4)));
+    let (g, _rxs) = group(vec![3, 4], 4, 3);
+    s.add(g);
+    let st = s.step(&m);
+    assert_eq!(st.running, 3);
+    assert!((s.kv_usage() - 1.0).abs() < 1e-9);
+}
+
+#[test]
+fn siblings_sample_independently_and_a_seed_keeps_them_reproducible() {
+    // Flat logits: every token is equally likely, so choices differ by their random draws.
+    fn flat(_: &[u32]) -> u32 {
+        0
+    }
+    let run = || {
+        let m = FakeDecoder::new(flat);
+        let mut s = Scheduler::new(cfg(8, 512, 10_000));
+        let (mut req, mut rxs) = group(vec![1, 2, 3], 12, 4);
+        req.params = SamplingParams {
+            temperature: 2.0,
+            seed: Some(11),
+            ..SamplingParams::default()
+        };
+        req.ignore_eos = true;
+        s.add(req);
+        run_to_end(&mut s, &m);
+        rxs.iter_mut()
+            .map(|rx| collect(rx).expect("finished").0)
+            .collect::<Vec<_>>()
+    };
+    let a = run();
+    assert_eq!(a, run(), "the same seed gives the same choices");
+    let distinct: std::collections::HashSet<_> = a.iter().collect();
+    assert!(distinct.len() > 1, "all choices were equal: {a:?}");
 }

@@ -32,6 +32,8 @@ pub struct ResponseMeta {
     pub include_usage: bool,
     /// The request asked for log probabilities (every chunk then carries them).
     pub logprobs: bool,
+    /// Prompt tokens of the whole request (each prompt once, however many choices share it).
+    pub prompt_tokens: usize,
 }
 
 /// A finished generation.
@@ -75,6 +77,11 @@ pub async fn collect(mut rx: mpsc::Receiver<Event>) -> Result<Collected, ApiErro
     Err(ApiError::unavailable("The engine stopped while generating"))
 }
 
+/// Reads every choice to its end, concurrently, in choice order.
+pub async fn collect_all(rxs: Vec<mpsc::Receiver<Event>>) -> Result<Vec<Collected>, ApiError> {
+    futures::future::try_join_all(rxs.into_iter().map(collect)).await
+}
+
 impl Collected {
     /// The `logprobs` of a whole answer in `shape`'s form (`None` when not asked for).
     pub fn logprobs_json(&self, meta: &ResponseMeta) -> Option<serde_json::Value> {
@@ -90,7 +97,22 @@ struct Pending {
     offset: usize,
 }
 
+/// Where one choice's stream stands after an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    More,
+    /// The choice ended after this many generated tokens.
+    Done(usize),
+    /// The response is over with an error.
+    Failed,
+}
+
 impl ResponseMeta {
+    /// The usage of the whole response.
+    pub fn usage(&self, completion_tokens: usize) -> Usage {
+        Usage::new(self.prompt_tokens, completion_tokens)
+    }
+
     fn logprobs_json(&self, items: &[TokenLogprob], offset: usize) -> Option<serde_json::Value> {
         if !self.logprobs {
             return None;
@@ -109,17 +131,13 @@ impl ResponseMeta {
         v
     }
 
-    fn chunk(
-        &self,
-        delta: Option<Delta>,
-        finish: Option<FinishReason>,
-        text: Option<String>,
-    ) -> String {
-        self.chunk_with(delta, finish, text, None)
+    fn chunk(&self, index: usize, delta: Option<Delta>, finish: Option<FinishReason>) -> String {
+        self.chunk_with(index, delta, finish, None, None)
     }
 
     fn chunk_with(
         &self,
+        index: usize,
         delta: Option<Delta>,
         finish: Option<FinishReason>,
         text: Option<String>,
@@ -132,7 +150,7 @@ impl ResponseMeta {
                 created: self.created,
                 model: self.model.clone(),
                 choices: vec![ChunkChoice {
-                    index: 0,
+                    index,
                     delta: delta.unwrap_or_default(),
                     finish_reason: finish.map(|f| f.as_str().to_string()),
                     logprobs: logprobs.clone(),
@@ -145,7 +163,7 @@ impl ResponseMeta {
                 created: self.created,
                 model: self.model.clone(),
                 choices: vec![CompletionChoice {
-                    index: 0,
+                    index,
                     text: text.unwrap_or_default(),
                     finish_reason: finish.map(|f| f.as_str().to_string()),
                     logprobs,
@@ -156,9 +174,10 @@ impl ResponseMeta {
         .expect("response chunks serialise. This is a bug.")
     }
 
-    fn text_chunk(&self, t: String, logprobs: Option<serde_json::Value>) -> String {
+    fn text_chunk(&self, index: usize, t: String, logprobs: Option<serde_json::Value>) -> String {
         match self.shape {
             Shape::Chat => self.chunk_with(
+                index,
                 Some(Delta {
                     role: None,
                     content: Some(t),
@@ -168,8 +187,21 @@ impl ResponseMeta {
                 None,
                 logprobs,
             ),
-            Shape::Completion => self.chunk_with(None, None, Some(t), logprobs),
+            Shape::Completion => self.chunk_with(index, None, None, Some(t), logprobs),
         }
+    }
+
+    /// The first chunk of a chat choice: the assistant role and empty content.
+    fn role_chunk(&self, index: usize) -> String {
+        self.chunk(
+            index,
+            Some(Delta {
+                role: Some("assistant".into()),
+                content: Some(String::new()),
+                tool_calls: None,
+            }),
+            None,
+        )
     }
 
     fn usage_chunk(&self, usage: Usage) -> String {
@@ -184,58 +216,76 @@ impl ResponseMeta {
         v.to_string()
     }
 
-    /// The SSE events answering one generation event; `true` when the stream is over.
-    fn on_event(&self, ev: Option<Event>, pending: &mut Pending) -> (Vec<String>, bool) {
+    /// The end of a stream: the usage chunk when asked for, then `[DONE]`.
+    fn tail(&self, completion_tokens: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.include_usage {
+            out.push(self.usage_chunk(self.usage(completion_tokens)));
+        }
+        out.push("[DONE]".to_string());
+        out
+    }
+
+    /// The SSE events answering one generation event of choice `index`.
+    fn on_event(
+        &self,
+        index: usize,
+        ev: Option<Event>,
+        pending: &mut Pending,
+    ) -> (Vec<String>, Step) {
         match ev {
             Some(Event::Logprob(lp)) => {
                 pending.logprobs.push(lp);
-                (Vec::new(), false)
+                (Vec::new(), Step::More)
             }
             Some(Event::Text(t)) => {
                 let lps = self.take(pending);
-                (vec![self.text_chunk(t, lps)], false)
+                (vec![self.text_chunk(index, t, lps)], Step::More)
             }
             Some(Event::Finished {
                 reason,
-                prompt_tokens,
                 completion_tokens,
+                ..
             }) => {
                 // Tokens whose text never showed (a stop string ate it) keep their place
                 // in the final chunk.
                 let lps = (!pending.logprobs.is_empty())
                     .then(|| self.take(pending))
                     .flatten();
-                let mut out =
-                    vec![self.chunk_with(Some(Delta::default()), Some(reason), None, lps)];
-                if self.include_usage {
-                    out.push(self.usage_chunk(Usage::new(prompt_tokens, completion_tokens)));
-                }
-                out.push("[DONE]".to_string());
-                (out, true)
+                let chunk = self.chunk_with(index, Some(Delta::default()), Some(reason), None, lps);
+                (vec![chunk], Step::Done(completion_tokens))
             }
-            Some(Event::Error(e)) => (vec![engine_error(&e).to_json()], true),
+            Some(Event::Error(e)) => (vec![engine_error(&e).to_json()], Step::Failed),
             None => (
                 vec![ApiError::unavailable("The engine stopped while generating").to_json()],
-                true,
+                Step::Failed,
             ),
         }
     }
 }
 
-/// The SSE response of a chat generation that may end in tool calls: the text is collected
-/// first (a tool call is only known once it is complete; keep-alive comments flow meanwhile),
-/// then sent as OpenAI streams it — the role, any content, each call as one `tool_calls` delta
-/// (id, name and the whole `arguments`), the finish chunk, usage, `[DONE]`.
+/// The SSE response of a chat generation that may end in tool calls: every choice's text is
+/// collected first (a tool call is only known once it is complete; keep-alive comments flow
+/// meanwhile), then sent as OpenAI streams it — per choice the role, any content, each call
+/// as one `tool_calls` delta (id, name and the whole `arguments`), the finish chunk — then
+/// usage and `[DONE]`.
 pub fn sse_tool_answer(
-    rx: mpsc::Receiver<Event>,
+    rxs: Vec<mpsc::Receiver<Event>>,
     tools: super::tools::Tools,
     meta: ResponseMeta,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let events = stream::once(async move {
-        match collect(rx).await {
+        match collect_all(rxs).await {
             Ok(done) => {
-                let (content, calls) = super::tools::extract(&done.text, &tools);
-                tool_answer_chunks(&meta, done, content, &calls)
+                let mut out = Vec::new();
+                let mut completion = 0;
+                for (i, d) in done.into_iter().enumerate() {
+                    completion += d.usage.completion_tokens;
+                    let (content, calls) = super::tools::extract(&d.text, &tools);
+                    out.extend(tool_answer_chunks(&meta, i, &d, content, &calls));
+                }
+                out.extend(meta.tail(completion));
+                out
             }
             Err(e) => vec![e.to_json()],
         }
@@ -247,39 +297,31 @@ pub fn sse_tool_answer(
 
 fn tool_answer_chunks(
     meta: &ResponseMeta,
-    done: Collected,
+    index: usize,
+    done: &Collected,
     content: Option<String>,
     calls: &[super::tools::ToolCall],
 ) -> Vec<String> {
-    let delta =
-        |content: Option<String>, tool_calls: Option<serde_json::Value>, role: bool| Delta {
-            role: role.then(|| "assistant".to_string()),
-            content,
-            tool_calls,
-        };
-    let mut out = vec![meta.chunk(Some(delta(Some(String::new()), None, true)), None, None)];
+    let delta = |content: Option<String>, tool_calls: Option<serde_json::Value>| Delta {
+        role: None,
+        content,
+        tool_calls,
+    };
+    let mut out = vec![meta.role_chunk(index)];
     if let Some(c) = content.filter(|c| !c.is_empty()) {
-        out.push(meta.chunk(Some(delta(Some(c), None, false)), None, None));
+        out.push(meta.chunk(index, Some(delta(Some(c), None)), None));
     }
     for (i, c) in calls.iter().enumerate() {
         let mut v = serde_json::to_value(c).expect("a tool call serialises. This is a bug.");
         v["index"] = serde_json::json!(i);
-        out.push(meta.chunk(
-            Some(delta(None, Some(serde_json::json!([v])), false)),
-            None,
-            None,
-        ));
+        out.push(meta.chunk(index, Some(delta(None, Some(serde_json::json!([v])))), None));
     }
     let reason = if calls.is_empty() {
         done.finish_reason
     } else {
         FinishReason::ToolCalls
     };
-    out.push(meta.chunk(Some(Delta::default()), Some(reason), None));
-    if meta.include_usage {
-        out.push(meta.usage_chunk(done.usage));
-    }
-    out.push("[DONE]".to_string());
+    out.push(meta.chunk(index, Some(Delta::default()), Some(reason)));
     out
 }
 
@@ -287,38 +329,84 @@ fn tool_answer_chunks(
 /// stuck engine to the gateway's stream idle timeout.
 pub const SSE_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The SSE response of a streamed generation. Dropping it (client gone) drops `rx`, which
-/// the model thread notices before its next step.
+/// One streamed choice: its events, and the text a completion with `echo` starts with.
+pub struct StreamChoice {
+    pub rx: mpsc::Receiver<Event>,
+    pub echo: Option<String>,
+}
+
+/// A choice's events as a stream, tagged with its index; it ends after the choice's last
+/// event (a channel closed before that yields `None` once).
+fn tagged(index: usize, rx: mpsc::Receiver<Event>) -> impl Stream<Item = (usize, Option<Event>)> {
+    stream::unfold(Some(rx), move |rx| async move {
+        let mut rx = rx?;
+        let ev = rx.recv().await;
+        let last = matches!(
+            ev,
+            None | Some(Event::Finished { .. }) | Some(Event::Error(_))
+        );
+        Some(((index, ev), (!last).then_some(rx)))
+    })
+}
+
+/// The merged state of a streamed response.
+struct Merge {
+    pending: Vec<Pending>,
+    open: usize,
+    completion_tokens: usize,
+}
+
+/// The SSE response of a streamed generation: every choice's chunks as they come,
+/// interleaved, then usage and `[DONE]` once all have finished (an error ends the whole
+/// stream). Dropping it (client gone) drops the receivers, which the model thread notices
+/// before its next step.
 pub fn sse(
-    rx: mpsc::Receiver<Event>,
+    choices: Vec<StreamChoice>,
     meta: ResponseMeta,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let first = match meta.shape {
-        Shape::Chat => vec![meta.chunk(
-            Some(Delta {
-                role: Some("assistant".into()),
-                content: Some(String::new()),
-                tool_calls: None,
-            }),
-            None,
-            None,
-        )],
-        Shape::Completion => Vec::new(),
+    let mut head = Vec::new();
+    let mut rxs = Vec::new();
+    for (i, c) in choices.into_iter().enumerate() {
+        match meta.shape {
+            Shape::Chat => head.push(meta.role_chunk(i)),
+            Shape::Completion => {
+                if let Some(e) = c.echo.filter(|e| !e.is_empty()) {
+                    head.push(meta.text_chunk(i, e, None));
+                }
+            }
+        }
+        rxs.push(tagged(i, c.rx).boxed());
+    }
+    let state = Merge {
+        pending: (0..rxs.len()).map(|_| Pending::default()).collect(),
+        open: rxs.len(),
+        completion_tokens: 0,
     };
-    let head = stream::iter(first);
-    let body = stream::unfold(Some((rx, meta, Pending::default())), |state| async move {
-        let (mut rx, meta, mut pending) = state?;
-        let (out, done) = meta.on_event(rx.recv().await, &mut pending);
-        let next = if done {
-            None
-        } else {
-            Some((rx, meta, pending))
+    let merged = stream::select_all(rxs);
+    let body = stream::unfold(Some((merged, meta, state)), |st| async move {
+        let (mut merged, meta, mut state) = st?;
+        let Some((i, ev)) = merged.next().await else {
+            return None;
         };
-        Some((stream::iter(out), next))
+        let (mut out, step) = meta.on_event(i, ev, &mut state.pending[i]);
+        let over = match step {
+            Step::More => false,
+            Step::Failed => true,
+            Step::Done(n) => {
+                state.completion_tokens += n;
+                state.open -= 1;
+                if state.open == 0 {
+                    out.extend(meta.tail(state.completion_tokens));
+                }
+                state.open == 0
+            }
+        };
+        Some((stream::iter(out), (!over).then_some((merged, meta, state))))
     })
     .flatten();
     Sse::new(
-        head.chain(body)
+        stream::iter(head)
+            .chain(body)
             .map(|data| Ok(SseEvent::default().data(data))),
     )
     .keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE))
@@ -336,13 +424,15 @@ mod tests {
             shape,
             include_usage,
             logprobs: false,
+            prompt_tokens: 3,
         }
     }
 
     #[test]
-    fn finish_adds_usage_then_done_and_errors_end_the_stream() {
+    fn finish_ends_a_choice_the_tail_adds_usage_then_done_and_errors_end_the_stream() {
         let m = meta(Shape::Chat, true);
-        let (out, done) = m.on_event(
+        let (out, step) = m.on_event(
+            1,
             Some(Event::Finished {
                 reason: FinishReason::Length,
                 prompt_tokens: 3,
@@ -350,23 +440,35 @@ mod tests {
             }),
             &mut Pending::default(),
         );
-        assert!(done);
-        assert_eq!(out.len(), 3);
+        assert_eq!(step, Step::Done(2));
+        assert_eq!(out.len(), 1);
         let last: serde_json::Value = serde_json::from_str(&out[0]).unwrap();
         assert_eq!(last["choices"][0]["finish_reason"], "length");
-        let usage: serde_json::Value = serde_json::from_str(&out[1]).unwrap();
-        assert_eq!(usage["usage"]["total_tokens"], 5);
+        assert_eq!(last["choices"][0]["index"], 1);
+        // Two choices of 2 and 4 tokens on one 3-token prompt: the prompt counts once.
+        let tail = m.tail(6);
+        assert_eq!(tail.len(), 2);
+        let usage: serde_json::Value = serde_json::from_str(&tail[0]).unwrap();
+        assert_eq!(usage["usage"]["prompt_tokens"], 3);
+        assert_eq!(usage["usage"]["total_tokens"], 9);
         assert_eq!(usage["choices"], serde_json::json!([]));
-        assert_eq!(out[2], "[DONE]");
-        let (out, done) = meta(Shape::Completion, false)
-            .on_event(Some(Event::Error("boom".into())), &mut Pending::default());
-        assert!(done);
+        assert_eq!(tail[1], "[DONE]");
+        assert_eq!(meta(Shape::Chat, false).tail(1), vec!["[DONE]".to_string()]);
+        let (out, step) = meta(Shape::Completion, false).on_event(
+            0,
+            Some(Event::Error("boom".into())),
+            &mut Pending::default(),
+        );
+        assert_eq!(step, Step::Failed);
         assert_eq!(out.len(), 1);
         let err: serde_json::Value = serde_json::from_str(&out[0]).unwrap();
         assert_eq!(err["error"]["type"], "server_error");
         assert!(!out[0].contains("boom"), "internal detail leaked");
-        let (out, _) = meta(Shape::Completion, false)
-            .on_event(Some(Event::Text("hi".into())), &mut Pending::default());
+        let (out, _) = meta(Shape::Completion, false).on_event(
+            0,
+            Some(Event::Text("hi".into())),
+            &mut Pending::default(),
+        );
         let c: serde_json::Value = serde_json::from_str(&out[0]).unwrap();
         assert_eq!(
             (c["object"].as_str(), c["choices"][0]["text"].as_str()),
@@ -389,24 +491,25 @@ mod tests {
         let mut m = meta(Shape::Completion, false);
         m.logprobs = true;
         let mut p = Pending::default();
-        assert!(m.on_event(Some(lp("He")), &mut p).0.is_empty());
-        assert!(m.on_event(Some(lp("llo")), &mut p).0.is_empty());
-        let (out, _) = m.on_event(Some(Event::Text("Hello".into())), &mut p);
+        assert!(m.on_event(0, Some(lp("He")), &mut p).0.is_empty());
+        assert!(m.on_event(0, Some(lp("llo")), &mut p).0.is_empty());
+        let (out, _) = m.on_event(0, Some(Event::Text("Hello".into())), &mut p);
         let c: serde_json::Value = serde_json::from_str(&out[0]).unwrap();
         assert_eq!(
             c["choices"][0]["logprobs"]["tokens"],
             serde_json::json!(["He", "llo"])
         );
-        m.on_event(Some(lp(" you")), &mut p);
-        let (out, _) = m.on_event(Some(Event::Text(" you".into())), &mut p);
+        m.on_event(0, Some(lp(" you")), &mut p);
+        let (out, _) = m.on_event(0, Some(Event::Text(" you".into())), &mut p);
         let c: serde_json::Value = serde_json::from_str(&out[0]).unwrap();
         assert_eq!(
             c["choices"][0]["logprobs"]["text_offset"],
             serde_json::json!([5])
         );
         // A token held back and never shown still arrives, in the final chunk.
-        m.on_event(Some(lp("!")), &mut p);
+        m.on_event(0, Some(lp("!")), &mut p);
         let (out, done) = m.on_event(
+            0,
             Some(Event::Finished {
                 reason: FinishReason::Stop,
                 prompt_tokens: 1,
@@ -414,7 +517,7 @@ mod tests {
             }),
             &mut p,
         );
-        assert!(done);
+        assert_eq!(done, Step::Done(4));
         let c: serde_json::Value = serde_json::from_str(&out[0]).unwrap();
         assert_eq!(
             c["choices"][0]["logprobs"]["tokens"],

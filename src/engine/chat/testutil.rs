@@ -38,6 +38,8 @@ pub struct FakeDecoder {
     /// Tokens per item of every step, in call order.
     pub steps: RefCell<Vec<Vec<usize>>>,
     pub fail: bool,
+    /// Whether caches can be copied (else `n` > 1 siblings prefill themselves).
+    pub can_fork: bool,
 }
 
 /// The default rule: a hash of the history over the ordinary tokens 0..=4.
@@ -66,11 +68,13 @@ impl FakeDecoder {
                 add_bos_token: false,
                 chat_template: None,
                 dtype: "f32".into(),
+                sampling_defaults: Default::default(),
             },
             tok: tokenizer(),
             next,
             steps: RefCell::new(Vec::new()),
             fail: false,
+            can_fork: true,
         }
     }
 }
@@ -88,6 +92,10 @@ impl DecoderBackend for FakeDecoder {
 
     fn new_sequence(&self) -> Vec<u32> {
         Vec::new()
+    }
+
+    fn fork(&self, cache: &Vec<u32>) -> Option<Vec<u32>> {
+        self.can_fork.then(|| cache.clone())
     }
 
     fn step(&self, items: &mut [BatchItem<'_, Vec<u32>>]) -> Result<Vec<Vec<f32>>, ModelError> {

@@ -46,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
     match route % 8 {
         0 => {
             if let Ok(req) = parse_json::<CompletionRequest>(body) {
-                let _ = check_completion(&req);
+                let _ = check_completion(&req, &Default::default());
             }
         }
         1 => {

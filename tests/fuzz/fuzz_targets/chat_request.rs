@@ -39,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(req) = parse_json::<ChatCompletionRequest>(data) else {
         return;
     };
-    let Ok(checked) = check_chat(&req) else {
+    let Ok(checked) = check_chat(&req, &Default::default()) else {
         return;
     };
     if let Some((spec, _)) = &checked.spec {
