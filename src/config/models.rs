@@ -32,9 +32,24 @@ pub const ENTRY_KEYS: &[&str] = &[
     "max_queue",
     "threads",
     "kv_cache_memory_mb",
+    "reasoning_parser",
     "upstream",
     "upstream_api_key_file",
 ];
+
+/// How a chat model's reasoning is separated from its answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReasoningParser {
+    /// `think` when the chat template mentions `</think>` (Qwen3, DeepSeek-R1, QwQ), else
+    /// `none`.
+    #[default]
+    Auto,
+    /// Text inside `<think>…</think>` is `reasoning_content`.
+    Think,
+    /// Everything is `content`.
+    None,
+}
 
 /// The kind of engine a model entry needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -116,6 +131,9 @@ pub struct ModelEntry {
     /// KV cache budget on CPU, in MiB (chat).
     #[serde(default)]
     pub kv_cache_memory_mb: Option<usize>,
+    /// Whether a chat model's `<think>…</think>` comes back as `reasoning_content` (chat).
+    #[serde(default)]
+    pub reasoning_parser: ReasoningParser,
     /// Remote OpenAI-compatible servers used instead of a local engine: one URL or a list
     /// (replicas of the model on other hosts, balanced and ejected like local ones).
     #[serde(default)]

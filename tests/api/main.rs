@@ -10,6 +10,7 @@ mod embeddings;
 mod errors;
 mod faults;
 mod gateway;
+mod reasoning;
 mod rerank;
 mod structured;
 mod tools;

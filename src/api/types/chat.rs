@@ -57,6 +57,9 @@ pub struct ChatCompletionRequest {
     /// vLLM extension: end the prompt with the assistant header (default true).
     #[serde(default)]
     pub add_generation_prompt: Option<bool>,
+    /// Extra variables for the chat template (Qwen3's `enable_thinking`, …).
+    #[serde(default)]
+    pub chat_template_kwargs: Option<Value>,
     #[serde(flatten)]
     pub structured: super::completions::StructuredFields,
     #[serde(flatten)]
@@ -192,6 +195,9 @@ pub struct ChatMessage {
     pub content: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Value>,
+    /// A reasoning model's thinking, apart from its answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -220,6 +226,8 @@ pub struct Delta {
     pub content: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -16,6 +16,9 @@ pub struct TokenizeRequest {
     pub add_special_tokens: bool,
     #[serde(default)]
     pub add_generation_prompt: Option<bool>,
+    /// Extra variables for the chat template, as on chat completions.
+    #[serde(default)]
+    pub chat_template_kwargs: Option<serde_json::Value>,
     #[serde(default, deserialize_with = "crate::api::types::null_default")]
     pub return_token_strs: bool,
 }

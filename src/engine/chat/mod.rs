@@ -12,6 +12,7 @@
 pub mod backend;
 pub mod constraint;
 pub mod logprobs;
+pub mod reasoning;
 pub mod request;
 pub mod routes;
 pub mod runner;
@@ -30,6 +31,7 @@ use tokenizers::Tokenizer;
 
 use super::common::{CardFacts, EngineCommon};
 use crate::api::ApiError;
+use crate::config::models::ReasoningParser;
 use crate::config::ModelEntry;
 use crate::models::decoder::{DecoderInfo, DecoderModel, StepItem};
 use crate::models::ModelError;
@@ -58,6 +60,8 @@ pub struct ChatRuntime {
     pub max_model_len: usize,
     /// The scheduler's limits (the choices of one prompt must fit them together).
     pub scheduler: SchedulerConfig,
+    /// `<think>…</think>` is returned as `reasoning_content`.
+    pub reasoning: bool,
     /// The structured-output compiler, built on the first constrained request.
     pub grammars: OnceLock<Result<Arc<constraint::Grammars>, String>>,
 }
@@ -253,6 +257,11 @@ fn load(
         queue: queue.clone(),
         max_model_len: lim.max_model_len,
         scheduler: lim.scheduler,
+        reasoning: match entry.reasoning_parser {
+            ReasoningParser::Auto => reasoning::template_reasons(info.chat_template.as_deref()),
+            ReasoningParser::Think => true,
+            ReasoningParser::None => false,
+        },
         grammars: OnceLock::new(),
     };
     let facts = CardFacts {

@@ -283,6 +283,22 @@ pub struct CheckedChat {
     pub gen: Generation,
     pub tools: Option<Tools>,
     pub spec: Option<(ConstraintSpec, &'static str)>,
+    /// `chat_template_kwargs`: extra template variables.
+    pub kwargs: Option<serde_json::Map<String, Value>>,
+}
+
+/// `chat_template_kwargs`: an object of template variables, or absent.
+pub fn template_kwargs(
+    v: Option<&Value>,
+) -> Result<Option<serde_json::Map<String, Value>>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(m)) => Ok(Some(m.clone())),
+        Some(_) => Err(ApiError::invalid_param(
+            "chat_template_kwargs",
+            "'chat_template_kwargs' must be an object of template variables",
+        )),
+    }
 }
 
 /// The checks of `POST /v1/chat/completions` before the template runs (also the fuzz
@@ -324,6 +340,7 @@ pub fn check_chat(
         gen,
         tools,
         spec,
+        kwargs: template_kwargs(req.chat_template_kwargs.as_ref())?,
     })
 }
 

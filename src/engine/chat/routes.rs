@@ -15,13 +15,16 @@ use axum::{Json, Router};
 use tokio::sync::mpsc;
 
 use super::constraint::Constraint;
+use super::reasoning::Reasoning;
 use super::request::{
     check_chars, check_chat, check_completion, check_vocab, completion_budget, encode, json_chars,
-    CheckedChat, CheckedCompletion, Generation, PromptInput,
+    template_kwargs, CheckedChat, CheckedCompletion, Generation, PromptInput,
 };
 use super::runner::SubmitError;
 use super::scheduler::{Event, FinishReason, GenRequest};
-use super::stream::{collect_all, sse, sse_tool_answer, ResponseMeta, Shape, StreamChoice};
+use super::stream::{
+    collect_all, split_reasoning, sse, sse_tool_answer, ResponseMeta, Shape, StreamChoice,
+};
 use super::template::TemplateError;
 use super::tools;
 use super::{ChatRuntime, ChatState};
@@ -60,16 +63,18 @@ fn response_id(prefix: &str) -> String {
     format!("{prefix}-{:032x}", rand::random::<u128>())
 }
 
-/// Renders a conversation with the model's template and tokenises it.
+/// Renders a conversation with the model's template and tokenises it; also says whether
+/// the rendered prompt leaves the answer inside an open reasoning block.
 fn chat_prompt(
     rt: &ChatRuntime,
     messages: &[serde_json::Value],
     tools: Option<&serde_json::Value>,
     add_generation_prompt: bool,
-) -> Result<Vec<u32>, ApiError> {
+    kwargs: Option<&serde_json::Map<String, serde_json::Value>>,
+) -> Result<(Vec<u32>, bool), ApiError> {
     let text = rt
         .template
-        .render(messages, tools, add_generation_prompt)
+        .render(messages, tools, add_generation_prompt, kwargs)
         .map_err(|e| match e {
             TemplateError::Render(msg) => ApiError::invalid_param("messages", msg),
             TemplateError::Invalid(msg) => {
@@ -77,7 +82,11 @@ fn chat_prompt(
                 ApiError::internal("The model's chat template failed")
             }
         })?;
-    encode(&rt.tokenizer, &rt.info, &text, true, rt.max_model_len)
+    let opened = super::reasoning::prompt_opens(&text);
+    Ok((
+        encode(&rt.tokenizer, &rt.info, &text, true, rt.max_model_len)?,
+        opened,
+    ))
 }
 
 impl ChatState {
@@ -190,22 +199,25 @@ async fn chat_completions(
         gen,
         tools: tool_spec,
         spec,
+        kwargs,
     } = s.invalid(check_chat(&req, &rt.info.sampling_defaults))?;
     s.invalid(check_vocab(&gen, rt.info.vocab_size))?;
     // With tool_choice "none" the template still sees the tools (as OpenAI documents).
     let tools = req.tools.clone();
     let add_gen = req.add_generation_prompt.unwrap_or(true);
-    let (prompt, constraint) = {
+    let ((prompt, opened), constraint) = {
         let rt = rt.clone();
         s.invalid(
             blocking(move || {
-                let prompt = chat_prompt(&rt, &messages, tools.as_ref(), add_gen)?;
+                let prompt = chat_prompt(&rt, &messages, tools.as_ref(), add_gen, kwargs.as_ref())?;
                 let c = spec.map(|(sp, p)| rt.constraint(&sp, p)).transpose()?;
                 Ok((prompt, c))
             })
             .await,
         )?
     };
+    // Some(opened) when the model's reasoning is split from its answer.
+    let reasoning = rt.reasoning.then_some(opened);
     let meta = ResponseMeta {
         id: response_id("chatcmpl"),
         created: now_secs(),
@@ -219,10 +231,14 @@ async fn chat_completions(
     if req.stream {
         return Ok(match tool_spec {
             None => {
-                let choices = rxs.into_iter().map(|rx| StreamChoice { rx, echo: None });
+                let choices = rxs.into_iter().map(|rx| StreamChoice {
+                    rx,
+                    echo: None,
+                    reasoning: reasoning.map(Reasoning::new),
+                });
                 sse(choices.collect(), meta).into_response()
             }
-            Some(t) => sse_tool_answer(rxs, t, meta).into_response(),
+            Some(t) => sse_tool_answer(rxs, t, reasoning, meta).into_response(),
         });
     }
     let done = collect_all(rxs).await?;
@@ -231,9 +247,12 @@ async fn chat_completions(
         .iter()
         .enumerate()
         .map(|(index, d)| {
+            let (reasoning_content, text) = split_reasoning(reasoning, &d.text);
             let (content, calls) = match &tool_spec {
-                Some(t) => tools::extract(&d.text, t),
-                None => (Some(d.text.clone()), Vec::new()),
+                Some(t) => tools::extract(&text, t),
+                // A reasoning model that never got to its answer has none.
+                None if reasoning_content.is_some() && text.is_empty() => (None, Vec::new()),
+                None => (Some(text), Vec::new()),
             };
             let finish = if calls.is_empty() {
                 d.finish_reason
@@ -249,6 +268,7 @@ async fn chat_completions(
                     role: "assistant".into(),
                     content,
                     tool_calls,
+                    reasoning_content,
                 },
                 finish_reason: Some(finish.as_str().into()),
                 logprobs: d.logprobs_json(&meta),
@@ -359,6 +379,7 @@ async fn completions(
             .map(|(i, rx)| StreamChoice {
                 rx,
                 echo: echo_of(i),
+                reasoning: None,
             })
             .collect();
         return Ok(sse(choices, meta).into_response());
@@ -403,9 +424,13 @@ async fn tokenize(
         }
         (None, Some(messages)) => {
             let messages = s.invalid(parse_messages(&messages))?;
+            let kwargs = s.invalid(template_kwargs(req.chat_template_kwargs.as_ref()))?;
             let add_gen = req.add_generation_prompt.unwrap_or(true);
             let rt = rt.clone();
-            s.invalid(blocking(move || chat_prompt(&rt, &messages, None, add_gen)).await)?
+            s.invalid(
+                blocking(move || chat_prompt(&rt, &messages, None, add_gen, kwargs.as_ref())).await,
+            )?
+            .0
         }
         _ => {
             s.common.reject(reason::INVALID);

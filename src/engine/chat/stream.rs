@@ -10,6 +10,7 @@ use futures::stream::{self, Stream, StreamExt};
 use tokio::sync::mpsc;
 
 use super::logprobs::{self, TokenLogprob};
+use super::reasoning::{Reasoning, Split};
 use super::scheduler::{Event, FinishReason};
 use crate::api::types::chat::{ChatCompletionChunk, ChunkChoice, Delta};
 use crate::api::types::completions::{CompletionChoice, CompletionResponse, Usage};
@@ -95,6 +96,8 @@ impl Collected {
 struct Pending {
     logprobs: Vec<TokenLogprob>,
     offset: usize,
+    /// A reasoning model's splitter (chat only).
+    reasoning: Option<Reasoning>,
 }
 
 /// Where one choice's stream stands after an event.
@@ -179,9 +182,8 @@ impl ResponseMeta {
             Shape::Chat => self.chunk_with(
                 index,
                 Some(Delta {
-                    role: None,
                     content: Some(t),
-                    tool_calls: None,
+                    ..Delta::default()
                 }),
                 None,
                 None,
@@ -198,7 +200,7 @@ impl ResponseMeta {
             Some(Delta {
                 role: Some("assistant".into()),
                 content: Some(String::new()),
-                tool_calls: None,
+                ..Delta::default()
             }),
             None,
         )
@@ -226,6 +228,35 @@ impl ResponseMeta {
         out
     }
 
+    /// The chunks of a split piece of text: reasoning first, then content; the pending
+    /// log probabilities ride with the first (and wait when both are empty).
+    fn split_chunks(&self, index: usize, split: Split, pending: &mut Pending) -> Vec<String> {
+        let mut out = Vec::new();
+        for (text, reasoning) in [(split.reasoning, true), (split.content, false)] {
+            if text.is_empty() {
+                continue;
+            }
+            let lps = if out.is_empty() {
+                self.take(pending)
+            } else {
+                None
+            };
+            let delta = if reasoning {
+                Delta {
+                    reasoning_content: Some(text),
+                    ..Delta::default()
+                }
+            } else {
+                Delta {
+                    content: Some(text),
+                    ..Delta::default()
+                }
+            };
+            out.push(self.chunk_with(index, Some(delta), None, None, lps));
+        }
+        out
+    }
+
     /// The SSE events answering one generation event of choice `index`.
     fn on_event(
         &self,
@@ -239,21 +270,34 @@ impl ResponseMeta {
                 (Vec::new(), Step::More)
             }
             Some(Event::Text(t)) => {
-                let lps = self.take(pending);
-                (vec![self.text_chunk(index, t, lps)], Step::More)
+                let out = match pending.reasoning.as_mut() {
+                    None => {
+                        let lps = self.take(pending);
+                        vec![self.text_chunk(index, t, lps)]
+                    }
+                    Some(r) => {
+                        let split = r.push(&t);
+                        self.split_chunks(index, split, pending)
+                    }
+                };
+                (out, Step::More)
             }
             Some(Event::Finished {
                 reason,
                 completion_tokens,
                 ..
             }) => {
+                let mut out = match pending.reasoning.as_mut().map(Reasoning::finish) {
+                    Some(split) => self.split_chunks(index, split, pending),
+                    None => Vec::new(),
+                };
                 // Tokens whose text never showed (a stop string ate it) keep their place
                 // in the final chunk.
                 let lps = (!pending.logprobs.is_empty())
                     .then(|| self.take(pending))
                     .flatten();
-                let chunk = self.chunk_with(index, Some(Delta::default()), Some(reason), None, lps);
-                (vec![chunk], Step::Done(completion_tokens))
+                out.push(self.chunk_with(index, Some(Delta::default()), Some(reason), None, lps));
+                (out, Step::Done(completion_tokens))
             }
             Some(Event::Error(e)) => (vec![engine_error(&e).to_json()], Step::Failed),
             None => (
@@ -272,6 +316,7 @@ impl ResponseMeta {
 pub fn sse_tool_answer(
     rxs: Vec<mpsc::Receiver<Event>>,
     tools: super::tools::Tools,
+    reasoning: Option<bool>,
     meta: ResponseMeta,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let events = stream::once(async move {
@@ -281,8 +326,9 @@ pub fn sse_tool_answer(
                 let mut completion = 0;
                 for (i, d) in done.into_iter().enumerate() {
                     completion += d.usage.completion_tokens;
-                    let (content, calls) = super::tools::extract(&d.text, &tools);
-                    out.extend(tool_answer_chunks(&meta, i, &d, content, &calls));
+                    let (thought, text) = split_reasoning(reasoning, &d.text);
+                    let (content, calls) = super::tools::extract(&text, &tools);
+                    out.extend(tool_answer_chunks(&meta, i, &d, thought, content, &calls));
                 }
                 out.extend(meta.tail(completion));
                 out
@@ -295,19 +341,39 @@ pub fn sse_tool_answer(
         .keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE))
 }
 
+/// A whole chat answer as (reasoning, content): with a splitter (`Some(opened)`), the
+/// reasoning is `None` when there was none; without, all of it is content.
+pub fn split_reasoning(reasoning: Option<bool>, text: &str) -> (Option<String>, String) {
+    match reasoning {
+        None => (None, text.to_string()),
+        Some(opened) => {
+            let s = Reasoning::split(opened, text);
+            ((!s.reasoning.is_empty()).then_some(s.reasoning), s.content)
+        }
+    }
+}
+
 fn tool_answer_chunks(
     meta: &ResponseMeta,
     index: usize,
     done: &Collected,
+    reasoning: Option<String>,
     content: Option<String>,
     calls: &[super::tools::ToolCall],
 ) -> Vec<String> {
     let delta = |content: Option<String>, tool_calls: Option<serde_json::Value>| Delta {
-        role: None,
         content,
         tool_calls,
+        ..Delta::default()
     };
     let mut out = vec![meta.role_chunk(index)];
+    if let Some(r) = reasoning {
+        let d = Delta {
+            reasoning_content: Some(r),
+            ..Delta::default()
+        };
+        out.push(meta.chunk(index, Some(d), None));
+    }
     if let Some(c) = content.filter(|c| !c.is_empty()) {
         out.push(meta.chunk(index, Some(delta(Some(c), None)), None));
     }
@@ -329,10 +395,12 @@ fn tool_answer_chunks(
 /// stuck engine to the gateway's stream idle timeout.
 pub const SSE_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// One streamed choice: its events, and the text a completion with `echo` starts with.
+/// One streamed choice: its events, the text a completion with `echo` starts with, and a
+/// reasoning model's splitter.
 pub struct StreamChoice {
     pub rx: mpsc::Receiver<Event>,
     pub echo: Option<String>,
+    pub reasoning: Option<Reasoning>,
 }
 
 /// A choice's events as a stream, tagged with its index; it ends after the choice's last
@@ -366,7 +434,12 @@ pub fn sse(
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let mut head = Vec::new();
     let mut rxs = Vec::new();
+    let mut pending = Vec::new();
     for (i, c) in choices.into_iter().enumerate() {
+        pending.push(Pending {
+            reasoning: c.reasoning,
+            ..Pending::default()
+        });
         match meta.shape {
             Shape::Chat => head.push(meta.role_chunk(i)),
             Shape::Completion => {
@@ -378,7 +451,7 @@ pub fn sse(
         rxs.push(tagged(i, c.rx).boxed());
     }
     let state = Merge {
-        pending: (0..rxs.len()).map(|_| Pending::default()).collect(),
+        pending,
         open: rxs.len(),
         completion_tokens: 0,
     };

@@ -106,12 +106,14 @@ impl ChatTemplate {
         self.fallback
     }
 
-    /// Renders a conversation (messages as JSON objects with string `content`).
+    /// Renders a conversation (messages as JSON objects with string `content`); `kwargs`
+    /// (a request's `chat_template_kwargs`) adds variables, never replacing the ones above.
     pub fn render(
         &self,
         messages: &[serde_json::Value],
         tools: Option<&serde_json::Value>,
         add_generation_prompt: bool,
+        kwargs: Option<&serde_json::Map<String, serde_json::Value>>,
     ) -> Result<String, TemplateError> {
         let tmpl = self
             .env
@@ -123,6 +125,7 @@ impl ChatTemplate {
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token.as_str(),
             eos_token => self.eos_token.as_str(),
+            ..kwargs.map(Value::from_serialize).unwrap_or_default()
         };
         tmpl.render(ctx).map_err(|e| {
             // A template's own refusal carries its message; other failures their kind.
@@ -153,11 +156,11 @@ mod tests {
             json!({"role": "user", "content": "Hi"}),
         ];
         assert_eq!(
-            t.render(&msgs, None, true).unwrap(),
+            t.render(&msgs, None, true, None).unwrap(),
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
         );
         assert!(!t
-            .render(&msgs, None, false)
+            .render(&msgs, None, false, None)
             .unwrap()
             .ends_with("assistant\n"));
     }
@@ -170,6 +173,7 @@ mod tests {
                 &[json!({"role": "user", "content": "  Hello \n"})],
                 None,
                 true,
+                None,
             )
             .unwrap();
         assert_eq!(
@@ -184,6 +188,7 @@ mod tests {
                 ],
                 None,
                 true,
+                None,
             )
             .unwrap_err();
         assert!(
@@ -204,9 +209,38 @@ mod tests {
                 ],
                 Some(&tools),
                 true,
+                None,
             )
             .unwrap();
         assert_eq!(out, "[USER]x\n[ASSISTANT]y tools=1</s>");
+    }
+
+    #[test]
+    fn template_kwargs_add_variables_but_never_replace_the_conversation() {
+        let t = ChatTemplate::new(
+            Some("{% if enable_thinking is defined and not enable_thinking %}<think></think>{% endif %}{{ messages | length }}"),
+            None,
+            None,
+        )
+        .unwrap();
+        let msgs = [json!({"role": "user", "content": "x"})];
+        let kw = |v: serde_json::Value| v.as_object().unwrap().clone();
+        assert_eq!(t.render(&msgs, None, true, None).unwrap(), "1");
+        assert_eq!(
+            t.render(
+                &msgs,
+                None,
+                true,
+                Some(&kw(json!({"enable_thinking": false})))
+            )
+            .unwrap(),
+            "<think></think>1"
+        );
+        assert_eq!(
+            t.render(&msgs, None, true, Some(&kw(json!({"messages": []}))))
+                .unwrap(),
+            "1"
+        );
     }
 
     #[test]
@@ -218,7 +252,7 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(20_454), (2026, 1, 1));
         let t = ChatTemplate::new(Some("{{ strftime_now('%d %B %Y') }}"), None, None).unwrap();
-        let today = t.render(&[], None, false).unwrap();
+        let today = t.render(&[], None, false, None).unwrap();
         assert!(
             !today.contains('%') && today.split(' ').count() == 3,
             "{today}"
