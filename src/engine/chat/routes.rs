@@ -286,13 +286,19 @@ async fn chat_completions(
     .into_response())
 }
 
+/// The prompts of a completion as token ids, and the text each choice echoes.
+struct CompletionPrompts {
+    ids: Vec<Vec<u32>>,
+    echoes: Vec<Option<String>>,
+}
+
 /// Token ids of a completion prompt, tokenising text prompts (on a blocking thread) and
 /// checking given ids against the vocabulary; with `echo`, the text each choice starts with.
 fn completion_prompts(
     rt: &ChatRuntime,
     prompts: Vec<PromptInput>,
     echo: bool,
-) -> Result<(Vec<Vec<u32>>, Vec<Option<String>>), ApiError> {
+) -> Result<CompletionPrompts, ApiError> {
     let mut ids = Vec::with_capacity(prompts.len());
     let mut echoes = Vec::with_capacity(prompts.len());
     for p in prompts {
@@ -332,7 +338,7 @@ fn completion_prompts(
         ids.push(tokens);
         echoes.push(text);
     }
-    Ok((ids, echoes))
+    Ok(CompletionPrompts { ids, echoes })
 }
 
 async fn completions(
@@ -352,7 +358,7 @@ async fn completions(
         let rt = rt.clone();
         s.invalid(
             blocking(move || {
-                let (ids, echoes) = completion_prompts(&rt, prompts, echo)?;
+                let CompletionPrompts { ids, echoes } = completion_prompts(&rt, prompts, echo)?;
                 let c = spec.map(|(sp, p)| rt.constraint(&sp, p)).transpose()?;
                 Ok((ids, echoes, c))
             })

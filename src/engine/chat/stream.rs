@@ -458,9 +458,7 @@ pub fn sse(
     let merged = stream::select_all(rxs);
     let body = stream::unfold(Some((merged, meta, state)), |st| async move {
         let (mut merged, meta, mut state) = st?;
-        let Some((i, ev)) = merged.next().await else {
-            return None;
-        };
+        let (i, ev) = merged.next().await?;
         let (mut out, step) = meta.on_event(i, ev, &mut state.pending[i]);
         let over = match step {
             Step::More => false,
