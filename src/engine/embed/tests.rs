@@ -78,7 +78,7 @@ impl EncoderBackend for Fake {
         max_tokens: Option<usize>,
     ) -> Result<Vec<u32>, ModelError> {
         let mut w: Vec<u32> = text.split_whitespace().map(word_id).collect();
-        let room = max_tokens.unwrap_or(MAX_LEN).min(MAX_LEN) - 2;
+        let room = max_tokens.unwrap_or(MAX_LEN).min(MAX_LEN).saturating_sub(2);
         if w.len() > room {
             match truncate {
                 Truncate::Refuse => return Err(ModelError::Input("too long".into())),
