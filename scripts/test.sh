@@ -31,5 +31,17 @@ else
   echo "test.sh: could not install the openai Python package; its test will be skipped" >&2
 fi
 
+# The cohere and LangChain client tests find these venvs themselves (or $TRIDENT_COHERE_PYTHON,
+# $TRIDENT_LANGCHAIN_PYTHON); where pip cannot install a package its test is skipped.
+client_venv() { # venv-name import-name pip-package
+  local venv="$HOME/.cache/trident/$1"
+  "$venv/bin/python" -c "import $2" 2>/dev/null && return 0
+  python3 -m venv "$venv" >/dev/null 2>&1 && "$venv/bin/pip" install --quiet "$3" >/dev/null 2>&1 \
+    || echo "test.sh: could not install the $3 Python package; its client test will be skipped" >&2
+}
+step "optional: the cohere and langchain-openai Python clients"
+client_venv cohere-venv cohere cohere
+client_venv langchain-venv langchain_openai langchain-openai
+
 step "cargo test"
 cargo test --all-targets "$@"

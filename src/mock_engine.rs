@@ -134,6 +134,11 @@ pub fn router(cfg: MockConfig) -> Router {
         .route("/v2/rerank", post(work))
         .route("/rerank", post(work))
         .route("/v1/score", post(work))
+        .route("/v1/embed", post(work))
+        .route("/v2/embed", post(work))
+        .route("/embed", post(work))
+        .route("/embed_all", post(work))
+        .route("/info", get(info))
         .route("/tokenize", post(work))
         .route("/detokenize", post(work))
         .fallback(crate::api::not_found)
@@ -200,6 +205,9 @@ async fn misbehave(m: &Mock) -> Result<(), Response> {
 fn tag(m: &Mock, headers: &HeaderMap, mut resp: Response) -> Response {
     let h = resp.headers_mut();
     h.insert("x-mock-replica", m.cfg.replica.into());
+    if let Ok(v) = header::HeaderValue::from_str(&m.cfg.model) {
+        h.insert("x-mock-model", v);
+    }
     if let Some(id) = headers.get("x-request-id") {
         h.insert("x-mock-request-id", id.clone());
     }
@@ -229,19 +237,38 @@ async fn work(State(m): S, req: Request) -> Response {
     if let Err(r) = misbehave(&m).await {
         return tag(&m, &headers, r);
     }
-    let n = body["input"]
-        .as_array()
-        .map_or(1, Vec::len)
-        .max(body["documents"].as_array().map_or(0, Vec::len));
+    let n = ["input", "inputs", "texts", "documents"]
+        .iter()
+        .filter_map(|k| body[*k].as_array().map(Vec::len))
+        .max()
+        .unwrap_or(1);
     let answer = match path.as_str() {
         "/v1/embeddings" => serde_json::json!({"object": "list", "model": m.cfg.model,
             "data": (0..n).map(|i| serde_json::json!({"object": "embedding", "index": i, "embedding": [0.6, 0.8]})).collect::<Vec<_>>(),
             "usage": {"prompt_tokens": n, "total_tokens": n}}),
+        // TEI's bare arrays; the model's name rides in the answer's header (`x-mock-model`).
+        "/embed" => serde_json::json!((0..n).map(|_| [0.6, 0.8]).collect::<Vec<_>>()),
+        "/embed_all" => serde_json::json!((0..n).map(|_| [[0.6, 0.8]]).collect::<Vec<_>>()),
+        "/v1/embed" | "/v2/embed" => serde_json::json!({"id": "mock", "model": m.cfg.model,
+            "embeddings": {"float": (0..n).map(|_| [0.6, 0.8]).collect::<Vec<_>>()},
+            "texts": body["texts"], "response_type": "embeddings_by_type",
+            "meta": {"api_version": {"version": "2"}, "billed_units": {"input_tokens": n}}}),
         "/tokenize" => serde_json::json!({"count": 2, "max_model_len": 512, "tokens": [1, 2]}),
         "/detokenize" => serde_json::json!({"prompt": "mock"}),
         _ => serde_json::json!({"model": m.cfg.model,
             "results": (0..n).map(|i| serde_json::json!({"index": i, "relevance_score": 1.0 / (i as f64 + 1.0)})).collect::<Vec<_>>()}),
     };
+    tag(&m, &headers, Json(answer).into_response())
+}
+
+/// TEI's `GET /info`, reduced to what the gateway tests look at.
+async fn info(State(m): S, req: Request) -> Response {
+    let headers = req.headers().clone();
+    if let Err(r) = misbehave(&m).await {
+        return tag(&m, &headers, r);
+    }
+    let answer = serde_json::json!({"model_id": m.cfg.model, "max_input_length": 512,
+        "model_type": {"embedding": {"pooling": "mean"}}});
     tag(&m, &headers, Json(answer).into_response())
 }
 

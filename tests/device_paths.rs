@@ -75,6 +75,15 @@ fn embeddings_agree(dir: &Path) {
         let alone = generic.embed(&[batch[i]]).unwrap();
         assert!(max_abs(&alone[0], w) <= 1e-3);
     }
+    // Per-token states (TEI's /embed_all) come unpadded from the padded batch as well.
+    let want = fast.token_states(&batch).unwrap();
+    let got = generic.token_states(&batch).unwrap();
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!((g.len(), w.len()), (ids[i].len(), ids[i].len()), "text {i}");
+        for (gr, wr) in g.iter().zip(w) {
+            assert!(max_abs(gr, wr) <= 1e-3, "text {i}");
+        }
+    }
 }
 
 #[test]

@@ -5,6 +5,6 @@ pub mod models;
 pub mod settings;
 
 pub use models::{
-    CheckOptions, ConfigError, DeviceSetting, ModelEntry, ModelKind, ModelsFile, Problem,
+    CheckOptions, ConfigError, DeviceSetting, ModelEntry, ModelKind, ModelsFile, Problem, TokenIds,
 };
 pub use settings::{Balance, LogFormat, Secret, Settings};

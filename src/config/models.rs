@@ -35,6 +35,7 @@ pub const ENTRY_KEYS: &[&str] = &[
     "reasoning_parser",
     "upstream",
     "upstream_api_key_file",
+    "token_ids",
 ];
 
 /// How a chat model's reasoning is separated from its answer.
@@ -79,6 +80,20 @@ pub enum DeviceSetting {
     Auto,
     Cpu,
     Cuda,
+}
+
+/// How an embedding engine reads token-id inputs of `/v1/embeddings` and TEI's `/embed`
+/// (`token_ids` key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenIds {
+    /// Refuse them with a 400: OpenAI clients (LangChain's `OpenAIEmbeddings` by default)
+    /// send ids of tiktoken's `cl100k_base`, which this model would read as other tokens of
+    /// its own vocabulary and embed into silently wrong vectors.
+    #[default]
+    Refuse,
+    /// Read them as ids of the model's own vocabulary (clients that tokenise with it).
+    ModelVocab,
 }
 
 /// One entry of `models.json` (key = model id).
@@ -142,6 +157,9 @@ pub struct ModelEntry {
     /// trident's key, a Kubernetes or Docker secret mount). The key never sits in this file.
     #[serde(default)]
     pub upstream_api_key_file: Option<PathBuf>,
+    /// Token-id inputs of embedding models: `"refuse"` (default) or `"model_vocab"`.
+    #[serde(default)]
+    pub token_ids: TokenIds,
 }
 
 /// The URLs of a model's remote replicas (`"upstream": "http://a"` or `["http://a", …]`).
@@ -326,6 +344,12 @@ impl ModelsFile {
                 if v == Some(0) {
                     problems.push(problem(&at(key), "must be at least 1"));
                 }
+            }
+            if e.token_ids != TokenIds::Refuse && e.kind != ModelKind::Embedding {
+                problems.push(problem(
+                    &at("token_ids"),
+                    "only applies to embedding models (type \"embedding\")",
+                ));
             }
             if e.device == DeviceSetting::Cpu && !e.gpus.is_empty() {
                 problems.push(problem(&at("gpus"), "listed GPUs but device is \"cpu\""));
@@ -514,6 +538,29 @@ mod tests {
         let problems = ModelsFile::parse(SEED, CheckOptions { check_paths: true }).unwrap_err();
         assert_eq!(problems.len(), 3);
         assert!(problems[0].message.contains("does not exist"));
+    }
+
+    #[test]
+    fn token_ids_default_to_refuse_and_take_two_values_on_embedding_models() {
+        let text = r#"{"models": {
+          "a": {"path": "/x", "type": "embedding", "port": 9000},
+          "b": {"path": "/y", "type": "embedding", "port": 9001, "token_ids": "model_vocab"},
+          "c": {"path": "/z", "type": "embedding", "port": 9002, "token_ids": "refuse"}}}"#;
+        let f = ModelsFile::parse(text, CheckOptions::default()).unwrap();
+        assert_eq!(f.models["a"].token_ids, TokenIds::Refuse);
+        assert_eq!(f.models["b"].token_ids, TokenIds::ModelVocab);
+        assert_eq!(f.models["c"].token_ids, TokenIds::Refuse);
+        let bad = r#"{"models": {
+          "a": {"path": "/x", "type": "embedding", "port": 9000, "token_ids": "tiktoken"},
+          "b": {"path": "/y", "type": "chat", "port": 9001, "token_ids": "model_vocab"}}}"#;
+        let problems = ModelsFile::parse(bad, CheckOptions::default()).unwrap_err();
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["models.a.token_ids", "models.b.token_ids"],
+            "{problems:?}"
+        );
+        assert!(problems[0].message.contains("model_vocab"), "{problems:?}");
     }
 
     #[test]

@@ -1,27 +1,35 @@
-//! Embedding engine routes: `POST /v1/embeddings`, `POST /tokenize`, `POST /detokenize`.
+//! Embedding engine routes: `POST /v1/embeddings` (OpenAI), `POST /v1/embed` and
+//! `POST /v2/embed` (Cohere, in `cohere`), `POST /embed`, `POST /embed_all` and `GET /info`
+//! (text-embeddings-inference, in `tei`), plus `POST /tokenize` and `POST /detokenize`.
 //!
-//! Flow: validate the request shape (count limits before any tokenisation) → tokenize on a
-//! blocking thread → queue one job per input (bounded, all-or-nothing) → await the model
-//! thread's answers → shape the OpenAI response. Dropping the handler (client gone) drops
-//! the receivers, so queued jobs are skipped before they reach the model.
+//! Every embedding API validates its own shape into an [`EmbedTask`] (count limits before
+//! any tokenisation) and runs it through one core, [`embed_task`]: the token-id policy →
+//! tokenize on a blocking thread → queue one job per input (bounded, all-or-nothing) →
+//! await the model thread's answers; each API then shapes its own response. Dropping the
+//! handler (client gone) drops the receivers, so queued jobs are skipped before they reach
+//! the model.
+
+mod cohere;
+mod tei;
 
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 
-use super::backend::EncoderBackend;
+use super::backend::{EncoderBackend, Truncate};
 use super::common::EngineCommon;
 use super::encoder_queue::{EncoderQueue, Job, Output, PushError};
 use crate::api::types::embeddings::{
-    apply_dimensions, check_dimensions, encode_vector, parse_inputs, EmbeddingData, EmbeddingInput,
-    EmbeddingRequest, EmbeddingResponse, Usage,
+    apply_dimensions, check_dimensions, encode_vector, normalize, parse_inputs, EmbeddingData,
+    EmbeddingInput, EmbeddingRequest, EmbeddingResponse, Overflow, Usage,
 };
 use crate::api::types::tokenize::{
     DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse,
 };
 use crate::api::{ApiError, ApiJson};
+use crate::config::TokenIds;
 use crate::metrics::reason;
 use crate::models::ModelError;
 
@@ -31,10 +39,52 @@ pub struct EncoderRuntime {
     pub queue: EncoderQueue,
 }
 
+/// Padded tokens per encoder batch unless the entry sets `max_batch_tokens`.
+pub const DEFAULT_MAX_BATCH_TOKENS: usize = 16_384;
+/// Inputs per encoder batch.
+pub const MAX_BATCH_SIZE: usize = 64;
+/// Inputs waiting in the encoder queue unless the entry sets `max_queue`.
+pub const DEFAULT_MAX_QUEUE: usize = 8192;
+
+/// What the embedding routes take from the model's entry in `models.json`.
+#[derive(Debug, Clone)]
+pub struct EmbedOptions {
+    /// How token-id inputs are read (`token_ids`).
+    pub token_ids: TokenIds,
+    /// The entry's display `name` (TEI's `model_id`).
+    pub name: Option<String>,
+    /// The queue's limits, as `/info` reports them.
+    pub max_batch_tokens: usize,
+    pub max_queue: usize,
+}
+
+impl Default for EmbedOptions {
+    fn default() -> Self {
+        EmbedOptions {
+            token_ids: TokenIds::default(),
+            name: None,
+            max_batch_tokens: DEFAULT_MAX_BATCH_TOKENS,
+            max_queue: DEFAULT_MAX_QUEUE,
+        }
+    }
+}
+
+impl EmbedOptions {
+    pub fn of(entry: &crate::config::ModelEntry) -> EmbedOptions {
+        EmbedOptions {
+            token_ids: entry.token_ids,
+            name: entry.name.clone(),
+            max_batch_tokens: entry.max_batch_tokens.unwrap_or(DEFAULT_MAX_BATCH_TOKENS),
+            max_queue: entry.max_queue.unwrap_or(DEFAULT_MAX_QUEUE),
+        }
+    }
+}
+
 /// State of the encoder routes.
 #[derive(Clone)]
 pub struct EncoderState {
     pub common: EngineCommon<EncoderRuntime>,
+    pub options: Arc<EmbedOptions>,
 }
 
 impl EncoderState {
@@ -115,8 +165,145 @@ pub fn tokenize_permits() -> usize {
 pub fn routes(state: EncoderState) -> Router {
     Router::new()
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/embed", post(cohere::embed_v1))
+        .route("/v2/embed", post(cohere::embed_v2))
+        .route("/embed", post(tei::embed))
+        .route("/embed_all", post(tei::embed_all))
+        .route("/info", get(tei::info))
         .with_state(state.clone())
         .merge(token_routes(state))
+}
+
+/// What the core returns for each input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmbedOutput {
+    /// One pooled vector: normalised as the model's configuration says (`None`), always
+    /// (`Some(true)`) or never (`Some(false)`).
+    Vector { normalize: Option<bool> },
+    /// Every token's last hidden state.
+    Tokens,
+}
+
+/// One embedding request after its API's validation.
+#[derive(Debug, Clone)]
+pub struct EmbedTask {
+    pub inputs: Vec<EmbeddingInput>,
+    /// Names the inputs in errors (`input`, `texts`, `inputs`).
+    pub param: &'static str,
+    pub overflow: Overflow,
+    /// At most this many tokens per input (at most the model's maximum).
+    pub max_tokens: Option<usize>,
+    pub output: EmbedOutput,
+}
+
+/// The model's answers, in input order, and the tokens they took.
+#[derive(Debug)]
+pub struct Embedded {
+    pub outputs: Vec<Output>,
+    pub prompt_tokens: usize,
+}
+
+impl Embedded {
+    /// The pooled vectors (of an [`EmbedOutput::Vector`] task).
+    pub fn vectors(self) -> Result<Vec<Vec<f32>>, ApiError> {
+        self.outputs
+            .into_iter()
+            .map(|o| match o {
+                Output::Vector(v) => Ok(v),
+                _ => Err(wrong_output()),
+            })
+            .collect()
+    }
+
+    /// The token states (of an [`EmbedOutput::Tokens`] task).
+    pub fn token_states(self) -> Result<Vec<Vec<Vec<f32>>>, ApiError> {
+        self.outputs
+            .into_iter()
+            .map(|o| match o {
+                Output::Tokens(t) => Ok(t),
+                _ => Err(wrong_output()),
+            })
+            .collect()
+    }
+}
+
+fn wrong_output() -> ApiError {
+    ApiError::internal("The model returned the wrong kind of output")
+}
+
+/// The one embedding pipeline behind every embedding API: refuses token ids unless the
+/// model accepts them, tokenizes, queues and waits, and counts the prompt tokens.
+pub async fn embed_task(s: &EncoderState, task: EmbedTask) -> Result<Embedded, ApiError> {
+    check_token_ids(&task.inputs, task.param, s.options.token_ids)
+        .inspect_err(|_| s.common.reject(reason::INVALID))?;
+    let rt = s.runtime()?;
+    let backend = rt.backend.clone();
+    let output = task.output;
+    let ids: Vec<Vec<u32>> = blocking(move || tokenize_inputs(backend.as_ref(), &task))
+        .await
+        .inspect_err(|_| s.common.reject(reason::INVALID))?;
+    let prompt_tokens: usize = ids.iter().map(Vec::len).sum();
+    let job = match output {
+        EmbedOutput::Vector {
+            normalize: Some(false),
+        } => Job::EmbedRaw,
+        EmbedOutput::Vector { .. } => Job::Embed,
+        EmbedOutput::Tokens => Job::Tokens,
+    };
+    let mut outputs = s.run_jobs(ids.into_iter().map(job).collect()).await?;
+    if let EmbedOutput::Vector {
+        normalize: Some(true),
+    } = output
+    {
+        for o in &mut outputs {
+            if let Output::Vector(v) = o {
+                normalize(v);
+            }
+        }
+    }
+    s.common
+        .metrics
+        .prompt_tokens
+        .with_label_values(&[&s.common.id, s.common.kind.as_str()])
+        .inc_by(prompt_tokens as u64);
+    Ok(Embedded {
+        outputs,
+        prompt_tokens,
+    })
+}
+
+/// Refuses token-id inputs unless the model's entry says they are in its own vocabulary.
+fn check_token_ids(
+    inputs: &[EmbeddingInput],
+    param: &str,
+    policy: TokenIds,
+) -> Result<(), ApiError> {
+    if policy == TokenIds::ModelVocab {
+        return Ok(());
+    }
+    let Some(i) = inputs
+        .iter()
+        .position(|x| matches!(x, EmbeddingInput::Tokens(_)))
+    else {
+        return Ok(());
+    };
+    let at = if inputs.len() > 1 {
+        format!("'{param}[{i}]'")
+    } else {
+        format!("'{param}'")
+    };
+    Err(ApiError::invalid_param(
+        param,
+        format!(
+            "{at} is a list of token ids. This model would read them in its own vocabulary, \
+             not in tiktoken's cl100k_base that OpenAI clients tokenise with, so the vectors \
+             would be wrong. Send the text as strings instead (LangChain: \
+             OpenAIEmbeddings(..., check_embedding_ctx_length=False)). If the ids come from \
+             this model's own tokenizer (POST /tokenize), the operator can accept them with \
+             \"token_ids\": \"model_vocab\" in the model's models.json entry."
+        ),
+    )
+    .with_code("token_ids_not_accepted"))
 }
 
 /// `/tokenize` and `/detokenize`, shared by every encoder engine (rerank included).
@@ -133,40 +320,27 @@ async fn embeddings(
 ) -> Result<Json<EmbeddingResponse>, ApiError> {
     s.common.check_model(Some(&req.model))?;
     let inputs = parse_inputs(&req.input).inspect_err(|_| s.common.reject(reason::INVALID))?;
-    let rt = s.runtime()?;
-    let meta = rt.backend.meta();
-    check_dimensions(req.dimensions, meta.hidden_size)
-        .inspect_err(|_| s.common.reject(reason::INVALID))?;
-    let backend = rt.backend.clone();
-    let truncate = req.truncate;
-    let ids: Vec<Vec<u32>> = blocking(move || tokenize_inputs(backend.as_ref(), inputs, truncate))
-        .await
-        .inspect_err(|_| s.common.reject(reason::INVALID))?;
-    let prompt_tokens: usize = ids.iter().map(Vec::len).sum();
-    let outputs = s
-        .run_jobs(ids.into_iter().map(Job::Embed).collect())
-        .await?;
-    s.common
-        .metrics
-        .prompt_tokens
-        .with_label_values(&[&s.common.id, s.common.kind.as_str()])
-        .inc_by(prompt_tokens as u64);
-    let data = outputs
+    let hidden = s.runtime()?.backend.meta().hidden_size;
+    check_dimensions(req.dimensions, hidden).inspect_err(|_| s.common.reject(reason::INVALID))?;
+    let task = EmbedTask {
+        inputs,
+        param: "input",
+        overflow: Overflow::from_bool(req.truncate),
+        max_tokens: None,
+        output: EmbedOutput::Vector { normalize: None },
+    };
+    let done = embed_task(&s, task).await?;
+    let prompt_tokens = done.prompt_tokens;
+    let data = done
+        .vectors()?
         .into_iter()
         .enumerate()
-        .map(|(index, o)| {
-            let Output::Vector(v) = o else {
-                return Err(ApiError::internal(
-                    "The model returned the wrong kind of output",
-                ));
-            };
-            Ok(EmbeddingData {
-                object: "embedding".into(),
-                index,
-                embedding: encode_vector(apply_dimensions(v, req.dimensions), req.encoding_format),
-            })
+        .map(|(index, v)| EmbeddingData {
+            object: "embedding".into(),
+            index,
+            embedding: encode_vector(apply_dimensions(v, req.dimensions), req.encoding_format),
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect();
     Ok(Json(EmbeddingResponse {
         object: "list".into(),
         data,
@@ -178,45 +352,70 @@ async fn embeddings(
     }))
 }
 
-/// Tokenizes every input; token-id inputs are taken as complete sequences (specials
-/// included) and checked against the vocabulary and the length limit.
+/// The model-side cut for what a request asked.
+fn truncate_of(overflow: Overflow) -> Truncate {
+    match overflow {
+        Overflow::Refuse => Truncate::Refuse,
+        Overflow::CutEnd => Truncate::End,
+        Overflow::CutStart => Truncate::Start,
+    }
+}
+
+/// Tokenizes every input of a task. Token-id inputs (allowed by the policy) are taken as
+/// complete sequences (specials included), checked against the vocabulary and cut to the
+/// limit like text.
 fn tokenize_inputs(
     backend: &dyn EncoderBackend,
-    inputs: Vec<EmbeddingInput>,
-    truncate: bool,
+    task: &EmbedTask,
 ) -> Result<Vec<Vec<u32>>, ApiError> {
-    let meta = backend.meta();
+    let max_len = backend.meta().max_len;
+    let limit = task.max_tokens.map_or(max_len, |m| m.min(max_len));
     let vocab = backend.vocab_size();
-    inputs
-        .into_iter()
+    let param = task.param;
+    let many = task.inputs.len() > 1;
+    let at = |i: usize| {
+        if many {
+            format!("{param}[{i}]")
+        } else {
+            param.to_string()
+        }
+    };
+    task.inputs
+        .iter()
         .enumerate()
         .map(|(i, input)| match input {
-            EmbeddingInput::Text(t) => backend.encode_text(&t, truncate).map_err(|e| {
-                let mut err = input_error("input", e);
-                err.message = format!("input[{i}]: {}", err.message);
-                err
-            }),
-            EmbeddingInput::Tokens(mut ids) => {
+            EmbeddingInput::Text(t) => backend
+                .encode_text_fit(t, truncate_of(task.overflow), task.max_tokens)
+                .map_err(|e| {
+                    let mut err = input_error(param, e);
+                    err.message = format!("{}: {}", at(i), err.message);
+                    err
+                }),
+            EmbeddingInput::Tokens(ids) => {
                 if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
                     return Err(ApiError::invalid_param(
-                        "input",
-                        format!("input[{i}]: token id {bad} is outside the vocabulary (size {vocab})"),
+                        param,
+                        format!(
+                            "{}: token id {bad} is outside the vocabulary (size {vocab})",
+                            at(i)
+                        ),
                     ));
                 }
-                if ids.len() > meta.max_len {
-                    if !truncate {
-                        return Err(ApiError::invalid_param(
-                            "input",
-                            format!(
-                                "input[{i}] has {} tokens; the model accepts at most {} (set truncate to true to cut it)",
-                                ids.len(),
-                                meta.max_len
-                            ),
-                        ));
-                    }
-                    ids.truncate(meta.max_len);
+                if ids.len() <= limit {
+                    return Ok(ids.clone());
                 }
-                Ok(ids)
+                match task.overflow {
+                    Overflow::Refuse => Err(ApiError::invalid_param(
+                        param,
+                        format!(
+                            "{} has {} tokens; the limit is {limit} (allow truncation to cut it)",
+                            at(i),
+                            ids.len(),
+                        ),
+                    )),
+                    Overflow::CutEnd => Ok(ids[..limit].to_vec()),
+                    Overflow::CutStart => Ok(ids[ids.len() - limit..].to_vec()),
+                }
             }
         })
         .collect()
@@ -271,3 +470,6 @@ async fn detokenize(
     .await?;
     Ok(Json(DetokenizeResponse { prompt }))
 }
+
+#[cfg(test)]
+mod tests;

@@ -22,22 +22,31 @@ use crate::metrics::Metrics;
 /// One unit of model work.
 #[derive(Debug, Clone)]
 pub enum Job {
+    /// A pooled vector, normalised when the model's configuration says so.
     Embed(Vec<u32>),
+    /// A pooled vector, never normalised (TEI's `normalize: false`).
+    EmbedRaw(Vec<u32>),
+    /// Every token's last hidden state (TEI's `/embed_all`).
+    Tokens(Vec<u32>),
     Score(PairTokens),
 }
 
 impl Job {
     fn tokens(&self) -> usize {
         match self {
-            Job::Embed(ids) => ids.len(),
+            Job::Embed(ids) | Job::EmbedRaw(ids) | Job::Tokens(ids) => ids.len(),
             Job::Score(p) => p.ids.len(),
         }
     }
+    /// Jobs of one kind share a batch (one backend call answers them all).
     fn same_kind(&self, other: &Job) -> bool {
-        matches!(
-            (self, other),
-            (Job::Embed(_), Job::Embed(_)) | (Job::Score(_), Job::Score(_))
-        )
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+    }
+    fn ids(&self) -> &[u32] {
+        match self {
+            Job::Embed(ids) | Job::EmbedRaw(ids) | Job::Tokens(ids) => ids,
+            Job::Score(p) => &p.ids,
+        }
     }
 }
 
@@ -45,6 +54,8 @@ impl Job {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
     Vector(Vec<f32>),
+    /// `[token][hidden]`.
+    Tokens(Vec<Vec<f32>>),
     Score(f32),
 }
 
@@ -324,30 +335,35 @@ fn model_thread(
 }
 
 fn run_batch(backend: &dyn EncoderBackend, batch: &[Pending]) -> Result<Vec<Output>, String> {
-    match &batch[0].job {
-        Job::Embed(_) => {
-            let ids: Vec<&[u32]> = batch
-                .iter()
-                .filter_map(|p| match &p.job {
-                    Job::Embed(ids) => Some(ids.as_slice()),
-                    Job::Score(_) => None,
-                })
-                .collect();
-            let vectors = backend.embed(&ids).map_err(|e| e.to_string())?;
-            Ok(vectors.into_iter().map(Output::Vector).collect())
-        }
+    let err = |e: crate::models::ModelError| e.to_string();
+    // A batch holds jobs of one kind (`next_batch`), so all of them go to one call.
+    let ids = || -> Vec<&[u32]> { batch.iter().map(|p| p.job.ids()).collect() };
+    let vectors = |v: Vec<Vec<f32>>| v.into_iter().map(Output::Vector).collect();
+    Ok(match &batch[0].job {
+        Job::Embed(_) => vectors(backend.embed(&ids()).map_err(err)?),
+        Job::EmbedRaw(_) => vectors(backend.embed_unnormalized(&ids()).map_err(err)?),
+        Job::Tokens(_) => backend
+            .token_states(&ids())
+            .map_err(err)?
+            .into_iter()
+            .map(Output::Tokens)
+            .collect(),
         Job::Score(_) => {
             let pairs: Vec<&PairTokens> = batch
                 .iter()
                 .filter_map(|p| match &p.job {
                     Job::Score(pair) => Some(pair),
-                    Job::Embed(_) => None,
+                    _ => None,
                 })
                 .collect();
-            let scores = backend.score(&pairs).map_err(|e| e.to_string())?;
-            Ok(scores.into_iter().map(Output::Score).collect())
+            backend
+                .score(&pairs)
+                .map_err(err)?
+                .into_iter()
+                .map(Output::Score)
+                .collect()
         }
-    }
+    })
 }
 
 #[cfg(test)]
@@ -391,6 +407,39 @@ mod tests {
         let b = q.next_batch(LIMITS);
         assert_eq!(lens(&b), vec![49, 50]);
         assert!(q.next_batch(LIMITS).is_empty());
+    }
+
+    #[test]
+    fn jobs_of_different_kinds_never_share_a_batch() {
+        let mut q = QueueState::new(10);
+        let mut rxs = Vec::new();
+        for job in [
+            Job::Embed(vec![1; 4]),
+            Job::Tokens(vec![1; 4]),
+            Job::EmbedRaw(vec![1; 4]),
+            Job::Embed(vec![1; 4]),
+            Job::Tokens(vec![1; 4]),
+        ] {
+            let (tx, rx) = oneshot::channel();
+            rxs.push(rx);
+            q.push_all(vec![Pending {
+                job,
+                enqueued: Instant::now(),
+                reply: tx,
+            }])
+            .unwrap();
+        }
+        let kinds = |b: &[Pending]| -> Vec<std::mem::Discriminant<Job>> {
+            b.iter().map(|p| std::mem::discriminant(&p.job)).collect()
+        };
+        let sizes: Vec<usize> = std::iter::from_fn(|| {
+            let b = q.next_batch(LIMITS);
+            let k = kinds(&b);
+            assert!(k.windows(2).all(|w| w[0] == w[1]), "mixed batch");
+            (!b.is_empty()).then_some(b.len())
+        })
+        .collect();
+        assert_eq!(sizes, vec![2, 2, 1]);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::backend::{EncoderBackend, EncoderMeta, PairTokens, PreparedQuery};
+use super::backend::{EncoderBackend, EncoderMeta, PairTokens, PreparedQuery, Truncate};
 use crate::config::{DeviceSetting, ModelEntry};
 use crate::models::decoder::DecoderModel;
 use crate::models::encoder::{EncoderKind, EncoderModel};
@@ -75,11 +75,21 @@ impl EncoderBackend for EncoderAdapter {
             hidden_size: info.hidden_size,
             cross_encoder: matches!(info.kind, EncoderKind::CrossEncoder { .. }),
             dtype: info.dtype.clone(),
+            pooling: info.pooling.as_str().to_string(),
         }
     }
 
     fn encode_text(&self, text: &str, truncate: bool) -> Result<Vec<u32>, ModelError> {
         self.model.encode_text(text, truncate)
+    }
+
+    fn encode_text_fit(
+        &self,
+        text: &str,
+        truncate: Truncate,
+        max_tokens: Option<usize>,
+    ) -> Result<Vec<u32>, ModelError> {
+        self.model.encode_text_fit(text, truncate, max_tokens)
     }
 
     fn encode_pair(&self, query: &str, doc: &str) -> Result<PairTokens, ModelError> {
@@ -112,6 +122,14 @@ impl EncoderBackend for EncoderAdapter {
 
     fn embed(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, ModelError> {
         self.model.embed(batch)
+    }
+
+    fn embed_unnormalized(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, ModelError> {
+        self.model.embed_unnormalized(batch)
+    }
+
+    fn token_states(&self, batch: &[&[u32]]) -> Result<Vec<Vec<Vec<f32>>>, ModelError> {
+        self.model.token_states(batch)
     }
 
     fn score(&self, batch: &[&PairTokens]) -> Result<Vec<f32>, ModelError> {

@@ -129,6 +129,7 @@ pub fn build(
         ModelKind::Embedding | ModelKind::Rerank => {
             let state = embed::EncoderState {
                 common: engine_common(id, entry, &metrics, stall),
+                options: Arc::new(embed::EmbedOptions::of(entry)),
             };
             start_encoder(entry.clone(), state.clone());
             let routes = if entry.kind == ModelKind::Rerank {
@@ -205,12 +206,12 @@ fn load_encoder(entry: &crate::config::ModelEntry, state: &embed::EncoderState) 
         return;
     }
     let limits = BatchLimits {
-        max_batch_tokens: entry.max_batch_tokens.unwrap_or(16_384),
-        max_batch_size: 64,
+        max_batch_tokens: state.options.max_batch_tokens,
+        max_batch_size: embed::MAX_BATCH_SIZE,
     };
     let queue = EncoderQueue::start(
         backend.clone(),
-        entry.max_queue.unwrap_or(8192),
+        state.options.max_queue,
         limits,
         QueueMetrics {
             metrics: common.metrics.clone(),

@@ -147,7 +147,7 @@ async fn cross_encoder(
         .map(|o| match o {
             Output::Score(logit) if opts.raw => Ok(f64::from(logit)),
             Output::Score(logit) => Ok(sigmoid(f64::from(logit))),
-            Output::Vector(_) => Err(ApiError::internal(
+            Output::Vector(_) | Output::Tokens(_) => Err(ApiError::internal(
                 "The model returned the wrong kind of output",
             )),
         })
@@ -192,7 +192,7 @@ async fn bi_encoder(
         .into_iter()
         .map(|o| match o {
             Output::Vector(v) => Ok(v),
-            Output::Score(_) => Err(ApiError::internal(
+            Output::Score(_) | Output::Tokens(_) => Err(ApiError::internal(
                 "The model returned the wrong kind of output",
             )),
         })

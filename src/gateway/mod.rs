@@ -26,7 +26,7 @@ use std::time::Duration;
 use axum::extract::Request;
 use axum::http::{HeaderValue, Method};
 use axum::middleware;
-use axum::routing::{get, post};
+use axum::routing::{get, on, post, MethodFilter};
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -41,7 +41,7 @@ use crate::routing::balance::RetryBudget;
 use crate::routing::Routes;
 use auth::ApiKeys;
 use limits::Inflight;
-use proxy::RouteSpec;
+use proxy::{RouteMethod, RouteSpec};
 pub use status::{GpuFacts, SystemFacts};
 
 /// Everything the gateway's handlers share.
@@ -181,38 +181,72 @@ pub const API_ROUTES: &[RouteSpec] = &[
     RouteSpec {
         path: "/v1/chat/completions",
         kind: Some(ModelKind::Chat),
+        method: RouteMethod::Post,
     },
     RouteSpec {
         path: "/v1/completions",
         kind: Some(ModelKind::Chat),
+        method: RouteMethod::Post,
     },
     RouteSpec {
         path: "/v1/embeddings",
         kind: Some(ModelKind::Embedding),
+        method: RouteMethod::Post,
     },
     RouteSpec {
         path: "/v1/rerank",
         kind: Some(ModelKind::Rerank),
+        method: RouteMethod::Post,
     },
     RouteSpec {
         path: "/v2/rerank",
         kind: Some(ModelKind::Rerank),
+        method: RouteMethod::Post,
     },
     RouteSpec {
         path: "/rerank",
         kind: Some(ModelKind::Rerank),
+        method: RouteMethod::Post,
     },
     RouteSpec {
         path: "/v1/score",
         kind: Some(ModelKind::Rerank),
+        method: RouteMethod::Post,
+    },
+    RouteSpec {
+        path: "/v1/embed",
+        kind: Some(ModelKind::Embedding),
+        method: RouteMethod::Post,
+    },
+    RouteSpec {
+        path: "/v2/embed",
+        kind: Some(ModelKind::Embedding),
+        method: RouteMethod::Post,
+    },
+    RouteSpec {
+        path: "/embed",
+        kind: Some(ModelKind::Embedding),
+        method: RouteMethod::Post,
+    },
+    RouteSpec {
+        path: "/embed_all",
+        kind: Some(ModelKind::Embedding),
+        method: RouteMethod::Post,
+    },
+    RouteSpec {
+        path: "/info",
+        kind: Some(ModelKind::Embedding),
+        method: RouteMethod::Get,
     },
     RouteSpec {
         path: "/tokenize",
         kind: None,
+        method: RouteMethod::Post,
     },
     RouteSpec {
         path: "/detokenize",
         kind: None,
+        method: RouteMethod::Post,
     },
 ];
 
@@ -221,9 +255,14 @@ pub fn router(state: GatewayState) -> Router {
     let mut proxied = Router::new();
     for spec in API_ROUTES {
         let spec = *spec;
+        let method = match spec.method {
+            RouteMethod::Post => MethodFilter::POST,
+            RouteMethod::Get => MethodFilter::GET,
+        };
         proxied = proxied.route(
             spec.path,
-            post(
+            on(
+                method,
                 move |axum::extract::State(s): axum::extract::State<GatewayState>, req: Request| {
                     proxy::forward(s, spec, req)
                 },

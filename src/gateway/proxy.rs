@@ -36,6 +36,27 @@ use crate::routing::{ModelBackend, ModelState, Replica};
 pub struct RouteSpec {
     pub path: &'static str,
     pub kind: Option<ModelKind>,
+    pub method: RouteMethod,
+}
+
+/// How a proxied route names its model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteMethod {
+    /// `POST` with a JSON body whose `model` field names it.
+    Post,
+    /// `GET` without a body (TEI's `/info`): `?model=` names it.
+    Get,
+}
+
+/// The `model` query parameter of a GET route, if any.
+fn query_model(uri: &axum::http::Uri) -> Result<Option<String>, ApiError> {
+    #[derive(Deserialize)]
+    struct Q {
+        model: Option<String>,
+    }
+    axum::extract::Query::<Q>::try_from_uri(uri)
+        .map(|q| q.0.model)
+        .map_err(|_| ApiError::invalid_param("model", "the query string could not be read"))
 }
 
 /// The fields of a request body the gateway looks at; the rest is skipped unparsed.
@@ -94,9 +115,25 @@ fn resolve(
             ApiError::model_not_found(name)
         })?,
         _ => table.sole(spec.kind).ok_or_else(|| {
+            let candidates: Vec<&str> = table
+                .models
+                .iter()
+                .filter(|m| spec.kind.is_none_or(|k| m.kind == k))
+                .map(|m| &*m.id)
+                .take(8)
+                .collect();
+            let how = match spec.method {
+                RouteMethod::Post => "name one in 'model'",
+                RouteMethod::Get => "name one with ?model=",
+            };
             ApiError::invalid_param(
                 "model",
-                "'model' is required: more than one model serves this route",
+                format!(
+                    "'model' is required: {} models serve {} ({}); {how}",
+                    candidates.len(),
+                    spec.path,
+                    candidates.join(", ")
+                ),
             )
         })?,
     };
@@ -176,16 +213,24 @@ pub async fn forward(s: GatewayState, spec: RouteSpec, req: Request) -> Response
         Err(e) => return e.into_response(),
     };
     let (parts, body) = req.into_parts();
-    let body = match limits::read_body(&s, body).await {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
-    if !is_json(&parts.headers) {
-        return ApiError::unsupported_media_type().into_response();
-    }
-    let (model_name, stream) = match probe(&body) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
+    let (body, model_name, stream) = match spec.method {
+        RouteMethod::Get => match query_model(&parts.uri) {
+            Ok(m) => (Bytes::new(), m, false),
+            Err(e) => return e.into_response(),
+        },
+        RouteMethod::Post => {
+            let body = match limits::read_body(&s, body).await {
+                Ok(b) => b,
+                Err(e) => return e.into_response(),
+            };
+            if !is_json(&parts.headers) {
+                return ApiError::unsupported_media_type().into_response();
+            }
+            match probe(&body) {
+                Ok((m, stream)) => (body, m, stream),
+                Err(e) => return e.into_response(),
+            }
+        }
     };
     let model = match resolve(&s, spec, model_name.as_deref()) {
         Ok(m) => m,
@@ -201,7 +246,7 @@ pub async fn forward(s: GatewayState, spec: RouteSpec, req: Request) -> Response
         },
         None => None,
     };
-    let body = match upstream_body(&model, body) {
+    let body = match upstream_body(&model, spec, body) {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
@@ -317,10 +362,14 @@ fn no_backend(model: &ModelBackend, after_failure: bool) -> ApiError {
     ApiError::unavailable(format!("The model '{}' {why}", model.id))
 }
 
-/// The body sent upstream: unchanged for local engines; for a remote server with a `name`
-/// the `model` field becomes that name.
-fn upstream_body(model: &ModelBackend, body: Bytes) -> Result<Bytes, ApiError> {
-    let (true, Some(name)) = (model.entry.upstream.is_some(), &model.entry.name) else {
+/// The body sent upstream: unchanged for local engines and bodiless routes; for a remote
+/// server with a `name` the `model` field becomes that name.
+fn upstream_body(model: &ModelBackend, spec: RouteSpec, body: Bytes) -> Result<Bytes, ApiError> {
+    let (true, Some(name), RouteMethod::Post) = (
+        model.entry.upstream.is_some(),
+        &model.entry.name,
+        spec.method,
+    ) else {
         return Ok(body);
     };
     let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&body)
@@ -343,7 +392,12 @@ mod tests {
         let file = crate::config::ModelsFile::parse(text, Default::default()).unwrap();
         let b = crate::routing::Backends::new(&file, "127.0.0.1", &|_, _| 9000);
         let body = Bytes::from_static(br#"{"model": "big", "messages": []}"#);
-        let out = upstream_body(b.find("big").unwrap(), body.clone()).unwrap();
+        let chat = RouteSpec {
+            path: "/v1/chat/completions",
+            kind: Some(ModelKind::Chat),
+            method: RouteMethod::Post,
+        };
+        let out = upstream_body(b.find("big").unwrap(), chat, body.clone()).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["model"], "Qwen/Qwen2.5-32B-Instruct");
         assert_eq!(v["messages"], serde_json::json!([]));
@@ -353,8 +407,28 @@ mod tests {
         );
         // Local engines get the body untouched.
         assert_eq!(
-            upstream_body(b.find("local").unwrap(), body.clone()).unwrap(),
+            upstream_body(b.find("local").unwrap(), chat, body.clone()).unwrap(),
             body
+        );
+        // A GET route has no body to rewrite.
+        let info = RouteSpec {
+            method: RouteMethod::Get,
+            ..chat
+        };
+        assert!(upstream_body(b.find("big").unwrap(), info, Bytes::new())
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn get_routes_name_the_model_in_the_query() {
+        let uri = |s: &str| s.parse::<axum::http::Uri>().unwrap();
+        assert_eq!(query_model(&uri("/info")).unwrap(), None);
+        assert_eq!(
+            query_model(&uri("/info?model=bge%2Dm3&x=1"))
+                .unwrap()
+                .as_deref(),
+            Some("bge-m3")
         );
     }
 

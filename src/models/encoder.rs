@@ -71,6 +71,30 @@ fn cap(text: &str, tokens: usize) -> &str {
     }
 }
 
+/// The suffix of `text` that can matter for `tokens` tokens of room (for [`Truncate::Start`]).
+fn cap_end(text: &str, tokens: usize) -> &str {
+    let chars = tokens.saturating_mul(CHARS_PER_TOKEN);
+    if chars == 0 {
+        return "";
+    }
+    match text.char_indices().rev().nth(chars - 1) {
+        Some((start, _)) => &text[start..],
+        None => text,
+    }
+}
+
+/// What happens to a text longer than the room it has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Truncate {
+    /// Refuse it (an input error).
+    Refuse,
+    /// Keep the start, drop the end (the default of every API).
+    #[default]
+    End,
+    /// Keep the end, drop the start (Cohere's `truncate: "START"`, TEI's `Left`).
+    Start,
+}
+
 /// A rerank query tokenised once for all its documents: the text, and its raw tokens
 /// (already cut to the pair budget) when a real tokenizer prepared it.
 #[derive(Debug, Clone)]
@@ -299,25 +323,48 @@ impl EncoderModel {
     /// result fits `max_len` when `truncate`, else rejects a too-long text. Only the first
     /// `max_len × CHARS_PER_TOKEN` characters are ever tokenised.
     pub fn encode_text(&self, text: &str, truncate: bool) -> Result<Vec<u32>, ModelError> {
-        let capped = cap(text, self.info.max_len);
-        if !truncate && capped.len() < text.len() {
+        let how = if truncate {
+            Truncate::End
+        } else {
+            Truncate::Refuse
+        };
+        self.encode_text_fit(text, how, None)
+    }
+
+    /// [`EncoderModel::encode_text`] with the cut side chosen and an optional lower limit
+    /// (`max_tokens`, specials included, never above `max_len`; the specials are always
+    /// kept). Only the `limit × CHARS_PER_TOKEN` characters at the kept end are tokenised.
+    pub fn encode_text_fit(
+        &self,
+        text: &str,
+        truncate: Truncate,
+        max_tokens: Option<usize>,
+    ) -> Result<Vec<u32>, ModelError> {
+        let limit = max_tokens.map_or(self.info.max_len, |m| m.min(self.info.max_len));
+        let capped = match truncate {
+            Truncate::Start => cap_end(text, limit),
+            Truncate::End | Truncate::Refuse => cap(text, limit),
+        };
+        if truncate == Truncate::Refuse && capped.len() < text.len() {
             return Err(ModelError::Input(format!(
-                "input has more than {} characters, more than the model's maximum of {} tokens can hold",
-                self.info.max_len * CHARS_PER_TOKEN,
-                self.info.max_len
+                "input has more than {} characters, more than the limit of {limit} tokens can hold",
+                limit * CHARS_PER_TOKEN,
             )));
         }
         let mut enc = self.raw(capped)?;
-        let budget = self.info.max_len.saturating_sub(self.added(false));
+        let budget = limit.saturating_sub(self.added(false));
         if enc.len() > budget {
-            if !truncate {
-                return Err(ModelError::Input(format!(
-                    "input has {} tokens, more than the model's maximum of {}",
-                    enc.len() + self.added(false),
-                    self.info.max_len
-                )));
-            }
-            enc.truncate(budget, 0, TruncationDirection::Right);
+            let side = match truncate {
+                Truncate::Refuse => {
+                    return Err(ModelError::Input(format!(
+                        "input has {} tokens, more than the limit of {limit}",
+                        enc.len() + self.added(false),
+                    )))
+                }
+                Truncate::End => TruncationDirection::Right,
+                Truncate::Start => TruncationDirection::Left,
+            };
+            enc.truncate(budget, 0, side);
         }
         let enc = self
             .tokenizer
@@ -387,6 +434,16 @@ impl EncoderModel {
     /// Embeds a batch of token-id sequences (specials included): one pooled (and,
     /// when configured, L2-normalised) vector per input, in input order.
     pub fn embed(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let mut out = self.embed_unnormalized(batch)?;
+        if self.info.normalize {
+            out.iter_mut().for_each(|v| pooling::normalize(v));
+        }
+        Ok(out)
+    }
+
+    /// Pooled vectors without the final normalisation, whatever the model's configuration
+    /// says (TEI's `normalize: false`).
+    pub fn embed_unnormalized(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, ModelError> {
         let seqs: Vec<Seq> = batch
             .iter()
             .map(|ids| Seq {
@@ -397,11 +454,25 @@ impl EncoderModel {
         let h = self.info.hidden_size;
         let mut out = vec![Vec::new(); batch.len()];
         self.forward(&seqs, |i, hidden| {
-            let mut v = pooling::pool(hidden, h, self.info.pooling);
-            if self.info.normalize {
-                pooling::normalize(&mut v);
-            }
-            out[i] = v;
+            out[i] = pooling::pool(hidden, h, self.info.pooling);
+        })?;
+        Ok(out)
+    }
+
+    /// The last hidden state of every token of every input (specials included, no padding,
+    /// before pooling): `[input][token][hidden]`, for TEI's `/embed_all`.
+    pub fn token_states(&self, batch: &[&[u32]]) -> Result<Vec<Vec<Vec<f32>>>, ModelError> {
+        let seqs: Vec<Seq> = batch
+            .iter()
+            .map(|ids| Seq {
+                ids,
+                type_ids: None,
+            })
+            .collect();
+        let h = self.info.hidden_size;
+        let mut out = vec![Vec::new(); batch.len()];
+        self.forward(&seqs, |i, hidden| {
+            out[i] = hidden.chunks_exact(h).map(<[f32]>::to_vec).collect();
         })?;
         Ok(out)
     }
@@ -485,5 +556,14 @@ mod tests {
         assert!(text.starts_with(c));
         assert_eq!(cap(&text, 0), "");
         assert_eq!(cap("", 3), "");
+    }
+
+    #[test]
+    fn the_end_cap_keeps_whole_characters_at_the_end() {
+        let text = format!("{}{}", "a".repeat(10), "é".repeat(CHARS_PER_TOKEN));
+        assert_eq!(cap_end(&text, 1), "é".repeat(CHARS_PER_TOKEN));
+        assert_eq!(cap_end(&text, 2), text);
+        assert_eq!(cap_end(&text, 0), "");
+        assert_eq!(cap_end("", 3), "");
     }
 }

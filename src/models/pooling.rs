@@ -24,6 +24,19 @@ pub enum Pooling {
     LastToken,
 }
 
+impl Pooling {
+    /// The name sentence-transformers and TEI use for the mode.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pooling::Mean => "mean",
+            Pooling::Cls => "cls",
+            Pooling::Max => "max",
+            Pooling::MeanSqrtLen => "mean_sqrt_len_tokens",
+            Pooling::LastToken => "last_token",
+        }
+    }
+}
+
 /// What the sentence-transformers files say (all optional for a plain HF model).
 #[derive(Debug, Clone, Default)]
 pub struct StConfig {

@@ -20,7 +20,22 @@ pub async fn minilm_engine() -> Server {
     .clone()
 }
 
-async fn embed(s: &Server, body: Value) -> Vec<Vec<f32>> {
+/// A MiniLM engine that reads token-id inputs in its own vocabulary (`token_ids`).
+pub async fn minilm_ids_engine() -> Server {
+    static S: OnceCell<Server> = OnceCell::const_new();
+    S.get_or_init(|| async {
+        start_engine(
+            "minilm-ids",
+            json!({"path": minilm(), "type": "embedding", "port": 1, "dtype": "float32",
+                   "token_ids": "model_vocab"}),
+        )
+        .await
+    })
+    .await
+    .clone()
+}
+
+pub async fn embed(s: &Server, body: Value) -> Vec<Vec<f32>> {
     let (status, _, v) = call(s, "/v1/embeddings", &body).await;
     assert_eq!(status, 200, "{v}");
     v["data"]
@@ -102,8 +117,26 @@ async fn token_ids_base64_and_dimensions() {
         json!({"model": "minilm", "input": "the quick brown fox"}),
     )
     .await;
-    let from_ids = embed(&s, json!({"model": "minilm", "input": ids})).await;
+    // Ids in the model's own vocabulary embed like the text where the entry allows them…
+    let ids_engine = minilm_ids_engine().await;
+    let from_ids = embed(
+        &ids_engine,
+        json!({"model": "minilm-ids", "input": ids.clone()}),
+    )
+    .await;
     assert!(cosine(&from_text[0], &from_ids[0]) > 0.99999);
+    // …and are refused by default: they could be tiktoken's.
+    let (status, headers, v) = call(
+        &s,
+        "/v1/embeddings",
+        &json!({"model": "minilm", "input": ids}),
+    )
+    .await;
+    let err = assert_envelope(status, &headers, &v, 400);
+    assert_eq!(
+        (err["param"].as_str(), err["code"].as_str()),
+        (Some("input"), Some("token_ids_not_accepted"))
+    );
 
     let (status, _, v) = call(
         &s,
@@ -184,7 +217,7 @@ async fn input_limits_and_bad_values() {
         (json!({"model": "minilm", "input": [null]}), 400, "input"),
         (json!({"model": "minilm", "input": [[1, -2]]}), 400, "input"),
         (
-            json!({"model": "minilm", "input": [[999999]]}),
+            json!({"model": "minilm", "input": [[101, 102]]}),
             400,
             "input",
         ),
@@ -224,6 +257,23 @@ async fn input_limits_and_bad_values() {
     let texts: Vec<String> = (0..2048).map(|i| format!("t{i}")).collect();
     let ok = embed(&s, json!({"model": "minilm", "input": texts})).await;
     assert_eq!(ok.len(), 2048, "2048 inputs are allowed");
+    // Where ids are accepted, an id past MiniLM's 30522 is refused naming the input.
+    let ids = minilm_ids_engine().await;
+    let (status, headers, v) = call(
+        &ids,
+        "/v1/embeddings",
+        &json!({"model": "minilm-ids", "input": [[101, 999999, 102]]}),
+    )
+    .await;
+    let err = assert_envelope(status, &headers, &v, 400);
+    assert_eq!(err["param"], "input");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("outside the vocabulary"),
+        "{v}"
+    );
 }
 
 #[tokio::test]

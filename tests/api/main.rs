@@ -6,6 +6,8 @@
 mod chat;
 mod common;
 mod devices;
+mod embed_apis;
+mod embed_clients;
 mod embeddings;
 mod errors;
 mod faults;

@@ -1,4 +1,5 @@
-//! `POST /v1/embeddings`.
+//! `POST /v1/embeddings`, and the input shapes, limits and vector helpers every embedding
+//! API shares (`cohere` and `tei` build on them; `quantize` holds Cohere's compressed types).
 
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +36,30 @@ pub enum EncodingFormat {
     Base64,
 }
 
+/// What a request asks for an input longer than the model takes (each API spells it its
+/// own way: `truncate: bool`, Cohere's `NONE|START|END`, TEI's `truncation_direction`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overflow {
+    /// Refuse the request (400 naming the input).
+    Refuse,
+    /// Keep the start of the input.
+    #[default]
+    CutEnd,
+    /// Keep the end of the input.
+    CutStart,
+}
+
+impl Overflow {
+    /// `truncate: true` cuts the end, `false` refuses.
+    pub fn from_bool(truncate: bool) -> Overflow {
+        if truncate {
+            Overflow::CutEnd
+        } else {
+            Overflow::Refuse
+        }
+    }
+}
+
 /// One input after shape validation.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EmbeddingInput {
@@ -56,20 +81,30 @@ pub fn check_dimensions(dimensions: Option<usize>, hidden_size: usize) -> Result
 /// Validates the shape of `input` and splits it into inputs, checking the count before
 /// looking at (or tokenising) any element.
 pub fn parse_inputs(input: &serde_json::Value) -> Result<Vec<EmbeddingInput>, ApiError> {
+    parse_inputs_named(input, "input")
+}
+
+/// [`parse_inputs`] for a field of another name (TEI's `inputs`), which errors name.
+pub fn parse_inputs_named(
+    input: &serde_json::Value,
+    param: &str,
+) -> Result<Vec<EmbeddingInput>, ApiError> {
     use serde_json::Value;
-    let bad = |msg: String| ApiError::invalid_param("input", msg);
+    let bad = |msg: String| ApiError::invalid_param(param, msg);
     match input {
         Value::String(s) => Ok(vec![EmbeddingInput::Text(s.clone())]),
         Value::Array(items) => {
             if items.is_empty() {
-                return Err(bad("'input' must not be an empty list".into()));
+                return Err(bad(format!("'{param}' must not be an empty list")));
             }
             if items.iter().all(Value::is_number) {
-                return Ok(vec![EmbeddingInput::Tokens(token_ids(items, "input")?)]);
+                return Ok(vec![EmbeddingInput::Tokens(token_ids(
+                    items, param, param,
+                )?)]);
             }
             if items.len() > MAX_INPUTS {
                 return Err(bad(format!(
-                    "'input' has {} items; at most {MAX_INPUTS} are allowed per request",
+                    "'{param}' has {} items; at most {MAX_INPUTS} are allowed per request",
                     items.len()
                 )));
             }
@@ -80,23 +115,24 @@ pub fn parse_inputs(input: &serde_json::Value) -> Result<Vec<EmbeddingInput>, Ap
                     Value::String(s) => Ok(EmbeddingInput::Text(s.clone())),
                     Value::Array(ids) if !ids.is_empty() => Ok(EmbeddingInput::Tokens(token_ids(
                         ids,
-                        &format!("input[{i}]"),
+                        &format!("{param}[{i}]"),
+                        param,
                     )?)),
-                    Value::Array(_) => Err(bad(format!("'input[{i}]' is an empty token list"))),
+                    Value::Array(_) => Err(bad(format!("'{param}[{i}]' is an empty token list"))),
                     _ => Err(bad(format!(
-                        "'input[{i}]' must be a string or an array of token ids"
+                        "'{param}[{i}]' must be a string or an array of token ids"
                     ))),
                 })
                 .collect()
         }
-        Value::Null => Err(bad("'input' is required".into())),
-        _ => Err(bad(
-            "'input' must be a string, an array of strings or an array of token ids".into(),
-        )),
+        Value::Null => Err(bad(format!("'{param}' is required"))),
+        _ => Err(bad(format!(
+            "'{param}' must be a string, an array of strings or an array of token ids"
+        ))),
     }
 }
 
-fn token_ids(items: &[serde_json::Value], at: &str) -> Result<Vec<u32>, ApiError> {
+fn token_ids(items: &[serde_json::Value], at: &str, param: &str) -> Result<Vec<u32>, ApiError> {
     items
         .iter()
         .map(|v| {
@@ -104,7 +140,7 @@ fn token_ids(items: &[serde_json::Value], at: &str) -> Result<Vec<u32>, ApiError
                 .and_then(|n| u32::try_from(n).ok())
                 .ok_or_else(|| {
                     ApiError::invalid_param(
-                        "input",
+                        param,
                         format!("'{at}' must hold non-negative integer token ids"),
                     )
                 })
@@ -141,29 +177,37 @@ pub struct Usage {
     pub total_tokens: usize,
 }
 
+/// Scales `v` to unit length (a zero vector stays zero).
+pub fn normalize(v: &mut [f32]) {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
+}
+
 /// Truncates to `dims` (when given) and renormalises to unit length.
 pub fn apply_dimensions(mut v: Vec<f32>, dims: Option<usize>) -> Vec<f32> {
     if let Some(d) = dims {
         if d < v.len() {
             v.truncate(d);
-            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-            if norm > 0.0 {
-                v.iter_mut().for_each(|x| *x /= norm);
-            }
+            normalize(&mut v);
         }
     }
     v
 }
 
+/// Base64 of the vector's little-endian f32 bytes (OpenAI's and Cohere's `base64`).
+pub fn f32_base64(v: &[f32]) -> String {
+    use base64::Engine;
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
 /// Encodes a vector in the requested format.
 pub fn encode_vector(v: Vec<f32>, format: EncodingFormat) -> EmbeddingVector {
-    use base64::Engine;
     match format {
         EncodingFormat::Float => EmbeddingVector::Float(v),
-        EncodingFormat::Base64 => {
-            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-            EmbeddingVector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
-        }
+        EncodingFormat::Base64 => EmbeddingVector::Base64(f32_base64(&v)),
     }
 }
 
@@ -190,6 +234,18 @@ mod tests {
         let many: Vec<String> = (0..10_000).map(|i| i.to_string()).collect();
         let err = parse_inputs(&json!(many)).unwrap_err();
         assert!(err.message.contains("2048"), "{}", err.message);
+        // Under another name, every message and param says that name.
+        for bad in [
+            json!([]),
+            json!([[1, -2]]),
+            json!([null]),
+            json!(3),
+            json!(null),
+        ] {
+            let err = parse_inputs_named(&bad, "inputs").unwrap_err();
+            assert_eq!(err.param.as_deref(), Some("inputs"), "{bad}");
+            assert!(err.message.contains("'inputs"), "{}", err.message);
+        }
     }
 
     #[test]

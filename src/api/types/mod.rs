@@ -3,10 +3,13 @@
 //! values happens in the handlers so that errors name the parameter.
 
 pub mod chat;
+pub mod cohere;
 pub mod completions;
 pub mod embeddings;
 pub mod models;
+pub mod quantize;
 pub mod rerank;
+pub mod tei;
 pub mod tokenize;
 
 /// `null` means "not set" wherever OpenAI's API accepts it (`"stream": null` is common in

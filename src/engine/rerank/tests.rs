@@ -48,6 +48,7 @@ impl EncoderBackend for Fake {
             hidden_size: VOCAB as usize,
             cross_encoder: self.cross,
             dtype: "f32".into(),
+            pooling: "mean".into(),
         }
     }
     fn encode_text(&self, text: &str, truncate: bool) -> Result<Vec<u32>, ModelError> {
@@ -85,6 +86,15 @@ impl EncoderBackend for Fake {
     }
     fn embed(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, ModelError> {
         Ok(batch.iter().map(|ids| bag(ids)).collect())
+    }
+    fn embed_unnormalized(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, ModelError> {
+        self.embed(batch)
+    }
+    fn token_states(&self, batch: &[&[u32]]) -> Result<Vec<Vec<Vec<f32>>>, ModelError> {
+        Ok(batch
+            .iter()
+            .map(|ids| ids.iter().map(|&i| bag(&[i])).collect())
+            .collect())
     }
     fn score(&self, batch: &[&PairTokens]) -> Result<Vec<f32>, ModelError> {
         Ok(batch.iter().map(|p| pair_logit(p)).collect())
@@ -147,6 +157,7 @@ fn app_and_fake(cross: bool, capacity: usize) -> (Router, Arc<Fake>) {
     );
     let state = EncoderState {
         common: common.clone(),
+        options: Default::default(),
     };
     (common::finish_router(routes(state), common, 1 << 20), fake)
 }

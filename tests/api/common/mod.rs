@@ -230,12 +230,15 @@ pub async fn wait_server_healthy(server: &Server, timeout: Duration) {
     panic!("engine not healthy after {timeout:?}: {last}");
 }
 
-/// The shared HTTP client of the tests: loopback only, so never through a proxy.
+/// The shared HTTP client of the tests: loopback only, so never through a proxy. It keeps no
+/// idle connections: each `#[tokio::test]` has its own runtime, and a pooled connection
+/// whose runtime ended with its test fails the next test that picks it (`DispatchGone`).
 pub fn client() -> reqwest::Client {
     static C: OnceLock<reqwest::Client> = OnceLock::new();
     C.get_or_init(|| {
         reqwest::Client::builder()
             .no_proxy()
+            .pool_max_idle_per_host(0)
             .build()
             .expect("building the test HTTP client")
     })
@@ -331,4 +334,32 @@ pub fn floats(v: &Value) -> Vec<f32> {
         .iter()
         .map(|x| x.as_f64().unwrap() as f32)
         .collect()
+}
+
+/// A Python that can `import module`: `$env` when set, else `python3`, else the venv
+/// `scripts/test.sh` installs under `~/.cache/trident/<venv>`; `None` after printing why
+/// the client test is skipped.
+pub fn python_with(module: &str, env: &str, venv: &str) -> Option<String> {
+    let imports = |python: &str| {
+        std::process::Command::new(python)
+            .args(["-c", &format!("import {module}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let venv_python = std::env::var("HOME")
+        .map(|h| format!("{h}/.cache/trident/{venv}/bin/python"))
+        .unwrap_or_default();
+    let candidates = [
+        std::env::var(env).ok(),
+        Some("python3".into()),
+        Some(venv_python),
+    ];
+    let found = candidates.into_iter().flatten().find(|p| imports(p));
+    if found.is_none() {
+        eprintln!(
+            "SKIPPED: no Python with the {module} package ({env}, python3, ~/.cache/trident/{venv}); \
+             scripts/test.sh installs it"
+        );
+    }
+    found
 }

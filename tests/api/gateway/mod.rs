@@ -3,6 +3,7 @@
 //! (`trident mock-engine`) or the real ones.
 
 mod balance;
+mod embed_routes;
 mod faults;
 mod inprocess;
 mod limits;
