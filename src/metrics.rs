@@ -29,6 +29,11 @@ pub const UPSTREAM_RETRIES_TOTAL: &str = "trident_upstream_retries_total";
 pub const UPSTREAM_EJECTIONS_TOTAL: &str = "trident_upstream_ejections_total";
 pub const REJECTED_REQUESTS_TOTAL: &str = "trident_rejected_requests_total";
 pub const MODEL_READY: &str = "trident_model_ready";
+/// Top-level request fields an engine does not read (ignored, as OpenAI's own servers do),
+/// by field name; names past the first [`MAX_IGNORED_FIELD_LABELS`] count as `other`.
+pub const IGNORED_FIELDS_TOTAL: &str = "trident_ignored_request_fields_total";
+/// Distinct field names [`IGNORED_FIELDS_TOTAL`] keeps apart per process.
+pub const MAX_IGNORED_FIELD_LABELS: usize = 64;
 /// Requests the gateway holds right now (set when `/metrics` is scraped).
 pub const GATEWAY_INFLIGHT_REQUESTS: &str = "trident_gateway_inflight_requests";
 /// Client connections the gateway holds open right now (set when `/metrics` is scraped).
@@ -148,6 +153,9 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     pub ejections: IntCounterVec,
     pub rejected: IntCounterVec,
+    pub ignored_fields: IntCounterVec,
+    /// The field names `ignored_fields` has seen (bounded label set).
+    ignored_names: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     pub ready: IntGaugeVec,
     pub gateway_inflight: IntGauge,
     pub gateway_connections: IntGauge,
@@ -159,6 +167,30 @@ pub struct Metrics {
     pub gpu_temperature: GaugeVec,
     pub gpu_power: GaugeVec,
     pub gpu_model_assigned: IntGaugeVec,
+}
+
+impl Metrics {
+    /// Counts an ignored request field under a bounded label: names that are not short
+    /// identifiers, and new names once [`MAX_IGNORED_FIELD_LABELS`] are known, are `other`.
+    pub fn ignored_field(&self, model: &str, field: &str) {
+        let plain = field.len() <= 48
+            && !field.is_empty()
+            && field
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let label = if !plain {
+            "other"
+        } else {
+            let mut names = self.ignored_names.lock().unwrap_or_else(|p| p.into_inner());
+            if names.contains(field) || names.len() < MAX_IGNORED_FIELD_LABELS {
+                names.insert(field.to_string());
+                field
+            } else {
+                "other"
+            }
+        };
+        self.ignored_fields.with_label_values(&[model, label]).inc();
+    }
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -333,6 +365,13 @@ impl Metrics {
                 "Requests rejected, by reason",
                 &["model", "kind", "reason"],
             ),
+            ignored_fields: counter(
+                &r,
+                IGNORED_FIELDS_TOTAL,
+                "Request fields the engine ignored, by top-level name",
+                &["model", "field"],
+            ),
+            ignored_names: Default::default(),
             ready: gauge(
                 &r,
                 MODEL_READY,

@@ -195,6 +195,14 @@ impl<R: Send + Sync + 'static> EngineCommon<R> {
         }
     }
 
+    /// Counts the request fields no handler reads.
+    pub fn ignored(&self, other: &crate::api::types::OtherFields) {
+        for field in other.keys() {
+            tracing::debug!(field, "request field ignored");
+            self.metrics.ignored_field(&self.id, field);
+        }
+    }
+
     /// Counts a rejected request.
     pub fn reject(&self, why: &str) {
         self.metrics

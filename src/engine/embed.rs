@@ -319,6 +319,7 @@ async fn embeddings(
     ApiJson(req): ApiJson<EmbeddingRequest>,
 ) -> Result<Json<EmbeddingResponse>, ApiError> {
     s.common.check_model(Some(&req.model))?;
+    s.common.ignored(&req.other);
     let inputs = parse_inputs(&req.input).inspect_err(|_| s.common.reject(reason::INVALID))?;
     let hidden = s.runtime()?.backend.meta().hidden_size;
     check_dimensions(req.dimensions, hidden).inspect_err(|_| s.common.reject(reason::INVALID))?;

@@ -371,6 +371,10 @@ async fn invalid_requests_are_400_naming_the_parameter() {
         (json!({"n": 0}), "n"),
         (json!({"n": 17}), "n"),
         (json!({"n": 129}), "n"),
+        (json!({"functions": [{"name": "f"}]}), "functions"),
+        (json!({"best_of": 3}), "best_of"),
+        (json!({"modalities": ["text", "audio"]}), "modalities"),
+        (json!({"chat_template_kwargs": "x"}), "chat_template_kwargs"),
         (json!({"stop": ["a", "b", "c", "d", "e"]}), "stop"),
         (json!({"stop": "s".repeat(257)}), "stop"),
         (json!({"temperature": "hot"}), "temperature"),
@@ -1041,4 +1045,45 @@ async fn n_choices_prompt_lists_token_prompts_and_echo() {
         assert_eq!(status, 400, "{extra_prompt} {extra} → {v}");
         assert_eq!(v["error"]["param"], param, "{extra_prompt} {extra} → {v}");
     }
+}
+
+#[tokio::test]
+async fn unknown_fields_are_ignored_and_counted() {
+    let Some(e) = engine().await else { return };
+    let count = || {
+        e.metrics
+            .ignored_fields
+            .with_label_values(&["chat", "store"])
+            .get()
+    };
+    let before = count();
+    let mut body = greedy("Hi", 2);
+    body["store"] = json!(true);
+    body["metadata"] = json!({"team": "rag"});
+    body["modalities"] = json!(["text"]);
+    let (status, v) = post(&e.base, "/v1/chat/completions", body).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(count(), before + 1);
+    // A hostile stream of made-up names cannot grow the label set without bound.
+    for i in 0..100 {
+        let mut b = greedy("Hi", 1);
+        b[format!("x{i}")] = json!(1);
+        b["weird name!"] = json!(1);
+        post(
+            &e.base,
+            "/v1/completions",
+            json!({"prompt": "a", "max_tokens": 1, format!("y{i}"): 1}),
+        )
+        .await;
+        if i < 3 {
+            post(&e.base, "/v1/chat/completions", b).await;
+        }
+    }
+    let text = e.metrics.render();
+    let series = text
+        .lines()
+        .filter(|l| l.starts_with("trident_ignored_request_fields_total{"))
+        .count();
+    assert!(series <= 64 + 1, "{series} series");
+    assert!(text.contains(r#"field="other""#));
 }

@@ -64,6 +64,9 @@ pub struct ChatCompletionRequest {
     pub structured: super::completions::StructuredFields,
     #[serde(flatten)]
     pub extras: super::completions::SamplingExtras,
+    /// Every other top-level field (kept last: it takes what the others left).
+    #[serde(flatten)]
+    pub other: super::OtherFields,
 }
 
 impl ChatCompletionRequest {

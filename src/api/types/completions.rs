@@ -116,6 +116,9 @@ pub struct CompletionRequest {
     pub structured: StructuredFields,
     #[serde(flatten)]
     pub extras: SamplingExtras,
+    /// Every other top-level field (kept last: it takes what the others left).
+    #[serde(flatten)]
+    pub other: super::OtherFields,
 }
 
 /// Structured-output fields of chat and completion requests: OpenAI's `response_format` and

@@ -22,6 +22,9 @@ pub struct EmbeddingRequest {
     /// Truncate inputs longer than the model's maximum (default) or reject them.
     #[serde(default = "default_true")]
     pub truncate: bool,
+    /// Every other top-level field (counted as ignored).
+    #[serde(flatten)]
+    pub other: super::OtherFields,
 }
 
 fn default_true() -> bool {

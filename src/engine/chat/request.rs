@@ -13,6 +13,7 @@ use super::sampling::SamplingParams;
 use super::tools::{self, Tools};
 use crate::api::types::chat::{parse_messages, ChatCompletionRequest};
 use crate::api::types::completions::{CompletionRequest, SamplingFields, StopField};
+use crate::api::types::refuse_unsupported;
 use crate::api::ApiError;
 use crate::models::decoder::{DecoderInfo, SamplingDefaults};
 use crate::models::encoder::CHARS_PER_TOKEN;
@@ -316,6 +317,7 @@ pub fn check_chat(
         ));
     }
     let gen = validate(&req.sampling().with_defaults(defaults))?;
+    refuse_unsupported(&req.other, gen.n)?;
     let tools = tools::parse(
         req.tools.as_ref(),
         req.tool_choice.as_ref(),
@@ -416,6 +418,7 @@ pub fn check_completion(
 ) -> Result<CheckedCompletion, ApiError> {
     let prompts = prompts(&req.prompt)?;
     let gen = validate(&req.sampling().with_defaults(defaults))?;
+    refuse_unsupported(&req.other, gen.n)?;
     if prompts.len() * gen.n > MAX_N {
         return Err(ApiError::invalid_param(
             "n",

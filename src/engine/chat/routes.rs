@@ -201,6 +201,7 @@ async fn chat_completions(
         spec,
         kwargs,
     } = s.invalid(check_chat(&req, &rt.info.sampling_defaults))?;
+    s.common.ignored(&req.other);
     s.invalid(check_vocab(&gen, rt.info.vocab_size))?;
     // With tool_choice "none" the template still sees the tools (as OpenAI documents).
     let tools = req.tools.clone();
@@ -353,6 +354,7 @@ async fn completions(
         gen,
         spec,
     } = s.invalid(check_completion(&req, &rt.info.sampling_defaults))?;
+    s.common.ignored(&req.other);
     s.invalid(check_vocab(&gen, rt.info.vocab_size))?;
     let (prompts, echoes, constraint) = {
         let rt = rt.clone();
