@@ -5,6 +5,7 @@
 
 mod chat;
 mod common;
+mod compatibility;
 mod devices;
 mod embed_apis;
 mod embed_clients;

@@ -17,8 +17,6 @@ pub struct EmbeddingRequest {
     pub encoding_format: EncodingFormat,
     #[serde(default)]
     pub dimensions: Option<usize>,
-    #[serde(default)]
-    pub user: Option<String>,
     /// Truncate inputs longer than the model's maximum (default) or reject them.
     #[serde(default = "default_true")]
     pub truncate: bool,
