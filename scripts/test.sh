@@ -39,9 +39,10 @@ client_venv() { # venv-name import-name pip-package
   python3 -m venv "$venv" >/dev/null 2>&1 && "$venv/bin/pip" install --quiet "$3" >/dev/null 2>&1 \
     || echo "test.sh: could not install the $3 Python package; its client test will be skipped" >&2
 }
-step "optional: the cohere and langchain-openai Python clients"
+step "optional: the cohere, langchain-openai and llama-index Python clients"
 client_venv cohere-venv cohere cohere
 client_venv langchain-venv langchain_openai langchain-openai
+client_venv llamaindex-venv llama_index.llms.openai_like llama-index-llms-openai-like
 
 step "cargo test"
 cargo test --all-targets "$@"

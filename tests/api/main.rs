@@ -4,6 +4,7 @@
 //! `scripts/fetch-models.sh`.
 
 mod chat;
+mod clients;
 mod common;
 mod compatibility;
 mod devices;
