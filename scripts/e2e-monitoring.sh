@@ -117,7 +117,7 @@ load() {
       -d "{\"model\":\"chat\",\"stream\":true,\"max_tokens\":24,\"messages\":[{\"role\":\"user\",\"content\":\"Count to ten, take $i.\"}]}" \
       >"$work/stream" &
     jobs+=($!)
-    post /v1/embeddings "{\"model\":\"embedding\",\"input\":[\"a first text $i\",\"a second, longer text about monitoring $i\"]}" >/dev/null &
+    post /v1/embeddings "{\"model\":\"embedding\",\"user\":\"monitoring\",\"input\":[\"a first text $i\",\"a second, longer text about monitoring $i\"]}" >/dev/null &
     jobs+=($!)
     post /v1/rerank "{\"model\":\"rerank\",\"query\":\"what is a gauge\",\"documents\":[\"a gauge goes up and down\",\"a counter only grows\",\"bread $i\"]}" >/dev/null &
     jobs+=($!)

@@ -501,6 +501,13 @@ def gateway():
         [q(f'sum by (reason) (rate(trident_rejected_requests_total{{component="gateway",instance=~"$instance"}}[{RI}]))', "{{reason}}")],
         unit="reqps", w=12,
     )
+    b.ts(
+        "Ignored request fields", "被忽略的请求字段",
+        "Top-level request fields the engines do not read (store, metadata, user, …), by model and field; past 64 names they count as 'other'. A new name here is a client feature the appliance silently does not provide.",
+        "引擎未读取而忽略的顶层请求字段（store、metadata、user 等），按模型与字段；超过 64 个名称后记为 other。此处出现新名称，说明客户端用到了本设备未提供的功能。",
+        [q(f'sum by (model, field) (rate(trident_ignored_request_fields_total{{instance=~"$instance"}}[{RI}]))', "{{model}} {{field}}")],
+        unit="reqps", w=12,
+    )
     b.row("Upstreams", "上游")
     b.ts(
         "Retries / s", "每秒重试",

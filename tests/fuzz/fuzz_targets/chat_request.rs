@@ -3,7 +3,8 @@
 //! the guided_* fields); then the grammar a request asks for compiled (JSON Schema, regex,
 //! choice, Lark, a forced tool call) and run for a few tokens over a byte-level test
 //! tokenizer, and the tool-call parser over each message's text, as if the model had
-//! written it.
+//! written it, and the reasoning splitter over the same text: fed in pieces it must give
+//! what it gives for the whole text.
 
 #![no_main]
 
@@ -14,6 +15,7 @@ use serde_json::Value;
 use trident::api::json::parse_json;
 use trident::api::types::chat::ChatCompletionRequest;
 use trident::engine::chat::constraint::Grammars;
+use trident::engine::chat::reasoning::Reasoning;
 use trident::engine::chat::request::check_chat;
 use trident::engine::chat::tools;
 use trident::models::testutil_decoder::{tiny_tokenizer, TINY_SPECIALS};
@@ -60,11 +62,27 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    if let Some(t) = &checked.tools {
-        for m in &checked.messages {
-            if let Some(text) = m.get("content").and_then(Value::as_str) {
-                let _ = tools::extract(text, t);
+    for m in &checked.messages {
+        let Some(text) = m.get("content").and_then(Value::as_str) else {
+            continue;
+        };
+        if let Some(t) = &checked.tools {
+            let _ = tools::extract(text, t);
+        }
+        for opened in [false, true] {
+            let whole = Reasoning::split(opened, text);
+            let mut r = Reasoning::new(opened);
+            let (mut reasoning, mut content) = (String::new(), String::new());
+            let chars: Vec<char> = text.chars().collect();
+            for piece in chars.chunks(1 + text.len() % 5) {
+                let s = r.push(&piece.iter().collect::<String>());
+                reasoning += &s.reasoning;
+                content += &s.content;
             }
+            let s = r.finish();
+            reasoning += &s.reasoning;
+            content += &s.content;
+            assert_eq!((reasoning, content), (whole.reasoning, whole.content));
         }
     }
 });
