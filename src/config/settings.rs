@@ -70,6 +70,14 @@ pub struct Settings {
     pub host: String,
     /// Gateway port. Default 8000.
     pub port: u16,
+    /// The gateway also listens on each model's `port` from models.json, pinned to that
+    /// model (the seed's `:8001/v1/chat/completions` works as written), and the engines move
+    /// to private loopback ports (`port + engine_port_offset`). False: engines listen on the
+    /// entries' ports and the gateway only on `port`. Default true.
+    pub model_ports: bool,
+    /// With `model_ports`, an engine of an entry with `port` P listens on 127.0.0.1 at
+    /// P + this + replica index. Default 10000 (8001 → 18001).
+    pub engine_port_offset: u16,
     /// Accepted API keys (`Bearer`). Empty: no authentication.
     #[serde(deserialize_with = "keys_from_list_or_csv")]
     pub api_keys: Vec<Secret>,
@@ -152,6 +160,8 @@ impl Default for Settings {
         Settings {
             host: "0.0.0.0".into(),
             port: 8000,
+            model_ports: true,
+            engine_port_offset: 10_000,
             api_keys: Vec::new(),
             api_key_file: None,
             generate_api_key: false,

@@ -1,7 +1,8 @@
 //! Forwarding of API requests to a replica of the requested model.
 //!
 //! Flow: check the content type and find `model` in the buffered body → resolve it (id or
-//! alias, or the only model of the route's kind) → per-model admission → pick a replica →
+//! alias, or the only model of the route's kind; on a pinned listener the port's model, which
+//! `model` may name but not contradict) → per-model admission → pick a replica →
 //! send. A transport failure before any response status (refused, reset) is retried once
 //! on another replica, within the retry budget and after a jittered pause; anything after
 //! a status reached us is never retried. Local engines get the boot's engine token. No
@@ -22,6 +23,7 @@ use http_body_util::Full;
 use serde::Deserialize;
 
 use super::limits::{self, InflightGuard, X_REQUEST_ID};
+use super::pinned::Pin;
 use super::relay::{self, Limits};
 use super::GatewayState;
 use crate::api::ApiError;
@@ -103,18 +105,45 @@ pub fn probe(body: &[u8]) -> Result<(Option<String>, bool), ApiError> {
     Ok((model, stream))
 }
 
+/// The model a request on a pinned listener goes to: the port's, named or not; a name that
+/// means another model (or nothing) is a 404 saying which model the port serves.
+fn pinned_model(
+    s: &GatewayState,
+    pin: &Pin,
+    model: Option<&str>,
+) -> Result<Arc<ModelBackend>, ApiError> {
+    let table = s.routes.load();
+    let Some(served) = table.find(&pin.model) else {
+        s.reject("", reason::MODEL_NOT_FOUND);
+        return Err(pin.gone());
+    };
+    match model.filter(|n| !n.is_empty()) {
+        Some(name) if !table.find(name).is_some_and(|m| Arc::ptr_eq(m, served)) => {
+            s.reject("", reason::MODEL_NOT_FOUND);
+            Err(pin.other_model(name))
+        }
+        _ => Ok(served.clone()),
+    }
+}
+
 fn resolve(
     s: &GatewayState,
     spec: RouteSpec,
     model: Option<&str>,
+    pin: Option<&Pin>,
 ) -> Result<Arc<ModelBackend>, ApiError> {
     let table = s.routes.load();
-    let m = match model {
-        Some(name) if !name.is_empty() => table.find(name).ok_or_else(|| {
+    let pinned;
+    let m = match (pin, model) {
+        (Some(pin), _) => {
+            pinned = pinned_model(s, pin, model)?;
+            &pinned
+        }
+        (None, Some(name)) if !name.is_empty() => table.find(name).ok_or_else(|| {
             s.reject("", reason::MODEL_NOT_FOUND);
             ApiError::model_not_found(name)
         })?,
-        _ => table.sole(spec.kind).ok_or_else(|| {
+        (None, _) => table.sole(spec.kind).ok_or_else(|| {
             let candidates: Vec<&str> = table
                 .models
                 .iter()
@@ -213,6 +242,7 @@ pub async fn forward(s: GatewayState, spec: RouteSpec, req: Request) -> Response
         Err(e) => return e.into_response(),
     };
     let (parts, body) = req.into_parts();
+    let pin = parts.extensions.get::<Pin>();
     let (body, model_name, stream) = match spec.method {
         RouteMethod::Get => match query_model(&parts.uri) {
             Ok(m) => (Bytes::new(), m, false),
@@ -232,7 +262,7 @@ pub async fn forward(s: GatewayState, spec: RouteSpec, req: Request) -> Response
             }
         }
     };
-    let model = match resolve(&s, spec, model_name.as_deref()) {
+    let model = match resolve(&s, spec, model_name.as_deref(), pin) {
         Ok(m) => m,
         Err(e) => return e.into_response(),
     };
