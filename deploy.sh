@@ -134,6 +134,8 @@ preflight() {
   [ -f "$models_json" ] || problems+=("config/models.json missing")
 
   local ports=("$http_port")
+  [ "${TRIDENT_MODEL_PORTS:-true}" = false ] \
+    || ports+=("${TRIDENT_CHAT_PORT:-8001}" "${TRIDENT_EMBEDDING_PORT:-8002}" "${TRIDENT_RERANK_PORT:-8003}")
   profile_on nginx && ports+=("${NGINX_PORT:-80}")
   profile_on monitoring && ports+=("${PROMETHEUS_PORT:-9090}" "${GRAFANA_PORT:-3000}")
   local mine; mine=" $(own_ports | tr '\n' ' ') "
