@@ -276,7 +276,8 @@ pub async fn forward(s: GatewayState, spec: RouteSpec, req: Request) -> Response
         },
         None => None,
     };
-    let body = match upstream_body(&model, spec, body) {
+    let named = model_name.as_deref().is_some_and(|n| !n.is_empty());
+    let body = match upstream_body(&model, spec, body, named) {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
@@ -392,19 +393,27 @@ fn no_backend(model: &ModelBackend, after_failure: bool) -> ApiError {
     ApiError::unavailable(format!("The model '{}' {why}", model.id))
 }
 
-/// The body sent upstream: unchanged for local engines and bodiless routes; for a remote
-/// server with a `name` the `model` field becomes that name.
-fn upstream_body(model: &ModelBackend, spec: RouteSpec, body: Bytes) -> Result<Bytes, ApiError> {
-    let (true, Some(name), RouteMethod::Post) = (
-        model.entry.upstream.is_some(),
-        &model.entry.name,
-        spec.method,
-    ) else {
+/// The body sent upstream: for a remote server with a `name` the `model` field becomes that
+/// name; a body without `model` (the gateway chose the model: a pinned port, or the only
+/// model of its kind) gets the model's id, since the engines' request types require one;
+/// otherwise, and on bodiless routes, unchanged.
+fn upstream_body(
+    model: &ModelBackend,
+    spec: RouteSpec,
+    body: Bytes,
+    named: bool,
+) -> Result<Bytes, ApiError> {
+    if spec.method != RouteMethod::Post {
         return Ok(body);
+    }
+    let name = match (model.entry.upstream.is_some(), &model.entry.name) {
+        (true, Some(name)) => name.as_str(),
+        _ if !named => &*model.id,
+        _ => return Ok(body),
     };
     let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&body)
         .map_err(|_| ApiError::invalid("The request body must be a JSON object"))?;
-    v.insert("model".into(), serde_json::Value::String(name.clone()));
+    v.insert("model".into(), serde_json::Value::String(name.to_string()));
     serde_json::to_vec(&v)
         .map(Bytes::from)
         .map_err(|_| ApiError::internal("Could not encode the request"))
@@ -427,7 +436,7 @@ mod tests {
             kind: Some(ModelKind::Chat),
             method: RouteMethod::Post,
         };
-        let out = upstream_body(b.find("big").unwrap(), chat, body.clone()).unwrap();
+        let out = upstream_body(b.find("big").unwrap(), chat, body.clone(), true).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["model"], "Qwen/Qwen2.5-32B-Instruct");
         assert_eq!(v["messages"], serde_json::json!([]));
@@ -435,19 +444,28 @@ mod tests {
             b.find("big").unwrap().replicas[0].base_url,
             "http://vllm:8000"
         );
-        // Local engines get the body untouched.
+        // Local engines get the body untouched, unless it names no model.
         assert_eq!(
-            upstream_body(b.find("local").unwrap(), chat, body.clone()).unwrap(),
+            upstream_body(b.find("local").unwrap(), chat, body.clone(), true).unwrap(),
             body
+        );
+        let bare = Bytes::from_static(br#"{"input": "a"}"#);
+        let out = upstream_body(b.find("local").unwrap(), chat, bare, false).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            (v["model"].as_str(), v["input"].as_str()),
+            (Some("local"), Some("a"))
         );
         // A GET route has no body to rewrite.
         let info = RouteSpec {
             method: RouteMethod::Get,
             ..chat
         };
-        assert!(upstream_body(b.find("big").unwrap(), info, Bytes::new())
-            .unwrap()
-            .is_empty());
+        assert!(
+            upstream_body(b.find("big").unwrap(), info, Bytes::new(), false)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
