@@ -365,6 +365,20 @@ mod tests {
     }
 
     #[test]
+    fn model_ports_are_on_by_default_and_off_by_file_or_env() {
+        let s = Settings::load(None, false, env(&[]), &[]).unwrap();
+        assert!(s.model_ports);
+        assert_eq!(s.engine_port_offset, 10_000);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("trident.toml");
+        std::fs::write(&file, "model_ports = false\nengine_port_offset = 500\n").unwrap();
+        let s = Settings::load(Some(&file), true, env(&[]), &[]).unwrap();
+        assert_eq!((s.model_ports, s.engine_port_offset), (false, 500));
+        let s = Settings::load(None, false, env(&[("TRIDENT_MODEL_PORTS", "false")]), &[]).unwrap();
+        assert!(!s.model_ports);
+    }
+
+    #[test]
     fn api_keys_from_env_csv_and_file_are_redacted() {
         let dir = tempfile::tempdir().unwrap();
         let keys = dir.path().join("keys");

@@ -121,13 +121,8 @@ mod tests {
         assert_eq!(on.engine_port(chat, 0), Some(18001));
         assert_eq!(on.engine_port(chat, 1), Some(18002));
         let pins = on.listeners(&f).unwrap();
-        let want: Vec<(u16, &str)> = vec![(8001, "chat"), (8003, "emb"), (9001, "far")];
-        assert_eq!(
-            pins.iter()
-                .map(|(p, m)| (*p, m.as_str()))
-                .collect::<Vec<_>>(),
-            want
-        );
+        let pins: Vec<(u16, &str)> = pins.iter().map(|(p, m)| (*p, m.as_str())).collect();
+        assert_eq!(pins, [(8001, "chat"), (8003, "emb"), (9001, "far")]);
         let off = PortPlan::new(&Settings {
             model_ports: false,
             ..Settings::default()
