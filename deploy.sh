@@ -116,9 +116,11 @@ port_in_use() { # port -> 0 if something listens on it
 }
 
 # Published host ports of this project's running containers (those may be "in use" by us).
+# Docker prints consecutive ports as one range (0.0.0.0:8000-8003->8000-8003/tcp).
 own_ports() {
   docker ps --filter "label=com.docker.compose.project=${COMPOSE_PROJECT_NAME:-trident}" \
-    --format '{{.Ports}}' 2>/dev/null | grep -oE ':[0-9]+->' | tr -d ':>-' || true
+    --format '{{.Ports}}' 2>/dev/null | grep -oE ':[0-9]+(-[0-9]+)?->' | tr -d ':>' | sed 's/-$//' \
+    | while IFS=- read -r from to; do seq "$from" "${to:-$from}"; done || true
 }
 
 profile_on() { [[ ",${COMPOSE_PROFILES:-}," == *",$1,"* ]]; }
