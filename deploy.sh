@@ -116,9 +116,11 @@ port_in_use() { # port -> 0 if something listens on it
 }
 
 # Published host ports of this project's running containers (those may be "in use" by us).
+# Docker prints consecutive ports as one range (0.0.0.0:8000-8003->8000-8003/tcp).
 own_ports() {
   docker ps --filter "label=com.docker.compose.project=${COMPOSE_PROJECT_NAME:-trident}" \
-    --format '{{.Ports}}' 2>/dev/null | grep -oE ':[0-9]+->' | tr -d ':>-' || true
+    --format '{{.Ports}}' 2>/dev/null | grep -oE ':[0-9]+(-[0-9]+)?->' | tr -d ':>' | sed 's/-$//' \
+    | while IFS=- read -r from to; do seq "$from" "${to:-$from}"; done || true
 }
 
 profile_on() { [[ ",${COMPOSE_PROFILES:-}," == *",$1,"* ]]; }
@@ -134,6 +136,8 @@ preflight() {
   [ -f "$models_json" ] || problems+=("config/models.json missing")
 
   local ports=("$http_port")
+  [ "${TRIDENT_MODEL_PORTS:-true}" = false ] \
+    || ports+=("${TRIDENT_CHAT_PORT:-8001}" "${TRIDENT_EMBEDDING_PORT:-8002}" "${TRIDENT_RERANK_PORT:-8003}")
   profile_on nginx && ports+=("${NGINX_PORT:-80}")
   profile_on monitoring && ports+=("${PROMETHEUS_PORT:-9090}" "${GRAFANA_PORT:-3000}")
   local mine; mine=" $(own_ports | tr '\n' ' ') "

@@ -6,7 +6,8 @@
 #  2. scripts/build.sh builds docker/Dockerfile (slim, then with models)
 #  3. `docker compose up -d` from the repository root; wait for /ready; the generated API key
 #     (./deploy.sh key: mode 0600, never in the logs, 401 without it); capabilities dropped;
-#     chat, embeddings and rerank through :8000 with the key
+#     chat, embeddings and rerank through :8000 with the key, and the seed's commands on the
+#     models' own published ports (:8001 chat, :8002 embeddings, :8003 rerank; model_ports)
 #  4. ./deploy.sh status (exit 0, three models ready) and logs; ./deploy.sh reload of an edited
 #     models.json and restart-model; ./deploy.sh restart
 #  5. profile nginx: the same calls (and an SSE stream) through nginx
@@ -14,7 +15,7 @@
 #  7. ./deploy.sh stop and clean --force
 #
 # Runs under its own compose project (trident-e2e) so it never touches a real deployment,
-# but on the real ports (8000, nginx 80 — E2E_NGINX_PORT, Prometheus 9090). The last line is a
+# but on the real ports (8000, 8001-8003, nginx 80 — E2E_NGINX_PORT, Prometheus 9090). The last line is a
 # summary with the figures (image size without models, cold start to ready, duration).
 set -euo pipefail
 
@@ -24,6 +25,9 @@ t_begin=$SECONDS
 passed=0
 export COMPOSE_PROJECT_NAME=${E2E_PROJECT:-trident-e2e}
 export TRIDENT_HTTP_PORT=${E2E_PORT:-8000}
+export TRIDENT_CHAT_PORT=${E2E_CHAT_PORT:-8001}
+export TRIDENT_EMBEDDING_PORT=${E2E_EMBEDDING_PORT:-8002}
+export TRIDENT_RERANK_PORT=${E2E_RERANK_PORT:-8003}
 export NGINX_PORT=${E2E_NGINX_PORT:-80}
 export PROMETHEUS_PORT=${E2E_PROMETHEUS_PORT:-9090}
 export TRIDENT_IMAGE=${E2E_IMAGE:-trident:latest}
@@ -195,6 +199,30 @@ api_checks() { # base-url label
 
 step "chat, embeddings and rerank through :$TRIDENT_HTTP_PORT"
 api_checks "$base" ":$TRIDENT_HTTP_PORT"
+
+step "the seed's commands on the models' own ports (:$TRIDENT_CHAT_PORT, :$TRIDENT_EMBEDDING_PORT, :$TRIDENT_RERANK_PORT)"
+# As the seed's guide writes them: each model's port, the Bearer key, no "model" needed.
+post "http://127.0.0.1:$TRIDENT_CHAT_PORT/v1/chat/completions" \
+  '{"messages":[{"role":"user","content":"Say hello."}],"max_tokens":8,"temperature":0}' \
+  >"$log_dir/pchat.json" || fail ":$TRIDENT_CHAT_PORT chat: $(cat "$log_dir/pchat.json")"
+jcheck ":$TRIDENT_CHAT_PORT/v1/chat/completions" \
+  "len(r['choices'][0]['message']['content']) > 0" <"$log_dir/pchat.json"
+post "http://127.0.0.1:$TRIDENT_EMBEDDING_PORT/v1/embeddings" '{"input":["The cat sits on the mat."]}' \
+  >"$log_dir/pemb.json" || fail ":$TRIDENT_EMBEDDING_PORT embeddings: $(cat "$log_dir/pemb.json")"
+jcheck ":$TRIDENT_EMBEDDING_PORT/v1/embeddings (384 dims)" "len(r['data'][0]['embedding']) == 384" <"$log_dir/pemb.json"
+post "http://127.0.0.1:$TRIDENT_RERANK_PORT/v1/rerank" \
+  '{"query":"What is the capital of France?","documents":["Bananas are yellow.","Paris is the capital of France."]}' \
+  >"$log_dir/prr.json" || fail ":$TRIDENT_RERANK_PORT rerank: $(cat "$log_dir/prr.json")"
+jcheck ":$TRIDENT_RERANK_PORT/v1/rerank (the relevant document first)" "r['results'][0]['index'] == 1" <"$log_dir/prr.json"
+code=$(curl -s -o /dev/null -w '%{http_code}' -m 10 -H 'content-type: application/json' \
+  -d '{"input":"a"}' "http://127.0.0.1:$TRIDENT_EMBEDDING_PORT/v1/embeddings")
+[ "$code" = 401 ] || fail "a model port without the key got $code, want 401"
+code=$(curl -s -o "$log_dir/p404.json" -w '%{http_code}' -m 10 -H 'content-type: application/json' \
+  -H "authorization: Bearer $key" -d '{"model":"embedding","input":"a"}' \
+  "http://127.0.0.1:$TRIDENT_CHAT_PORT/v1/embeddings")
+[ "$code" = 404 ] && grep -q "serves only the model 'chat'" "$log_dir/p404.json" \
+  || fail "another model on the chat port: $code $(cat "$log_dir/p404.json")"
+ok "401 without the key; another model on a model's port is 404 naming the port's model"
 
 step "./deploy.sh status and logs"
 ./deploy.sh status >"$log_dir/status.txt" 2>&1 || { cat "$log_dir/status.txt"; fail "deploy.sh status exited non-zero"; }

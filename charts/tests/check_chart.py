@@ -290,6 +290,16 @@ def check_common(c, case, repo, chart, docs, text, values):
         mine = set(range(port, port + int(e.get("replicas", 1)))) if isinstance(port, int) else set()
         c.check(case, f"{m['name']}: engine ports free", mine and not (mine & used_ports), f"{mine} vs {used_ports}")
         used_ports |= mine
+        # service.modelPorts: the model's port (the gateway's, pinned to it) on the pod and
+        # the Service, under one name; otherwise neither.
+        name = f"model-{port}"
+        svc_port = {p["name"]: p for p in one(docs, "Service")["spec"]["ports"]}.get(name)
+        if values["service"].get("modelPorts"):
+            c.check(case, f"{m['name']}: Service {name} -> {name}", svc_port is not None
+                    and svc_port["port"] == port and svc_port["targetPort"] == name, str(svc_port))
+            c.check(case, f"{m['name']}: container port {name}", ports.get(name) == port, str(ports))
+        else:
+            c.check(case, f"{m['name']}: model port not exposed", svc_port is None and name not in ports)
 
     # GPUs: the pod's limit is the sum, and GPU pods get /dev/shm.
     limits = ctr.get("resources", {}).get("limits", {})
@@ -414,6 +424,7 @@ CASES = [
     ("existing-secret", ["existing-secret.yaml"], []),
     ("monitoring", ["monitoring.yaml"], []),
     ("set-replicas", [], ["replicaCount=3", "metrics.port=0"]),
+    ("model-ports", [], ["service.modelPorts=true", "networkPolicy.enabled=true"]),
 ]
 NEGATIVE = [
     ("bad-missing-type.yaml", "models[0].type is required"),

@@ -70,6 +70,14 @@ pub struct Settings {
     pub host: String,
     /// Gateway port. Default 8000.
     pub port: u16,
+    /// The gateway also listens on each model's `port` from models.json, pinned to that
+    /// model (the seed's `:8001/v1/chat/completions` works as written), and the engines move
+    /// to private loopback ports (`port + engine_port_offset`). False: engines listen on the
+    /// entries' ports and the gateway only on `port`. Default true.
+    pub model_ports: bool,
+    /// With `model_ports`, an engine of an entry with `port` P listens on 127.0.0.1 at
+    /// P + this + replica index. Default 10000 (8001 → 18001).
+    pub engine_port_offset: u16,
     /// Accepted API keys (`Bearer`). Empty: no authentication.
     #[serde(deserialize_with = "keys_from_list_or_csv")]
     pub api_keys: Vec<Secret>,
@@ -152,6 +160,8 @@ impl Default for Settings {
         Settings {
             host: "0.0.0.0".into(),
             port: 8000,
+            model_ports: true,
+            engine_port_offset: 10_000,
             api_keys: Vec::new(),
             api_key_file: None,
             generate_api_key: false,
@@ -352,6 +362,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.port, 7200);
+    }
+
+    #[test]
+    fn model_ports_are_on_by_default_and_off_by_file_or_env() {
+        let s = Settings::load(None, false, env(&[]), &[]).unwrap();
+        assert!(s.model_ports);
+        assert_eq!(s.engine_port_offset, 10_000);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("trident.toml");
+        std::fs::write(&file, "model_ports = false\nengine_port_offset = 500\n").unwrap();
+        let s = Settings::load(Some(&file), true, env(&[]), &[]).unwrap();
+        assert_eq!((s.model_ports, s.engine_port_offset), (false, 500));
+        let s = Settings::load(None, false, env(&[("TRIDENT_MODEL_PORTS", "false")]), &[]).unwrap();
+        assert!(!s.model_ports);
     }
 
     #[test]

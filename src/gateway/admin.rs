@@ -2,7 +2,8 @@
 //! models.json) and `POST /admin/restart/{model}` (a rolling restart of one model). They
 //! need the API key like every route, and answer only connections from this machine
 //! (`trident reload` / `trident restart` inside the container, `docker exec`, `kubectl
-//! exec`): 403 from anywhere else, so a key handed to API users cannot restart models.
+//! exec`): 403 from anywhere else, so a key handed to API users cannot restart models. They
+//! are not on the listeners pinned to one model (`pinned`): 404 there.
 //! The work itself is the supervisor's: a handler sends a [`Command`] over [`Control`] and
 //! answers with the report it gets back. Commands run one at a time, in order.
 
@@ -55,8 +56,18 @@ impl Control {
     }
 }
 
-/// Admin calls only from this machine, only with a supervisor, never while draining.
+/// Admin calls only on the main port, only from this machine, only with a supervisor,
+/// never while draining.
 fn admit(s: &GatewayState, req: &Request) -> Result<Control, ApiError> {
+    if let Some(pin) = req.extensions().get::<super::pinned::Pin>() {
+        let mut e = ApiError::route_not_found(req.uri().path());
+        e.message = format!(
+            "Admin endpoints are served on the gateway's main port only, not on port {} (the \
+             port of the model '{}')",
+            pin.port, pin.model
+        );
+        return Err(e);
+    }
     let local = req
         .extensions()
         .get::<Peer>()

@@ -7,12 +7,14 @@
 //! routing table (`routing::Routes`, which the supervisor keeps up to date and replaces on
 //! reload); `status` and `metrics_merge` answer the gateway's own endpoints, `admin` the
 //! operator's reload and rolling restart. [`serve`] runs the router on per-core workers with a
-//! hyper-util connection builder that cuts slow header senders off.
+//! hyper-util connection builder that cuts slow header senders off; with `model_ports` the
+//! listeners pinned to one model each (`pinned`) feed the same workers and router.
 
 pub mod admin;
 pub mod auth;
 pub mod limits;
 pub mod metrics_merge;
+pub mod pinned;
 pub mod proxy;
 pub mod relay;
 pub mod status;
@@ -41,6 +43,7 @@ use crate::routing::balance::RetryBudget;
 use crate::routing::Routes;
 use auth::ApiKeys;
 use limits::Inflight;
+use pinned::{Pin, PinnedListeners};
 use proxy::{RouteMethod, RouteSpec};
 pub use status::{GpuFacts, SystemFacts};
 
@@ -60,6 +63,8 @@ pub struct Shared {
     pub facts: SystemFacts,
     /// The supervisor's control channel (reload, rolling restart); none without one.
     pub control: Option<admin::Control>,
+    /// The listeners pinned to one model (`model_ports`; the supervisor opens them).
+    pub pinned: Arc<PinnedListeners>,
 }
 
 /// The client that carries proxied requests (`http://` and `https://`).
@@ -153,6 +158,7 @@ impl GatewayState {
             retry_budget: RetryBudget::default(),
             facts,
             control,
+            pinned: Arc::new(PinnedListeners::default()),
         }))
     }
 
@@ -351,6 +357,8 @@ pub async fn serve(
     let total = state.connections.clone();
     let max_connections = state.settings.max_connections;
     let refused = state.metrics.gateway_refused_connections.clone();
+    let pinned = state.pinned.clone();
+    let mut pinned_rx = pinned.take_incoming();
     let app = router(state);
     let mut workers = Vec::with_capacity(count);
     let mut finished = Vec::with_capacity(count);
@@ -378,9 +386,9 @@ pub async fn serve(
     tokio::pin!(shutdown);
     let mut result = Ok(());
     loop {
-        let socket = tokio::select! {
+        let (socket, pin) = tokio::select! {
             r = listener.accept() => match r {
-                Ok((socket, _peer)) => socket,
+                Ok((socket, _peer)) => (socket, None),
                 Err(e) => {
                     // Out of file descriptors and the like: pause instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -388,6 +396,7 @@ pub async fn serve(
                     continue;
                 }
             },
+            Some((socket, pin)) = next_pinned(&mut pinned_rx) => (socket, Some(pin)),
             _ = &mut shutdown => break,
         };
         if max_connections > 0 && total.load(Ordering::Relaxed) >= max_connections {
@@ -400,12 +409,13 @@ pub async fn serve(
             continue;
         };
         total.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = hand_over(&mut workers, socket) {
+        if let Err(e) = hand_over(&mut workers, (socket, pin)) {
             result = Err(e);
             break;
         }
     }
     drop(listener);
+    pinned.close_all();
     drop(workers);
     for rx in finished {
         if rx.await.is_err() {
@@ -414,6 +424,19 @@ pub async fn serve(
     }
     result
 }
+
+/// The next connection of a pinned listener; never, when `serve` has none to take.
+async fn next_pinned(
+    rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<pinned::Accepted>>,
+) -> Option<pinned::Accepted> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A connection for a worker, with the model its listener is pinned to (if any).
+type Handed = (std::net::TcpStream, Option<Pin>);
 
 /// Answers a connection past `max_connections` with a 503 in the API's error envelope and
 /// closes it, without reading the request (a second's grace for the write).
@@ -456,14 +479,14 @@ impl From<&Settings> for ConnectionLimits {
 
 /// The accept loop's handle on a worker: its inbox and its count of open connections.
 struct Worker {
-    tx: tokio::sync::mpsc::UnboundedSender<std::net::TcpStream>,
+    tx: tokio::sync::mpsc::UnboundedSender<Handed>,
     open: Arc<AtomicUsize>,
 }
 
 /// Gives `socket` to the worker with the fewest open connections. A worker that has
 /// stopped (its inbox is closed) is dropped from the list and the next one is tried; an
 /// error only when none is left.
-fn hand_over(workers: &mut Vec<Worker>, mut socket: std::net::TcpStream) -> std::io::Result<()> {
+fn hand_over(workers: &mut Vec<Worker>, mut socket: Handed) -> std::io::Result<()> {
     loop {
         let Some(i) = (0..workers.len()).min_by_key(|&i| workers[i].open.load(Ordering::Relaxed))
         else {
@@ -485,7 +508,7 @@ fn hand_over(workers: &mut Vec<Worker>, mut socket: std::net::TcpStream) -> std:
 /// One worker: serves the connections it is handed until the accept loop stops, then gives
 /// them [`CONNECTION_GRACE`] to finish.
 async fn serve_worker(
-    mut incoming: tokio::sync::mpsc::UnboundedReceiver<std::net::TcpStream>,
+    mut incoming: tokio::sync::mpsc::UnboundedReceiver<Handed>,
     app: Router,
     limits: ConnectionLimits,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -509,7 +532,7 @@ async fn serve_worker(
             c.fetch_sub(1, Ordering::Relaxed);
         }
     };
-    while let Some(socket) = incoming.recv().await {
+    while let Some((socket, pin)) = incoming.recv().await {
         let socket = match tokio::net::TcpStream::from_std(socket) {
             Ok(s) => s,
             Err(e) => {
@@ -525,6 +548,9 @@ async fn serve_worker(
                 let mut r = r.map(axum::body::Body::new);
                 if let (Some(p), true) = (peer, r.uri().path().starts_with("/admin/")) {
                     r.extensions_mut().insert(admin::Peer(p));
+                }
+                if let Some(pin) = &pin {
+                    r.extensions_mut().insert(pin.clone());
                 }
                 r
             },
@@ -584,14 +610,14 @@ mod tests {
             .collect();
         // Worker 2 has the fewest connections but has stopped: worker 1 gets the socket.
         inboxes.pop();
-        hand_over(&mut workers, socket()).unwrap();
+        hand_over(&mut workers, (socket(), None)).unwrap();
         assert_eq!(workers.len(), 2);
         assert!(inboxes[1].try_recv().is_ok());
         assert!(inboxes[0].try_recv().is_err());
         assert_eq!(workers[1].open.load(Ordering::Relaxed), 2);
         // With every worker gone, handing over is an error.
         inboxes.clear();
-        assert!(hand_over(&mut workers, socket()).is_err());
+        assert!(hand_over(&mut workers, (socket(), None)).is_err());
         assert!(workers.is_empty());
     }
 }

@@ -1,7 +1,8 @@
 //! Forwarding of API requests to a replica of the requested model.
 //!
 //! Flow: check the content type and find `model` in the buffered body → resolve it (id or
-//! alias, or the only model of the route's kind) → per-model admission → pick a replica →
+//! alias, or the only model of the route's kind; on a pinned listener the port's model, which
+//! `model` may name but not contradict) → per-model admission → pick a replica →
 //! send. A transport failure before any response status (refused, reset) is retried once
 //! on another replica, within the retry budget and after a jittered pause; anything after
 //! a status reached us is never retried. Local engines get the boot's engine token. No
@@ -22,6 +23,7 @@ use http_body_util::Full;
 use serde::Deserialize;
 
 use super::limits::{self, InflightGuard, X_REQUEST_ID};
+use super::pinned::Pin;
 use super::relay::{self, Limits};
 use super::GatewayState;
 use crate::api::ApiError;
@@ -103,18 +105,45 @@ pub fn probe(body: &[u8]) -> Result<(Option<String>, bool), ApiError> {
     Ok((model, stream))
 }
 
+/// The model a request on a pinned listener goes to: the port's, named or not; a name that
+/// means another model (or nothing) is a 404 saying which model the port serves.
+fn pinned_model(
+    s: &GatewayState,
+    pin: &Pin,
+    model: Option<&str>,
+) -> Result<Arc<ModelBackend>, ApiError> {
+    let table = s.routes.load();
+    let Some(served) = table.find(&pin.model) else {
+        s.reject("", reason::MODEL_NOT_FOUND);
+        return Err(pin.gone());
+    };
+    match model.filter(|n| !n.is_empty()) {
+        Some(name) if !table.find(name).is_some_and(|m| Arc::ptr_eq(m, served)) => {
+            s.reject("", reason::MODEL_NOT_FOUND);
+            Err(pin.other_model(name))
+        }
+        _ => Ok(served.clone()),
+    }
+}
+
 fn resolve(
     s: &GatewayState,
     spec: RouteSpec,
     model: Option<&str>,
+    pin: Option<&Pin>,
 ) -> Result<Arc<ModelBackend>, ApiError> {
     let table = s.routes.load();
-    let m = match model {
-        Some(name) if !name.is_empty() => table.find(name).ok_or_else(|| {
+    let pinned;
+    let m = match (pin, model) {
+        (Some(pin), _) => {
+            pinned = pinned_model(s, pin, model)?;
+            &pinned
+        }
+        (None, Some(name)) if !name.is_empty() => table.find(name).ok_or_else(|| {
             s.reject("", reason::MODEL_NOT_FOUND);
             ApiError::model_not_found(name)
         })?,
-        _ => table.sole(spec.kind).ok_or_else(|| {
+        (None, _) => table.sole(spec.kind).ok_or_else(|| {
             let candidates: Vec<&str> = table
                 .models
                 .iter()
@@ -213,6 +242,7 @@ pub async fn forward(s: GatewayState, spec: RouteSpec, req: Request) -> Response
         Err(e) => return e.into_response(),
     };
     let (parts, body) = req.into_parts();
+    let pin = parts.extensions.get::<Pin>();
     let (body, model_name, stream) = match spec.method {
         RouteMethod::Get => match query_model(&parts.uri) {
             Ok(m) => (Bytes::new(), m, false),
@@ -232,7 +262,7 @@ pub async fn forward(s: GatewayState, spec: RouteSpec, req: Request) -> Response
             }
         }
     };
-    let model = match resolve(&s, spec, model_name.as_deref()) {
+    let model = match resolve(&s, spec, model_name.as_deref(), pin) {
         Ok(m) => m,
         Err(e) => return e.into_response(),
     };
@@ -246,7 +276,8 @@ pub async fn forward(s: GatewayState, spec: RouteSpec, req: Request) -> Response
         },
         None => None,
     };
-    let body = match upstream_body(&model, spec, body) {
+    let named = model_name.as_deref().is_some_and(|n| !n.is_empty());
+    let body = match upstream_body(&model, spec, body, named) {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
@@ -362,19 +393,27 @@ fn no_backend(model: &ModelBackend, after_failure: bool) -> ApiError {
     ApiError::unavailable(format!("The model '{}' {why}", model.id))
 }
 
-/// The body sent upstream: unchanged for local engines and bodiless routes; for a remote
-/// server with a `name` the `model` field becomes that name.
-fn upstream_body(model: &ModelBackend, spec: RouteSpec, body: Bytes) -> Result<Bytes, ApiError> {
-    let (true, Some(name), RouteMethod::Post) = (
-        model.entry.upstream.is_some(),
-        &model.entry.name,
-        spec.method,
-    ) else {
+/// The body sent upstream: for a remote server with a `name` the `model` field becomes that
+/// name; a body without `model` (the gateway chose the model: a pinned port, or the only
+/// model of its kind) gets the model's id, since the engines' request types require one;
+/// otherwise, and on bodiless routes, unchanged.
+fn upstream_body(
+    model: &ModelBackend,
+    spec: RouteSpec,
+    body: Bytes,
+    named: bool,
+) -> Result<Bytes, ApiError> {
+    if spec.method != RouteMethod::Post {
         return Ok(body);
+    }
+    let name = match (model.entry.upstream.is_some(), &model.entry.name) {
+        (true, Some(name)) => name.as_str(),
+        _ if !named => &*model.id,
+        _ => return Ok(body),
     };
     let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&body)
         .map_err(|_| ApiError::invalid("The request body must be a JSON object"))?;
-    v.insert("model".into(), serde_json::Value::String(name.clone()));
+    v.insert("model".into(), serde_json::Value::String(name.to_string()));
     serde_json::to_vec(&v)
         .map(Bytes::from)
         .map_err(|_| ApiError::internal("Could not encode the request"))
@@ -397,7 +436,7 @@ mod tests {
             kind: Some(ModelKind::Chat),
             method: RouteMethod::Post,
         };
-        let out = upstream_body(b.find("big").unwrap(), chat, body.clone()).unwrap();
+        let out = upstream_body(b.find("big").unwrap(), chat, body.clone(), true).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["model"], "Qwen/Qwen2.5-32B-Instruct");
         assert_eq!(v["messages"], serde_json::json!([]));
@@ -405,19 +444,28 @@ mod tests {
             b.find("big").unwrap().replicas[0].base_url,
             "http://vllm:8000"
         );
-        // Local engines get the body untouched.
+        // Local engines get the body untouched, unless it names no model.
         assert_eq!(
-            upstream_body(b.find("local").unwrap(), chat, body.clone()).unwrap(),
+            upstream_body(b.find("local").unwrap(), chat, body.clone(), true).unwrap(),
             body
+        );
+        let bare = Bytes::from_static(br#"{"input": "a"}"#);
+        let out = upstream_body(b.find("local").unwrap(), chat, bare, false).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            (v["model"].as_str(), v["input"].as_str()),
+            (Some("local"), Some("a"))
         );
         // A GET route has no body to rewrite.
         let info = RouteSpec {
             method: RouteMethod::Get,
             ..chat
         };
-        assert!(upstream_body(b.find("big").unwrap(), info, Bytes::new())
-            .unwrap()
-            .is_empty());
+        assert!(
+            upstream_body(b.find("big").unwrap(), info, Bytes::new(), false)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -1,16 +1,18 @@
 //! The gateway's own endpoints: `/health` (liveness), `/ready` (per-model readiness),
 //! `GET /v1/models` (every served model with its state) and `/system/info` (engines, GPUs,
-//! versions). `/metrics` lives in `metrics_merge`.
+//! versions). `/metrics` lives in `metrics_merge`. On a pinned listener (`pinned`) `/ready`
+//! and `/v1/models` speak of the port's model only.
 
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
+use super::pinned::Pin;
 use super::GatewayState;
 use crate::api::types::models::{ModelCard, ModelList};
 use crate::routing::{ModelBackend, ModelState};
@@ -31,11 +33,20 @@ struct ReadyModel {
 /// `GET /ready`: 200 `ready` once every model serves (ready, or degraded with at least one
 /// replica up); 503 `not_ready` before, 503 `draining` after SIGTERM. Public, so it gives
 /// states only: why an engine failed (paths, log lines) is in `/system/info`, behind the key.
-pub async fn ready(State(s): State<GatewayState>) -> Response {
+/// On a pinned listener only the port's model counts (a load balancer in front of one
+/// model's port takes it out when that model cannot serve).
+pub async fn ready(State(s): State<GatewayState>, pin: Option<Extension<Pin>>) -> Response {
     let mut models = BTreeMap::new();
-    let mut all = true;
     let table = s.routes.load();
-    for m in &table.models {
+    // A port whose model a reload removed serves nothing: not ready.
+    let mut all = pin
+        .as_ref()
+        .is_none_or(|p| table.models.iter().any(|m| m.id == p.model));
+    for m in table
+        .models
+        .iter()
+        .filter(|m| pin.as_ref().is_none_or(|p| m.id == p.model))
+    {
         let state = m.state();
         all &= matches!(state, ModelState::Ready | ModelState::Degraded);
         models.insert(
@@ -97,21 +108,36 @@ fn card(m: &ModelBackend) -> ModelCard {
     c
 }
 
-/// `GET /v1/models`: every configured model, whatever its state.
-pub async fn models(State(s): State<GatewayState>) -> Json<ModelList> {
+/// `GET /v1/models`: every configured model, whatever its state (on a pinned listener the
+/// port's model only).
+pub async fn models(State(s): State<GatewayState>, pin: Option<Extension<Pin>>) -> Json<ModelList> {
     Json(ModelList {
         object: "list".into(),
-        data: s.routes.load().models.iter().map(|m| card(m)).collect(),
+        data: s
+            .routes
+            .load()
+            .models
+            .iter()
+            .filter(|m| pin.as_ref().is_none_or(|p| m.id == p.model))
+            .map(|m| card(m))
+            .collect(),
     })
 }
 
 /// `GET /v1/models/{model}`: one model's card, by id, alias or name (OpenAI's retrieve).
 pub async fn model(
     State(s): State<GatewayState>,
+    pin: Option<Extension<Pin>>,
     axum::extract::Path(name): axum::extract::Path<String>,
 ) -> Result<Json<ModelCard>, crate::api::ApiError> {
     match s.routes.load().find(&name) {
-        Some(m) => Ok(Json(card(m))),
+        Some(m) if pin.as_ref().is_none_or(|p| m.id == p.model) => Ok(Json(card(m))),
+        Some(_) => {
+            s.reject("", crate::metrics::reason::MODEL_NOT_FOUND);
+            Err(pin
+                .map(|p| p.other_model(&name))
+                .unwrap_or_else(|| crate::api::ApiError::model_not_found(&name)))
+        }
         None => {
             s.reject("", crate::metrics::reason::MODEL_NOT_FOUND);
             Err(crate::api::ApiError::model_not_found(&name))

@@ -134,15 +134,29 @@ pub fn summary(report: &Value) -> String {
             v.join(", ")
         }
     };
+    // The gateway's listeners pinned to one model (`model_ports`), when there are any.
+    let pinned: Vec<String> = report["model_ports"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(port, id)| format!(":{port} {}", id.as_str().unwrap_or("?")))
+                .collect()
+        })
+        .unwrap_or_default();
     match report["object"].as_str() {
         Some("reload") => format!(
-            "reloaded {}\n  added:     {}\n  removed:   {}\n  changed:   {}\n  resized:   {}\n  unchanged: {}",
+            "reloaded {}\n  added:     {}\n  removed:   {}\n  changed:   {}\n  resized:   {}\n  unchanged: {}{}",
             report["file"].as_str().unwrap_or("the models file"),
             names("added"),
             names("removed"),
             names("changed"),
             names("resized"),
             names("unchanged"),
+            if pinned.is_empty() {
+                String::new()
+            } else {
+                format!("\n  model ports: {}", pinned.join(", "))
+            },
         ),
         Some("restart") => {
             let steps: Vec<String> = report["replicas"]
@@ -224,6 +238,10 @@ mod tests {
         assert!(s.contains("added:     b"), "{s}");
         assert!(s.contains("removed:   -"), "{s}");
         assert!(s.contains("unchanged: a, d"), "{s}");
+        assert!(!s.contains("model ports"), "{s}");
+        let r = serde_json::json!({"object": "reload", "file": "m.json", "unchanged": ["a"],
+            "model_ports": {"8001": "a", "8002": "b"}});
+        assert!(summary(&r).ends_with("\n  model ports: :8001 a, :8002 b"));
         let r = serde_json::json!({"object": "restart", "model": "chat",
             "replicas": [{"replica": 0, "seconds": 1.5}, {"replica": 1, "seconds": 2.0}]});
         assert_eq!(

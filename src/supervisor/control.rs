@@ -9,7 +9,9 @@
 //!   replicas both versions have; a changed model restarts with the new entry; a removed
 //!   model leaves routing at once. The new table is published first, then leaving replicas
 //!   are drained (their requests finish, up to `drain_timeout_secs`) and stopped, then the
-//!   new ones start.
+//!   new ones start. The gateway's pinned listeners (`model_ports`) follow the file: new
+//!   ports are bound before anything changes (a taken one refuses the reload), a port whose
+//!   model left closes, a port that now belongs to another model is pinned to it.
 //! * **Rolling restart** (`trident restart MODEL`, `POST /admin/restart/{model}`): one
 //!   replica at a time is drained, stopped, started again and waited for until it is
 //!   ready, so a model with several replicas never stops serving. A replica that does not
@@ -24,8 +26,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::engine_task::{engine_task, upstream_task, EngineTask, LivenessPolicy};
+use super::ports::PortPlan;
 use super::spawn::EngineCommand;
-use super::{gpu, preflight, EnginePorts, ServeOptions};
+use super::{bind_pinned, gpu, preflight, EnginePorts, ServeOptions};
 use crate::api::ApiError;
 use crate::config::{CheckOptions, ModelsFile, Problem};
 use crate::gateway::admin::{Command, Reply};
@@ -190,6 +193,8 @@ impl Supervisor {
         if !problems.is_empty() {
             return Err(refused(problems));
         }
+        let scheme = PortPlan::new(&self.opts.settings);
+        let pinned = scheme.listeners(&file).map_err(refused)?;
         let current = self.state.routes.current();
         let mut ports = HashMap::new();
         if self.opts.engine_ports == EnginePorts::Ephemeral {
@@ -204,8 +209,10 @@ impl Supervisor {
         }
         let port_for = |id: &str, r: usize| -> u16 {
             ports.get(&(id.to_string(), r)).copied().unwrap_or_else(|| {
-                let base = file.models.get(id).and_then(|e| e.port).unwrap_or(0);
-                base.saturating_add(r as u16)
+                file.models
+                    .get(id)
+                    .and_then(|e| scheme.engine_port(e, r))
+                    .unwrap_or(0)
             })
         };
         let (table, changes) = current.reload(&file, "127.0.0.1", &port_for);
@@ -232,6 +239,17 @@ impl Supervisor {
         if !taken.is_empty() {
             return Err(refused(taken));
         }
+        // New model ports are bound now, so a taken one refuses the reload with nothing changed.
+        let open = self.state.pinned.ports();
+        let fresh: std::collections::BTreeMap<u16, String> = pinned
+            .iter()
+            .filter(|(p, _)| !open.contains_key(p))
+            .map(|(p, id)| (*p, id.clone()))
+            .collect();
+        let fresh = bind_pinned(&self.opts.settings.host, &fresh)
+            .await
+            .map_err(refused)?;
+        let ports_changed = !fresh.is_empty() || open != pinned;
         let report = json!({
             "object": "reload",
             "file": path.display().to_string(),
@@ -240,11 +258,23 @@ impl Supervisor {
             "changed": changes.changed,
             "resized": changes.resized,
             "unchanged": changes.unchanged,
+            "model_ports": pinned,
         });
-        if changes.is_empty() {
+        if changes.is_empty() && !ports_changed {
             return Ok(report);
         }
         self.state.routes.store(table);
+        for (port, id) in &open {
+            match pinned.get(port) {
+                None => self.state.pinned.close(*port),
+                Some(now) if now != id => self.state.pinned.retarget(*port, now),
+                Some(_) => {}
+            }
+        }
+        for (port, id, listener) in fresh {
+            tracing::info!(port, model = %id, "gateway listening on the model's port");
+            self.state.pinned.open(port, &id, listener);
+        }
         self.stop(&changes.stop).await;
         let order = preflight::start_order(&file);
         let mut start = changes.start;

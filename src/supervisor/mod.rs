@@ -1,9 +1,10 @@
 //! `trident serve`: the supervisor and the gateway in one process.
 //!
 //! Start-up: load `models.json` (paths checked) → refuse taken engine ports → check the GPU
-//! plan → build the routing table → start one `engine_task` per local replica (smallest
-//! models first; models sharing a GPU one after another) and an `upstream_task` per remote
-//! → serve the gateway. Shutdown (the `shutdown` future, SIGTERM in production): draining
+//! plan → build the routing table → bind the gateway's listeners pinned to each model's
+//! `port` (`model_ports`; the engines then listen on private ports, `ports`) → start one
+//! `engine_task` per local replica (smallest models first; models sharing a GPU one after
+//! another) and an `upstream_task` per remote → serve the gateway. Shutdown (the `shutdown` future, SIGTERM in production): draining
 //! (`/ready` 503, new requests 503), in-flight requests get `drain_timeout_secs`, then the
 //! gateway stops and every engine gets SIGTERM and, after a grace period, SIGKILL. While
 //! serving, the supervisor (`control`) runs the operator's commands one at a time: reload
@@ -13,10 +14,11 @@ pub mod backoff;
 pub mod control;
 pub mod engine_task;
 pub mod gpu;
+pub mod ports;
 pub mod preflight;
 pub mod spawn;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,6 +33,7 @@ use crate::gateway::{self, GatewayState, SystemFacts};
 use crate::routing::{Backends, Routes};
 pub use backoff::RestartPolicy;
 use control::Supervisor;
+use ports::PortPlan;
 use spawn::EngineCommand;
 
 /// Errors that stop `trident serve` before or while serving.
@@ -84,7 +87,7 @@ fn list(problems: &[Problem]) -> String {
 /// How engine ports are chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EnginePorts {
-    /// The entry's `port` (+ replica index).
+    /// From the entry's `port` (+ replica index; + `engine_port_offset` with `model_ports`).
     #[default]
     Config,
     /// Free ports picked at start (tests).
@@ -204,6 +207,8 @@ struct Plan {
     file: ModelsFile,
     routes: Arc<Routes>,
     facts: SystemFacts,
+    /// The gateway's pinned listeners to bind: port → model id.
+    pinned: BTreeMap<u16, String>,
 }
 
 fn plan(opts: &ServeOptions, token: &str) -> Result<Plan, ServeError> {
@@ -215,10 +220,12 @@ fn plan(opts: &ServeOptions, token: &str) -> Result<Plan, ServeError> {
             problems,
         });
     }
+    let scheme = PortPlan::new(&opts.settings);
+    let pinned = scheme.listeners(&file).map_err(ServeError::Preflight)?;
     let mut ports: HashMap<(String, usize), u16> = HashMap::new();
     match opts.engine_ports {
         EnginePorts::Config => {
-            let taken = preflight::taken_ports(&file, "127.0.0.1");
+            let taken = preflight::taken_ports(&file, "127.0.0.1", &scheme);
             if !taken.is_empty() {
                 return Err(ServeError::Preflight(taken));
             }
@@ -244,8 +251,10 @@ fn plan(opts: &ServeOptions, token: &str) -> Result<Plan, ServeError> {
     }
     let port_for = |id: &str, r: usize| -> u16 {
         ports.get(&(id.to_string(), r)).copied().unwrap_or_else(|| {
-            let base = file.models.get(id).and_then(|e| e.port).unwrap_or(0);
-            base.saturating_add(r as u16)
+            file.models
+                .get(id)
+                .and_then(|e| scheme.engine_port(e, r))
+                .unwrap_or(0)
         })
     };
     let mut backends = Backends::new(&file, "127.0.0.1", &port_for);
@@ -259,7 +268,31 @@ fn plan(opts: &ServeOptions, token: &str) -> Result<Plan, ServeError> {
         file,
         routes,
         facts: SystemFacts { gpus, gpu_note },
+        pinned,
     })
+}
+
+/// Binds every pinned listener on `host`, or names every port that cannot be bound.
+pub(crate) async fn bind_pinned(
+    host: &str,
+    wanted: &BTreeMap<u16, String>,
+) -> Result<Vec<(u16, String, TcpListener)>, Vec<Problem>> {
+    let mut bound = Vec::new();
+    let mut problems = Vec::new();
+    for (port, id) in wanted {
+        match gateway::pinned::bind(host, *port, id).await {
+            Ok(l) => bound.push((*port, id.clone(), l)),
+            Err(message) => problems.push(Problem {
+                path: format!("models.{id}.port"),
+                message,
+            }),
+        }
+    }
+    if problems.is_empty() {
+        Ok(bound)
+    } else {
+        Err(problems)
+    }
 }
 
 /// Runs the supervisor and the gateway on `listener` until `shutdown` completes, then
@@ -287,6 +320,10 @@ pub async fn run(
         (None, None) => {}
         _ => return Err(ServeError::TlsHalf),
     }
+    // The model ports are the gateway's before any engine starts: a taken one stops here.
+    let pinned = bind_pinned(&opts.settings.host, &plan.pinned)
+        .await
+        .map_err(ServeError::Preflight)?;
     let metrics_listener = match opts.settings.metrics_port {
         0 => None,
         port => {
@@ -322,6 +359,10 @@ pub async fn run(
             .chain([(ENGINE_TOKEN_ENV.to_string(), token)])
             .collect(),
     });
+    for (port, id, listener) in pinned {
+        tracing::info!(port, model = %id, "gateway listening on the model's port");
+        state.pinned.open(port, &id, listener);
+    }
     let reload_on_sighup = opts.reload_on_sighup;
     let mut supervisor = Supervisor::new(opts.clone(), state.clone(), cmd);
     supervisor.start_all(&plan.file);

@@ -5,22 +5,24 @@
 use std::net::TcpListener;
 use std::path::Path;
 
+use super::ports::PortPlan;
 use crate::config::{ModelsFile, Problem};
 
-/// Every local replica port that cannot be bound on `host`.
-pub fn taken_ports(file: &ModelsFile, host: &str) -> Vec<Problem> {
+/// Every local replica's engine port (`ports`: the entry's, or its private one with
+/// `model_ports`) that cannot be bound on `host`.
+pub fn taken_ports(file: &ModelsFile, host: &str, ports: &PortPlan) -> Vec<Problem> {
     let mut problems = Vec::new();
     for (id, e) in file.models.iter().filter(|(_, e)| e.upstream.is_none()) {
-        let Some(base) = e.port else { continue };
         for r in 0..e.replicas.max(1) {
-            let Some(port) = base.checked_add(r as u16) else {
+            let Some(port) = ports.engine_port(e, r) else {
                 continue;
             };
             if let Err(err) = TcpListener::bind((host, port)) {
+                let which = if ports.pinned { "engine port" } else { "port" };
                 problems.push(Problem {
                     path: format!("models.{id}.port"),
                     message: format!(
-                        "port {port} (model {id:?}, replica {r}) cannot be used: {err}"
+                        "{which} {port} (model {id:?}, replica {r}) cannot be used: {err}"
                     ),
                 });
             }
@@ -111,10 +113,30 @@ mod tests {
             free = free_port().unwrap()
         );
         let file = ModelsFile::parse(&text, Default::default()).unwrap();
-        let p = taken_ports(&file, "127.0.0.1");
+        let off = crate::config::Settings {
+            model_ports: false,
+            ..Default::default()
+        };
+        let p = taken_ports(&file, "127.0.0.1", &PortPlan::new(&off));
         assert_eq!(p.len(), 1, "{p:?}");
         assert_eq!(p[0].path, "models.a.port");
         assert!(p[0].message.contains(&port.to_string()));
         assert_eq!(start_order(&file), ["b", "a"]);
+        // With model ports the engines' ports are the private ones: the busy entry port is
+        // the gateway's (checked when it binds), and a busy private port is named.
+        let on = PortPlan::new(&crate::config::Settings {
+            engine_port_offset: 1,
+            ..Default::default()
+        });
+        let text = format!(
+            r#"{{"models": {{"a": {{"path": {big:?}, "type": "embedding", "port": {port}}},
+                "b": {{"path": {small:?}, "type": "chat", "port": {below}}}}}}}"#,
+            below = port - 1
+        );
+        let file = ModelsFile::parse(&text, Default::default()).unwrap();
+        let p = taken_ports(&file, "127.0.0.1", &on);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].path, "models.b.port");
+        assert!(p[0].message.contains(&format!("engine port {port}")));
     }
 }

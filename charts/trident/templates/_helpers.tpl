@@ -200,3 +200,17 @@ The settings as TRIDENT_<KEY> variables; the chart's own keys cannot be overridd
   {{- end }}
 {{- end -}}
 {{- end -}}
+
+{{/*
+The models' own ports (each entry's `port` in models.json), space-separated, when
+service.modelPorts exposes them: trident's gateway listens on each, pinned to that model
+(model_ports, on by default in trident).
+*/}}
+{{- define "trident.modelPorts" -}}
+{{- if .Values.service.modelPorts -}}
+{{- $cfg := include "trident.modelsJson" . | fromJson -}}
+{{- range $id, $e := $cfg.models -}}
+{{- if $e.port }}{{ int64 $e.port }} {{ end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}

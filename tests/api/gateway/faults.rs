@@ -165,9 +165,12 @@ async fn bad_setups_are_refused_before_anything_starts() {
         String::from_utf8_lossy(&out.stderr).to_string()
     };
     let here = dir.path().display().to_string();
+    // A model's port is the gateway's (`model_ports`, the default): taken, it stops here.
     let err = run(json!({"e": {"type": "embedding", "path": here, "port": port}}));
     assert!(
-        err.contains(&format!("port {port}")) && err.contains("models.e.port"),
+        err.contains(&format!(
+            "port {port} (model \"e\") cannot be used by the gateway"
+        )) && err.contains("models.e.port"),
         "{err}"
     );
     let err = run(json!({"e": {"type": "embedding", "path": "/no/such/model", "port": 1}}));

@@ -7,6 +7,7 @@ mod embed_routes;
 mod faults;
 mod inprocess;
 mod limits;
+mod model_ports;
 mod operations;
 mod real;
 mod remote;
@@ -39,6 +40,9 @@ pub struct Opts<'a> {
     pub no_wait: bool,
     /// Engines listen on the entries' `port`s instead of OS-picked ones.
     pub config_ports: bool,
+    /// The gateway also listens on each model's `port` (`model_ports`). Off by default in
+    /// tests, whose models files use made-up ports.
+    pub model_ports: bool,
     /// Gateway port (default: OS-picked).
     pub gateway_port: Option<u16>,
     /// First restart delay (default 50 ms).
@@ -152,6 +156,7 @@ impl Appliance {
         if let Some(b) = &opts.behaviour {
             cmd.env("MOCK_ENGINE_BEHAVIOUR", b.to_string());
         }
+        cmd.env("TRIDENT_MODEL_PORTS", opts.model_ports.to_string());
         for (k, v) in opts.env {
             cmd.env(k, v);
         }

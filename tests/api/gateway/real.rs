@@ -23,15 +23,18 @@ async fn post_json(url: String, body: &Value) -> (u16, Value) {
 async fn real_engines_of_every_kind_behind_the_gateway() {
     let chat = repo("models/chat/SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(chat.exists(), "run scripts/fetch-models.sh");
+    // Each model's port is also the gateway's, pinned to it (`model_ports`).
+    let pins = super::model_ports::free_ports(3, 0);
     let models = json!({
-        "chat": {"type": "chat", "path": chat, "port": 1, "device": "cpu", "max_model_len": 2048, "max_num_seqs": 4},
-        "minilm": {"type": "embedding", "path": minilm(), "port": 2, "device": "cpu", "aliases": ["all-MiniLM-L6-v2"]},
-        "rerank": {"type": "rerank", "path": minilm(), "port": 3, "device": "cpu"}
+        "chat": {"type": "chat", "path": chat, "port": pins[0], "device": "cpu", "max_model_len": 2048, "max_num_seqs": 4},
+        "minilm": {"type": "embedding", "path": minilm(), "port": pins[1], "device": "cpu", "aliases": ["all-MiniLM-L6-v2"]},
+        "rerank": {"type": "rerank", "path": minilm(), "port": pins[2], "device": "cpu"}
     });
     let app = Appliance::start(
         models,
         Opts {
             real_engines: true,
+            model_ports: true,
             ..Default::default()
         },
     )
@@ -135,4 +138,28 @@ async fn real_engines_of_every_kind_behind_the_gateway() {
     let ready =
         crate::common::metric_value(&metrics, "trident_model_ready", &[("component", "engine")]);
     assert_eq!(ready, 3.0, "{metrics}");
+
+    // The seed's commands: each model's own port, no `model` in the body.
+    let pinned = |i: usize, path: &str| format!("http://127.0.0.1:{}{path}", pins[i]);
+    let (s, v) = post_json(
+        pinned(0, "/v1/chat/completions"),
+        &json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v["choices"][0]["message"]["content"].is_string(), "{v}");
+    let (s, v) = post_json(
+        pinned(1, "/v1/embeddings"),
+        &json!({"input": ["hello", "world"]}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(floats(&v["data"][1]["embedding"]).len(), 384);
+    let (s, v) = post_json(
+        pinned(2, "/v1/rerank"),
+        &json!({"query": "where do engines run?", "documents": ["bananas are yellow", "engines run as child processes"]}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["results"][0]["index"], 1, "{v}");
 }
