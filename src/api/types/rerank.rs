@@ -39,6 +39,9 @@ pub struct RerankRequest {
     /// Truncate documents that do not fit (default) or reject them.
     #[serde(default = "default_true")]
     pub truncate: bool,
+    /// Cohere v1: which keys of object documents are ranked (default `text`).
+    #[serde(default)]
+    pub rank_fields: Option<Vec<String>>,
 }
 
 /// `POST /rerank` in the text-embeddings-inference shape.
@@ -169,6 +172,51 @@ pub fn parse_documents(
         .collect()
 }
 
+/// The text ranked for each object document under `rank_fields`: `field: value` lines for
+/// the named fields it has (strings, or other JSON written compactly), in the listed order.
+fn ranked_fields(v: Option<&Value>, fields: &[String]) -> Result<Vec<String>, ApiError> {
+    if fields.is_empty() || fields.len() > 64 {
+        return Err(ApiError::invalid_param(
+            "rank_fields",
+            "'rank_fields' must list between 1 and 64 field names",
+        ));
+    }
+    let items = match v {
+        Some(Value::Array(items)) if !items.is_empty() && items.len() <= MAX_DOCUMENTS => items,
+        // Absent, not a list, empty or too long: the plain check names the problem.
+        other => return parse_documents(other, "documents", false),
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let lines: Vec<String> = match item {
+                Value::String(s) => vec![s.clone()],
+                Value::Object(o) => fields
+                    .iter()
+                    .filter_map(|f| {
+                        o.get(f).map(|v| match v {
+                            Value::String(s) => format!("{f}: {s}"),
+                            other => format!("{f}: {other}"),
+                        })
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            if lines.is_empty() {
+                return Err(ApiError::invalid_param(
+                    &format!("documents[{i}]"),
+                    format!(
+                        "'documents[{i}]' has none of the 'rank_fields' ({})",
+                        fields.join(", ")
+                    ),
+                ));
+            }
+            Ok(lines.join("\n"))
+        })
+        .collect()
+}
+
 /// Checks `top_n`: absent or 0 means all (as vLLM and Jina read it); larger than the list
 /// means all; negative is refused.
 pub fn parse_top_n(top_n: Option<i64>) -> Result<Option<usize>, ApiError> {
@@ -187,7 +235,10 @@ impl RerankRequest {
     pub fn task(&self) -> Result<(PairTask, Option<usize>), ApiError> {
         let query = parse_query(self.query.as_ref(), "query")?;
         let top_n = parse_top_n(self.top_n)?;
-        let docs = parse_documents(self.documents.as_ref(), "documents", true)?;
+        let docs = match &self.rank_fields {
+            None => parse_documents(self.documents.as_ref(), "documents", true)?,
+            Some(fields) => ranked_fields(self.documents.as_ref(), fields)?,
+        };
         Ok((
             PairTask::one_to_many(query, docs, "query", "documents"),
             top_n,

@@ -135,3 +135,41 @@ fn v2_meta_and_result_shape() {
     .unwrap();
     assert_eq!(r, json!({"index": 1, "relevance_score": 0.5}));
 }
+
+#[test]
+fn rank_fields_pick_the_keys_of_object_documents() {
+    let req: RerankRequest = serde_json::from_value(serde_json::json!({
+        "query": "q",
+        "documents": [{"title": "Cats", "text": "purr", "id": 7}, "plain", {"text": "only"}],
+        "rank_fields": ["title", "text"]
+    }))
+    .unwrap();
+    let (task, _) = req.task().unwrap();
+    assert_eq!(
+        task.seconds,
+        vec!["title: Cats\ntext: purr", "plain", "text: only"]
+    );
+    let bad = |docs: serde_json::Value, fields: serde_json::Value| {
+        let req: RerankRequest = serde_json::from_value(
+            serde_json::json!({"query": "q", "documents": docs, "rank_fields": fields}),
+        )
+        .unwrap();
+        req.task().unwrap_err().param
+    };
+    assert_eq!(
+        bad(serde_json::json!([{"x": 1}]), serde_json::json!(["title"])).as_deref(),
+        Some("documents[0]")
+    );
+    assert_eq!(
+        bad(serde_json::json!([{"x": 1}]), serde_json::json!([])).as_deref(),
+        Some("rank_fields")
+    );
+    assert_eq!(
+        bad(serde_json::json!([]), serde_json::json!(["x"])).as_deref(),
+        Some("documents")
+    );
+    assert_eq!(
+        bad(serde_json::json!("x"), serde_json::json!(["x"])).as_deref(),
+        Some("documents")
+    );
+}
