@@ -444,6 +444,17 @@ impl EncoderModel {
     /// Pooled vectors without the final normalisation, whatever the model's configuration
     /// says (TEI's `normalize: false`).
     pub fn embed_unnormalized(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let h = self.info.hidden_size;
+        self.forward_texts(batch, |hidden| pooling::pool(hidden, h, self.info.pooling))
+    }
+
+    /// One forward pass over single-text inputs (no token types): `each` maps an input's
+    /// last hidden states to its result, in input order.
+    fn forward_texts<T: Clone + Default + Send>(
+        &self,
+        batch: &[&[u32]],
+        each: impl Fn(&[f32]) -> T + Send + Sync,
+    ) -> Result<Vec<T>, ModelError> {
         let seqs: Vec<Seq> = batch
             .iter()
             .map(|ids| Seq {
@@ -451,30 +462,18 @@ impl EncoderModel {
                 type_ids: None,
             })
             .collect();
-        let h = self.info.hidden_size;
-        let mut out = vec![Vec::new(); batch.len()];
-        self.forward(&seqs, |i, hidden| {
-            out[i] = pooling::pool(hidden, h, self.info.pooling);
-        })?;
+        let mut out = vec![T::default(); batch.len()];
+        self.forward(&seqs, |i, hidden| out[i] = each(hidden))?;
         Ok(out)
     }
 
     /// The last hidden state of every token of every input (specials included, no padding,
     /// before pooling): `[input][token][hidden]`, for TEI's `/embed_all`.
     pub fn token_states(&self, batch: &[&[u32]]) -> Result<Vec<Vec<Vec<f32>>>, ModelError> {
-        let seqs: Vec<Seq> = batch
-            .iter()
-            .map(|ids| Seq {
-                ids,
-                type_ids: None,
-            })
-            .collect();
         let h = self.info.hidden_size;
-        let mut out = vec![Vec::new(); batch.len()];
-        self.forward(&seqs, |i, hidden| {
-            out[i] = hidden.chunks_exact(h).map(<[f32]>::to_vec).collect();
-        })?;
-        Ok(out)
+        self.forward_texts(batch, |hidden| {
+            hidden.chunks_exact(h).map(<[f32]>::to_vec).collect()
+        })
     }
 
     /// Cross-encoder scores: the first label's raw logit per pair.
