@@ -319,6 +319,35 @@ fn dashboards_match_their_generator() {
     );
 }
 
+/// The chart ships a byte-for-byte copy of the dashboards (`scripts/check-chart.sh --write`
+/// syncs it); a panel added here and not there would land only in compose installs.
+#[test]
+fn chart_dashboards_are_a_copy_of_the_repository_dashboards() {
+    let ours = root().join("monitoring/grafana/dashboards");
+    let chart = root().join("charts/trident/dashboards");
+    let names = |dir: &PathBuf| -> BTreeSet<String> {
+        std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".json"))
+            .collect()
+    };
+    assert_eq!(
+        names(&ours),
+        names(&chart),
+        "dashboard files differ; run scripts/check-chart.sh --write"
+    );
+    for name in names(&ours) {
+        let a = std::fs::read(ours.join(&name)).unwrap();
+        let b = std::fs::read(chart.join(&name)).unwrap();
+        assert!(
+            a == b,
+            "charts/trident/dashboards/{name} is stale; run scripts/check-chart.sh --write"
+        );
+    }
+}
+
 /// What the official Grafana image needs: provisioning under /etc/grafana/provisioning with
 /// files its user (uid 472) can read, dashboards by file, not editable in the UI.
 #[test]
