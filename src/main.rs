@@ -81,6 +81,21 @@ fn gpu_plan_ok(file: &ModelsFile) -> bool {
     problems.is_empty()
 }
 
+/// `check-config`: the ports `serve` would open for the models (pinned model listeners, the
+/// engines' private ports) against the settings; prints every clash.
+fn port_plan_ok(cli: &Cli, file: &ModelsFile) -> anyhow::Result<bool> {
+    let s = settings(cli, &[("generate_api_key", "false".into())])?;
+    match trident::supervisor::ports::PortPlan::new(&s).listeners(file) {
+        Ok(_) => Ok(true),
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            Ok(false)
+        }
+    }
+}
+
 /// The gateway port and first API key from the settings `serve` reads.
 fn admin_defaults(cli: &Cli) -> anyhow::Result<trident::ops::admin::Defaults> {
     let s = settings(cli, &[("generate_api_key", "false".into())])?;
@@ -117,6 +132,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             match ModelsFile::load(&args.config, opts) {
                 Ok(file) if args.gpus && !gpu_plan_ok(&file) => Ok(ExitCode::FAILURE),
+                Ok(file) if !port_plan_ok(&cli, &file)? => Ok(ExitCode::FAILURE),
                 Ok(file) => {
                     println!(
                         "{}: OK ({} models)",

@@ -224,6 +224,7 @@ async fn ranked(
     req: &RerankRequest,
 ) -> Result<(Vec<RerankResult>, usize), ApiError> {
     s.common.check_model(req.model.as_deref())?;
+    s.common.ignored(&req.other);
     let (task, top_n) = req
         .task()
         .inspect_err(|_| s.common.reject(reason::INVALID))?;
@@ -295,6 +296,7 @@ async fn rerank_any(
     }
     let req: TeiRerankRequest = from_value(body)?;
     s.common.check_model(req.model.as_deref())?;
+    s.common.ignored(&req.other);
     let task = req
         .task()
         .inspect_err(|_| s.common.reject(reason::INVALID))?;
@@ -320,6 +322,7 @@ async fn score(
     ApiJson(req): ApiJson<ScoreRequest>,
 ) -> Result<Json<ScoreResponse>, ApiError> {
     s.common.check_model(req.model.as_deref())?;
+    s.common.ignored(&req.other);
     let task = req
         .task()
         .inspect_err(|_| s.common.reject(reason::INVALID))?;

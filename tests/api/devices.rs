@@ -56,3 +56,36 @@ fn a_cuda_model_is_refused_on_a_machine_without_a_gpu() {
     );
     assert!(ok, "{text}");
 }
+
+#[test]
+fn check_config_refuses_the_ports_serve_would_refuse() {
+    // The gateway's own port (8000 by default) cannot also be a model's pinned port.
+    let (ok, text) = check_config(
+        json!({"chat": {"type": "chat", "port": 8000, "device": "cpu"}}),
+        &[],
+    );
+    assert!(!ok, "accepted: {text}");
+    assert!(
+        text.contains("models.chat.port") && text.contains("gateway's own port"),
+        "{text}"
+    );
+    // An engine's private port (port + engine_port_offset) on another model's pinned port.
+    let (ok, text) = check_config(
+        json!({
+            "a": {"type": "embedding", "port": 9001, "device": "cpu"},
+            "b": {"type": "rerank", "port": 19001, "device": "cpu"},
+        }),
+        &[],
+    );
+    assert!(!ok, "accepted: {text}");
+    assert!(text.contains("19001"), "{text}");
+    // Ports that do not meet are fine.
+    let (ok, text) = check_config(
+        json!({
+            "a": {"type": "embedding", "port": 9001, "device": "cpu"},
+            "b": {"type": "rerank", "port": 9002, "device": "cpu"},
+        }),
+        &[],
+    );
+    assert!(ok, "{text}");
+}

@@ -2,7 +2,7 @@
 //! `POST /v2/rerank` (Cohere v2), `POST /rerank` (TEI shape when the body has `texts`,
 //! else the v1 shape) and `POST /v1/score` (vLLM).
 //!
-//! Requests are parsed leniently (unknown fields are ignored) and then validated here into
+//! Requests are parsed leniently (unknown fields are ignored and counted) and then validated here into
 //! a [`PairTask`]: every rejection names its parameter, and the document count is checked
 //! before any document is looked at, so a huge list costs nothing to refuse. The engine's
 //! `rerank` module turns a task into scores and these types back into JSON.
@@ -42,6 +42,10 @@ pub struct RerankRequest {
     /// Cohere v1: which keys of object documents are ranked (default `text`).
     #[serde(default)]
     pub rank_fields: Option<Vec<String>>,
+    /// Fields this type does not name: ignored and counted
+    /// (`trident_ignored_request_fields_total`).
+    #[serde(flatten)]
+    pub other: super::OtherFields,
 }
 
 /// `POST /rerank` in the text-embeddings-inference shape.
@@ -59,6 +63,10 @@ pub struct TeiRerankRequest {
     pub return_text: bool,
     #[serde(default = "default_true")]
     pub truncate: bool,
+    /// Fields this type does not name: ignored and counted
+    /// (`trident_ignored_request_fields_total`).
+    #[serde(flatten)]
+    pub other: super::OtherFields,
 }
 
 /// `POST /v1/score` (vLLM): `text_1` against `text_2`, 1:1, 1:N or N:N.
@@ -74,6 +82,10 @@ pub struct ScoreRequest {
     pub raw_scores: bool,
     #[serde(default = "default_true")]
     pub truncate: bool,
+    /// Fields this type does not name: ignored and counted
+    /// (`trident_ignored_request_fields_total`).
+    #[serde(flatten)]
+    pub other: super::OtherFields,
 }
 
 /// Validated work: score `firsts[a]` against `seconds[b]` for every `(a, b)` in `pairs`.

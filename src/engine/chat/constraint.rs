@@ -14,7 +14,7 @@ use llguidance::api::TopLevelGrammar;
 use llguidance::{Matcher, ParserFactory};
 use serde_json::Value;
 use tokenizers::Tokenizer;
-use toktrie::{TokEnv, TokRxInfo, TokTrie, TokenizerEnv};
+use toktrie::{SimpleVob, TokEnv, TokRxInfo, TokTrie, TokenizerEnv};
 
 /// What a request asked the output to match.
 #[derive(Debug, Clone, PartialEq)]
@@ -112,13 +112,19 @@ impl Grammars {
         if let Some(e) = matcher.get_error() {
             return Err(e);
         }
-        Ok(Constraint { matcher })
+        Ok(Constraint {
+            matcher,
+            ready: None,
+        })
     }
 }
 
 /// One sequence's live constraint.
 pub struct Constraint {
     matcher: Matcher,
+    /// The mask of the next token, computed ahead by [`Constraint::prepare`] (beside the
+    /// forward pass) and taken by [`Constraint::mask`].
+    ready: Option<Result<SimpleVob, String>>,
 }
 
 impl std::fmt::Debug for Constraint {
@@ -132,7 +138,11 @@ impl Constraint {
     /// only end-of-sequence is allowed. A matcher in error allows only end-of-sequence too, so
     /// the sequence ends rather than producing unconstrained text.
     pub fn mask(&mut self, logits: &mut [f32]) {
-        match self.matcher.compute_mask_or_eos() {
+        let mask = match self.ready.take() {
+            Some(m) => m,
+            None => self.compute(),
+        };
+        match mask {
             Ok(mask) => {
                 for (i, l) in logits.iter_mut().enumerate() {
                     if !mask.is_allowed(i as u32) {
@@ -163,11 +173,28 @@ impl Constraint {
     pub fn fork(&self) -> Constraint {
         Constraint {
             matcher: self.matcher.deep_clone(),
+            ready: self.ready.clone(),
         }
+    }
+
+    /// Computes the next token's mask now, so that [`Constraint::mask`] only applies it. The
+    /// scheduler calls this on another thread while the forward pass runs: the grammar's work
+    /// then costs no time on the model thread.
+    pub fn prepare(&mut self) {
+        if self.ready.is_none() {
+            self.ready = Some(self.compute());
+        }
+    }
+
+    fn compute(&mut self) -> Result<SimpleVob, String> {
+        self.matcher
+            .compute_mask_or_eos()
+            .map_err(|e| e.to_string())
     }
 
     /// Records the sampled token.
     pub fn advance(&mut self, token: u32) {
+        self.ready = None;
         if let Err(e) = self.matcher.consume_token(token) {
             tracing::warn!(error = %e, token, "structured output: token rejected by the grammar");
         }

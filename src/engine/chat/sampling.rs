@@ -127,6 +127,19 @@ impl Sampler {
         }
     }
 
+    /// Whether a grammar constrains this sequence.
+    pub fn constrained(&self) -> bool {
+        self.constraint.is_some()
+    }
+
+    /// Computes the grammar mask of the next token ahead of [`Sampler::sample`] (see
+    /// [`super::constraint::Constraint::prepare`]).
+    pub fn prepare(&mut self) {
+        if let Some(c) = &mut self.constraint {
+            c.prepare();
+        }
+    }
+
     /// The parameters, as the sampler uses them.
     pub fn params(&self) -> &SamplingParams {
         &self.params

@@ -333,30 +333,33 @@ impl<C> Scheduler<C> {
         };
         self.admit(backend, &mut stats);
         self.plan();
-        let mut items: Vec<BatchItem<'_, C>> = self
-            .running
-            .iter_mut()
-            .filter(|s| s.chunk > 0)
-            .map(|s| {
-                let Seq {
-                    tokens,
-                    cached,
-                    chunk,
-                    cache,
-                    ..
-                } = s;
-                BatchItem {
-                    tokens: &tokens[*cached..*cached + *chunk],
-                    cache,
-                }
-            })
-            .collect();
+        // The sequences that sample after this pass and follow a grammar get their masks
+        // computed beside it.
+        let mut items: Vec<BatchItem<'_, C>> = Vec::new();
+        let mut masks: Vec<&mut Sampler> = Vec::new();
+        for s in self.running.iter_mut().filter(|s| s.chunk > 0) {
+            let Seq {
+                tokens,
+                cached,
+                chunk,
+                cache,
+                sampler,
+                ..
+            } = s;
+            if *cached + *chunk == tokens.len() && sampler.constrained() {
+                masks.push(sampler);
+            }
+            items.push(BatchItem {
+                tokens: &tokens[*cached..*cached + *chunk],
+                cache,
+            });
+        }
         stats.batch_seqs = items.len();
         stats.batch_tokens = items.iter().map(|i| i.tokens.len()).sum();
         let result = if items.is_empty() {
             Ok(Vec::new())
         } else {
-            backend.step(&mut items)
+            forward_beside_masks(backend, &mut items, masks)
         };
         drop(items);
         match result {
@@ -437,6 +440,22 @@ impl<C> Scheduler<C> {
         self.draining.extend(draining);
         gone
     }
+}
+
+/// Runs the forward pass while a second thread computes the grammar masks of `masks`: the
+/// grammar engine's work overlaps the model's instead of following it.
+fn forward_beside_masks<B: DecoderBackend>(
+    backend: &B,
+    items: &mut [BatchItem<'_, B::Cache>],
+    masks: Vec<&mut Sampler>,
+) -> Result<Vec<Vec<f32>>, crate::models::ModelError> {
+    if masks.is_empty() {
+        return backend.step(items);
+    }
+    std::thread::scope(|scope| {
+        scope.spawn(move || masks.into_iter().for_each(Sampler::prepare));
+        backend.step(items)
+    })
 }
 
 /// Samples one sequence's next token from its logits, then detokenises it, checks the stop
