@@ -44,7 +44,12 @@ bench() {
     --requests "$REQUESTS" --warmup 1 --system-tokens "$SYSTEM_TOKENS" --prompt-tokens 32 \
     --max-tokens 8 --json
 }
-ttft() { python3 -c 'import json,sys; r=json.load(sys.stdin); print(f"{r[\"ttft_ms\"][\"p50\"]:.1f} ms (p90 {r[\"ttft_ms\"][\"p90\"]:.1f}), prompt {r[\"mean_prompt_tokens\"]:.0f} tokens")'; }
+ttft() {
+  python3 -c 'import json, sys
+r = json.load(sys.stdin)
+t = r["ttft_ms"]
+print("%.1f ms (p90 %.1f), prompt %.0f tokens" % (t["p50"], t["p90"], r["mean_prompt_tokens"]))'
+}
 
 for round in $(seq "${ROUNDS:-2}"); do
   echo "== round $round ($THREADS threads, ~$SYSTEM_TOKENS-token system prompt)"
