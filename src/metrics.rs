@@ -44,6 +44,13 @@ pub const GATEWAY_REFUSED_CONNECTIONS_TOTAL: &str = "trident_gateway_refused_con
 /// sequences (set every step). The scheduler reserves a sequence's worst case at admission
 /// and so never preempts; this is where KV pressure shows instead.
 pub const KV_BLOCKED_SEQUENCES: &str = "trident_kv_blocked_sequences";
+/// Prompt tokens of the chat requests admitted while the prefix cache is on.
+pub const PREFIX_CACHE_QUERY_TOKENS_TOTAL: &str = "trident_prefix_cache_query_tokens_total";
+/// Of those, tokens whose KV came from the prefix cache instead of a prefill (hit ratio =
+/// hits / queries).
+pub const PREFIX_CACHE_HIT_TOKENS_TOTAL: &str = "trident_prefix_cache_hit_tokens_total";
+/// KV blocks the chat prefix cache holds (in use by sequences or idle).
+pub const PREFIX_CACHE_BLOCKS: &str = "trident_prefix_cache_blocks";
 
 // GPU families, labelled `gpu` (the device index). Registered here so the dashboards, alert
 // rules and tests share one schema; the CUDA build fills them from NVML and a CPU build
@@ -111,6 +118,9 @@ pub const ALL: &[&str] = &[
     GATEWAY_OPEN_CONNECTIONS,
     GATEWAY_REFUSED_CONNECTIONS_TOTAL,
     KV_BLOCKED_SEQUENCES,
+    PREFIX_CACHE_QUERY_TOKENS_TOTAL,
+    PREFIX_CACHE_HIT_TOKENS_TOTAL,
+    PREFIX_CACHE_BLOCKS,
 ];
 
 /// Reasons for `trident_rejected_requests_total{reason}`.
@@ -161,6 +171,9 @@ pub struct Metrics {
     pub gateway_connections: IntGauge,
     pub gateway_refused_connections: prometheus::IntCounter,
     pub kv_blocked: IntGaugeVec,
+    pub prefix_query_tokens: IntCounterVec,
+    pub prefix_hit_tokens: IntCounterVec,
+    pub prefix_blocks: IntGaugeVec,
     pub gpu_utilization: GaugeVec,
     pub gpu_memory_used: GaugeVec,
     pub gpu_memory_total: GaugeVec,
@@ -275,6 +288,24 @@ impl Metrics {
                 &r,
                 KV_BLOCKED_SEQUENCES,
                 "Requests waiting because the KV budget is reserved",
+                &["model"],
+            ),
+            prefix_query_tokens: counter(
+                &r,
+                PREFIX_CACHE_QUERY_TOKENS_TOTAL,
+                "Prompt tokens looked up in the prefix cache",
+                &["model"],
+            ),
+            prefix_hit_tokens: counter(
+                &r,
+                PREFIX_CACHE_HIT_TOKENS_TOTAL,
+                "Prompt tokens served from the prefix cache",
+                &["model"],
+            ),
+            prefix_blocks: gauge(
+                &r,
+                PREFIX_CACHE_BLOCKS,
+                "KV blocks held by the prefix cache",
                 &["model"],
             ),
             requests: counter(
@@ -445,6 +476,9 @@ mod tests {
         m.gateway_connections.set(1);
         m.gateway_refused_connections.inc();
         m.kv_blocked.with_label_values(&["m"]).set(0);
+        m.prefix_query_tokens.with_label_values(&["m"]).inc();
+        m.prefix_hit_tokens.with_label_values(&["m"]).inc();
+        m.prefix_blocks.with_label_values(&["m"]).set(1);
         m.gpu_utilization.with_label_values(&["0"]).set(0.5);
         m.gpu_memory_used.with_label_values(&["0"]).set(1.0);
         m.gpu_memory_total.with_label_values(&["0"]).set(2.0);

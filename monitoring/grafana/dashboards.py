@@ -377,6 +377,26 @@ def chat():
         unit="percentunit", min=0, max=1, w=12,
     )
     b.ts(
+        "Prefix cache hit ratio", "前缀缓存命中率",
+        "Share of admitted prompt tokens whose KV came from the prefix cache instead of a prefill (hit tokens / looked-up prompt tokens). Shared system prompts and tool lists raise it; a model with prefix_cache off, or the device path, stays at 0.",
+        "已接纳请求的提示 token 中，KV 取自前缀缓存而非预填充的比例（命中 token / 查询的提示 token）。共享的系统提示与工具列表会提高它；关闭 prefix_cache 的模型或设备路径保持为 0。",
+        [
+            q(f'sum by (model) (rate(trident_prefix_cache_hit_tokens_total{{{c}}}[{RI}])) / sum by (model) (rate(trident_prefix_cache_query_tokens_total{{{c}}}[{RI}]))', "hit ratio {{model}}"),
+        ],
+        unit="percentunit", min=0, max=1, w=12,
+    )
+    b.ts(
+        "Prefix cache tokens and blocks", "前缀缓存 token 与块数",
+        "Prompt tokens looked up and served from the prefix cache per second, and the KV blocks (16 tokens each) the cache holds; idle blocks are evicted, least recently used first, before a request would wait for KV.",
+        "每秒查询与命中前缀缓存的提示 token，以及缓存持有的 KV 块数（每块 16 个 token）；在请求因 KV 而等待之前，会先按最近最少使用淘汰空闲块。",
+        [
+            q(f'sum by (model) (rate(trident_prefix_cache_query_tokens_total{{{c}}}[{RI}]))', "looked up/s {{model}}"),
+            q(f'sum by (model) (rate(trident_prefix_cache_hit_tokens_total{{{c}}}[{RI}]))', "hit/s {{model}}"),
+            q(f'sum by (model) (trident_prefix_cache_blocks{{{c}}})', "blocks {{model}}"),
+        ],
+        w=12,
+    )
+    b.ts(
         "Rejections by reason", "拒绝（按原因）",
         "Chat requests refused: queue_full (429), too_long (context exceeded), invalid, disconnected.",
         "被拒绝的对话请求：queue_full（429）、too_long（超出上下文）、invalid、disconnected。",

@@ -30,6 +30,10 @@ pub struct ChatBenchArgs {
     /// Output tokens per request.
     #[arg(long, default_value_t = 64)]
     pub max_tokens: usize,
+    /// Put the same system message of about this many tokens before every request's own
+    /// user turn (0: none): with the warm-up request it measures the prefix cache.
+    #[arg(long, default_value_t = 0)]
+    pub system_tokens: usize,
     /// Requests sent before timing starts.
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
@@ -131,9 +135,18 @@ pub async fn run(args: &ChatBenchArgs) -> anyhow::Result<u8> {
         None => None,
     };
     let body = |i: usize| {
+        let user =
+            serde_json::json!({"role": "user", "content": filler_text(i, args.prompt_tokens)});
+        let messages = if args.system_tokens > 0 {
+            // One seed for every request: the same text each time.
+            let system = filler_text(usize::MAX, args.system_tokens);
+            serde_json::json!([{"role": "system", "content": system}, user])
+        } else {
+            serde_json::json!([user])
+        };
         let mut b = serde_json::json!({
             "model": args.model,
-            "messages": [{"role": "user", "content": filler_text(i, args.prompt_tokens)}],
+            "messages": messages,
             "max_tokens": args.max_tokens,
             "temperature": 0,
             "ignore_eos": true,

@@ -33,6 +33,7 @@ pub const ENTRY_KEYS: &[&str] = &[
     "threads",
     "kv_cache_memory_mb",
     "reasoning_parser",
+    "prefix_cache",
     "upstream",
     "upstream_api_key_file",
     "token_ids",
@@ -149,6 +150,9 @@ pub struct ModelEntry {
     /// Whether a chat model's `<think>…</think>` comes back as `reasoning_content` (chat).
     #[serde(default)]
     pub reasoning_parser: ReasoningParser,
+    /// Whether a chat model reuses the KV of prompt prefixes it has seen (default on).
+    #[serde(default = "yes")]
+    pub prefix_cache: bool,
     /// Remote OpenAI-compatible servers used instead of a local engine: one URL or a list
     /// (replicas of the model on other hosts, balanced and ejected like local ones).
     #[serde(default)]
@@ -184,6 +188,10 @@ impl<'de> Deserialize<'de> for Upstreams {
 
 fn one() -> usize {
     1
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The whole `models.json` file.
@@ -344,6 +352,12 @@ impl ModelsFile {
                 if v == Some(0) {
                     problems.push(problem(&at(key), "must be at least 1"));
                 }
+            }
+            if !e.prefix_cache && e.kind != ModelKind::Chat {
+                problems.push(problem(
+                    &at("prefix_cache"),
+                    "only applies to chat models (type \"chat\")",
+                ));
             }
             if e.token_ids != TokenIds::Refuse && e.kind != ModelKind::Embedding {
                 problems.push(problem(
@@ -561,6 +575,26 @@ mod tests {
             "{problems:?}"
         );
         assert!(problems[0].message.contains("model_vocab"), "{problems:?}");
+    }
+
+    #[test]
+    fn prefix_cache_defaults_on_and_is_a_chat_boolean() {
+        let text = r#"{"models": {
+          "a": {"path": "/x", "type": "chat", "port": 9000},
+          "b": {"path": "/y", "type": "chat", "port": 9001, "prefix_cache": false}}}"#;
+        let f = ModelsFile::parse(text, CheckOptions::default()).unwrap();
+        assert!(f.models["a"].prefix_cache);
+        assert!(!f.models["b"].prefix_cache);
+        let bad = r#"{"models": {
+          "a": {"path": "/x", "type": "chat", "port": 9000, "prefix_cache": "no"},
+          "b": {"path": "/y", "type": "embedding", "port": 9001, "prefix_cache": false}}}"#;
+        let problems = ModelsFile::parse(bad, CheckOptions::default()).unwrap_err();
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["models.a.prefix_cache", "models.b.prefix_cache"],
+            "{problems:?}"
+        );
     }
 
     #[test]

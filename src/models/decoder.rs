@@ -21,6 +21,8 @@ use super::llama::gguf::GgufFile;
 use super::llama::{st, KvCache, Llama, SeqStep};
 use super::{gguf_tokenizer, DTypeChoice, LoadOptions, ModelError};
 
+pub use super::llama::KvBlock;
+
 /// What the chat engine needs to know about a loaded decoder.
 #[derive(Debug, Clone)]
 pub struct DecoderInfo {
@@ -89,6 +91,8 @@ impl SamplingDefaults {
 }
 
 /// The KV cache of one sequence (not `Clone`: on the device path it owns blocks of a pool).
+/// On the CPU path its first positions may be [`KvBlock`]s shared with other sequences
+/// (the chat engine's prefix cache); the device path does not share blocks yet.
 #[derive(Debug)]
 pub struct SeqCache {
     inner: CacheInner,
@@ -425,6 +429,26 @@ impl DecoderModel {
     pub fn set_kv_budget(&self, bytes: usize) {
         if let Net::Device(m) = &self.net {
             m.set_kv_budget(bytes);
+        }
+    }
+
+    /// A KV cache that starts with `blocks`, shared rather than copied; `None` on the device
+    /// path, whose pool blocks are not shared yet.
+    pub fn with_prefix(&self, blocks: Vec<std::sync::Arc<KvBlock>>) -> Option<SeqCache> {
+        match &self.net {
+            Net::Fast(m) => Some(SeqCache {
+                inner: CacheInner::Fast(m.cache_with_prefix(blocks)),
+            }),
+            Net::Device(_) => None,
+        }
+    }
+
+    /// A copy of positions `start..start + len` of `cache` as a shareable block; `None` on the
+    /// device path or when the positions are not cached.
+    pub fn export_block(&self, cache: &SeqCache, start: usize, len: usize) -> Option<KvBlock> {
+        match (&self.net, &cache.inner) {
+            (Net::Fast(m), CacheInner::Fast(c)) => c.export(start, len, m.kv_dim()),
+            _ => None,
         }
     }
 

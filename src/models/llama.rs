@@ -11,7 +11,7 @@
 pub mod gguf;
 pub mod st;
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
@@ -96,12 +96,74 @@ pub struct Layer {
     pub down: QLinear,
 }
 
-/// Keys and values of one sequence: per layer, `len × kv_heads × head_dim` f32.
+/// Keys and values of one sequence. The first positions may be blocks shared with other
+/// sequences (the chat engine's prefix cache; read-only); the rest are the sequence's own,
+/// per layer `(len - shared positions) × kv_heads × head_dim` f32. A clone shares the
+/// blocks and copies the rest.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
     pub len: usize,
+    pub shared: Vec<Arc<KvBlock>>,
     pub k: Vec<Vec<f32>>,
     pub v: Vec<Vec<f32>>,
+}
+
+/// Keys and values of `len` consecutive positions, per layer `len × kv_heads × head_dim`
+/// f32: the unit caches share.
+#[derive(Debug)]
+pub struct KvBlock {
+    pub len: usize,
+    pub k: Vec<Vec<f32>>,
+    pub v: Vec<Vec<f32>>,
+}
+
+impl KvCache {
+    /// Positions held by shared blocks.
+    pub fn shared_len(&self) -> usize {
+        self.shared.iter().map(|b| b.len).sum()
+    }
+
+    /// Layer `li`'s keys and values as contiguous runs of rows, in position order: each
+    /// shared block, then the sequence's own rows.
+    fn segments(&self, li: usize) -> Vec<(&[f32], &[f32])> {
+        self.shared
+            .iter()
+            .map(|b| (b.k[li].as_slice(), b.v[li].as_slice()))
+            .chain(std::iter::once((
+                self.k[li].as_slice(),
+                self.v[li].as_slice(),
+            )))
+            .collect()
+    }
+
+    /// A copy of positions `start..start + len` (`kvd` floats per row and layer), or `None`
+    /// when they are not all cached.
+    pub fn export(&self, start: usize, len: usize, kvd: usize) -> Option<KvBlock> {
+        if len == 0 || start + len > self.len {
+            return None;
+        }
+        let layers = self.k.len();
+        let (mut k, mut v) = (Vec::with_capacity(layers), Vec::with_capacity(layers));
+        for li in 0..layers {
+            let (mut kb, mut vb) = (Vec::with_capacity(len * kvd), Vec::with_capacity(len * kvd));
+            let mut pos = 0;
+            for (ks, vs) in self.segments(li) {
+                let rows = ks.len() / kvd;
+                let (from, to) = (start.max(pos), (start + len).min(pos + rows));
+                if from < to {
+                    kb.extend_from_slice(&ks[(from - pos) * kvd..(to - pos) * kvd]);
+                    vb.extend_from_slice(&vs[(from - pos) * kvd..(to - pos) * kvd]);
+                }
+                pos += rows;
+            }
+            if kb.len() != len * kvd {
+                return None;
+            }
+            k.push(kb);
+            v.push(vb);
+        }
+        Some(KvBlock { len, k, v })
+    }
 }
 
 /// Buffers reused from step to step.
@@ -223,16 +285,37 @@ impl Llama {
     pub fn new_cache(&self) -> KvCache {
         KvCache {
             len: 0,
+            shared: Vec::new(),
             k: vec![Vec::new(); self.cfg.num_layers],
             v: vec![Vec::new(); self.cfg.num_layers],
         }
     }
 
+    /// A cache that starts with `blocks` (shared, not copied).
+    pub fn cache_with_prefix(&self, blocks: Vec<Arc<KvBlock>>) -> KvCache {
+        let mut c = self.new_cache();
+        c.len = blocks.iter().map(|b| b.len).sum();
+        c.shared = blocks;
+        c
+    }
+
+    /// Floats of one position's keys (or values) in one layer.
+    pub fn kv_dim(&self) -> usize {
+        self.cfg.num_kv_heads * self.cfg.head_dim
+    }
+
     /// Checks a step's input without touching any cache.
     fn validate(&self, items: &[SeqStep<'_>]) -> Result<(), ModelError> {
+        let (layers, kvd) = (self.cfg.num_layers, self.kv_dim());
         for (i, it) in items.iter().enumerate() {
             check_tokens(&self.cfg, i, it.tokens, it.cache.len)?;
-            if it.cache.k.len() != self.cfg.num_layers {
+            let c = &it.cache;
+            let foreign = c.k.len() != layers
+                || c.shared_len() > c.len
+                || c.shared
+                    .iter()
+                    .any(|b| b.k.len() != layers || b.k.iter().any(|k| k.len() != b.len * kvd));
+            if foreign {
                 return Err(ModelError::Input("cache belongs to another model".into()));
             }
         }
@@ -369,23 +452,19 @@ impl Llama {
         let w = qd + 2 * kvd;
         let group = nh / nkv;
         let scale = 1.0 / (hd as f32).sqrt();
+        // Each sequence's keys and values: its shared blocks, then its own rows.
+        let segs: Vec<Vec<(&[f32], &[f32])>> =
+            items.iter().map(|it| it.cache.segments(li)).collect();
         let mut units = Vec::with_capacity(items.len() * nh);
         let mut off = 0;
-        for it in items {
+        for (it, segs) in items.iter().zip(&segs) {
             for h in 0..nh {
-                units.push((
-                    off,
-                    it.tokens.len(),
-                    it.cache.len,
-                    &it.cache.k[li],
-                    &it.cache.v[li],
-                    h,
-                ));
+                units.push((off, it.tokens.len(), it.cache.len, segs.as_slice(), h));
             }
             off += it.tokens.len();
         }
         let ptr = SharedMut::new(out);
-        units.par_iter().for_each(|&(off, len, start, kc, vc, h)| {
+        units.par_iter().for_each(|&(off, len, start, segs, h)| {
             let p = ptr;
             let g = h / group;
             let mut scores = Vec::with_capacity(start + len);
@@ -396,11 +475,14 @@ impl Llama {
                 let ctx = start + t + 1;
                 scores.clear();
                 let mut max = f32::NEG_INFINITY;
-                for j in 0..ctx {
-                    let k = &kc[j * kvd + g * hd..j * kvd + (g + 1) * hd];
-                    let sc = dot(q, k) * scale;
-                    max = max.max(sc);
-                    scores.push(sc);
+                for (kc, _) in segs {
+                    let rows = (kc.len() / kvd).min(ctx - scores.len());
+                    for j in 0..rows {
+                        let k = &kc[j * kvd + g * hd..j * kvd + (g + 1) * hd];
+                        let sc = dot(q, k) * scale;
+                        max = max.max(sc);
+                        scores.push(sc);
+                    }
                 }
                 let mut sum = 0f32;
                 for sc in scores.iter_mut() {
@@ -408,11 +490,16 @@ impl Llama {
                     sum += *sc;
                 }
                 acc.iter_mut().for_each(|a| *a = 0.0);
-                for (j, sc) in scores.iter().enumerate() {
-                    let v = &vc[j * kvd + g * hd..j * kvd + (g + 1) * hd];
-                    for (a, b) in acc.iter_mut().zip(v) {
-                        *a += sc * b;
+                let mut done = 0;
+                for (_, vc) in segs {
+                    let rows = (vc.len() / kvd).min(ctx - done);
+                    for (j, sc) in scores[done..done + rows].iter().enumerate() {
+                        let v = &vc[j * kvd + g * hd..j * kvd + (g + 1) * hd];
+                        for (a, b) in acc.iter_mut().zip(v) {
+                            *a += sc * b;
+                        }
                     }
+                    done += rows;
                 }
                 let inv = 1.0 / sum;
                 for (i, a) in acc.iter().enumerate() {

@@ -14,6 +14,7 @@ mod embeddings;
 mod errors;
 mod faults;
 mod gateway;
+mod prefix_cache;
 mod reasoning;
 mod rerank;
 mod structured;

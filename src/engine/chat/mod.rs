@@ -5,6 +5,7 @@
 //! * `template` — the model's chat template (minijinja).
 //! * `runner` — the model thread and the handlers' bounded inbox.
 //! * `scheduler` — the plain continuous-batching state (waiting/running, KV budget).
+//! * `prefix` — the prefix cache (shared KV blocks of prompt prefixes, LRU).
 //! * `sampling`, `text` — token choice, incremental detokenisation, stop strings.
 //! * `stream` — OpenAI response and SSE shapes.
 //! * `backend` — the trait the scheduler drives, implemented by `DecoderModel`.
@@ -12,6 +13,7 @@
 pub mod backend;
 pub mod constraint;
 pub mod logprobs;
+pub mod prefix;
 pub mod reasoning;
 pub mod request;
 pub mod routes;
@@ -176,6 +178,11 @@ pub fn limits(entry: &ModelEntry, info: &DecoderInfo, kv_bytes: usize) -> ChatLi
                 .unwrap_or(DEFAULT_MAX_BATCH_TOKENS)
                 .max(max_num_seqs),
             kv_budget_tokens,
+            prefix_block_tokens: if entry.prefix_cache {
+                prefix::DEFAULT_BLOCK_TOKENS
+            } else {
+                0
+            },
         },
         max_model_len,
         max_queue: entry.max_queue.unwrap_or(DEFAULT_MAX_QUEUE),

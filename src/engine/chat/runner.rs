@@ -112,6 +112,16 @@ impl RunnerMetrics {
         m.kv_blocked
             .with_label_values(&model)
             .set(st.kv_blocked as i64);
+        // Counters at 0 from the start, so rates and ratios exist before the first hit.
+        m.prefix_query_tokens
+            .with_label_values(&model)
+            .inc_by(st.prefix_query_tokens as u64);
+        m.prefix_hit_tokens
+            .with_label_values(&model)
+            .inc_by(st.prefix_hit_tokens as u64);
+        m.prefix_blocks
+            .with_label_values(&model)
+            .set(st.prefix_blocks as i64);
     }
 }
 
@@ -191,7 +201,7 @@ fn model_task<B: DecoderBackend>(
     metrics: RunnerMetrics,
     watch: ModelWatch,
 ) {
-    let mut sched: Scheduler<B::Cache> = Scheduler::new(cfg);
+    let mut sched: Scheduler<B> = Scheduler::new(cfg);
     loop {
         {
             let mut inbox = shared.lock();
@@ -225,7 +235,7 @@ fn model_task<B: DecoderBackend>(
     }
 }
 
-fn sched_extend<C>(sched: &mut Scheduler<C>, queue: &mut VecDeque<GenRequest>) {
+fn sched_extend<B: DecoderBackend>(sched: &mut Scheduler<B>, queue: &mut VecDeque<GenRequest>) {
     for req in queue.drain(..) {
         sched.add(req);
     }
@@ -275,6 +285,7 @@ mod tests {
             max_num_seqs: 4,
             max_batch_tokens: 64,
             kv_budget_tokens: 1000,
+            prefix_block_tokens: 0,
         };
         let q = ChatQueue::start(
             FakeDecoder::new(mix),

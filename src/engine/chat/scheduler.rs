@@ -6,6 +6,13 @@
 //! token budget on prefill chunks (oldest first), runs one forward pass over all of them,
 //! then samples, detokenises, checks stop conditions and queues the events for each client.
 //! The model thread in `runner` owns it; handlers only see the event channel.
+//!
+//! With a [`PrefixCache`], admission starts a sequence's cache with the cached blocks of its
+//! prompt's longest known prefix (prefill resumes after them), and a sequence whose prompt
+//! is fully prefilled adds its whole prompt blocks to the cache. Memory: a sequence still
+//! reserves its whole worst case (so the blocks it holds are inside its reservation), and
+//! blocks nobody holds count on their own; admission and insertion evict those, least
+//! recently used first, before anything is refused, so the cache never keeps a request out.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -13,6 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::backend::{BatchItem, DecoderBackend};
+use super::prefix::PrefixCache;
 use super::sampling::{Sampler, SamplingParams};
 use super::text::{Detokenizer, StopMatcher};
 
@@ -106,6 +114,8 @@ pub struct SchedulerConfig {
     pub max_batch_tokens: usize,
     /// Tokens of KV cache the budget holds.
     pub kv_budget_tokens: usize,
+    /// Tokens per prefix-cache block; 0 turns the prefix cache off.
+    pub prefix_block_tokens: usize,
 }
 
 struct Seq<C> {
@@ -188,33 +198,48 @@ pub struct StepStats {
     /// stopped for another reason or nothing waits).
     pub kv_blocked: usize,
     pub kv_usage: f64,
+    /// Prompt tokens of the requests admitted this step (prefix cache on).
+    pub prefix_query_tokens: usize,
+    /// Of those, tokens whose KV came from the prefix cache instead of a prefill.
+    pub prefix_hit_tokens: usize,
+    /// Blocks the prefix cache holds after the step.
+    pub prefix_blocks: usize,
     /// The forward pass failed (its sequences got an error event).
     pub failed: Option<String>,
 }
 
-/// The scheduler state: waiting requests, running sequences, KV reservations.
-pub struct Scheduler<C> {
+/// The scheduler state of a backend `B`: waiting requests, running sequences, KV
+/// reservations and the prefix cache.
+pub struct Scheduler<B: DecoderBackend> {
     cfg: SchedulerConfig,
     waiting: VecDeque<GenRequest>,
-    running: Vec<Seq<C>>,
+    running: Vec<Seq<B::Cache>>,
     /// Finished sequences whose last events the client has not taken yet.
     draining: Vec<(mpsc::Sender<Event>, VecDeque<Event>)>,
     reserved: usize,
+    prefix: Option<PrefixCache<B::Block>>,
 }
 
-impl<C> Scheduler<C> {
+impl<B: DecoderBackend> Scheduler<B> {
     pub fn new(cfg: SchedulerConfig) -> Self {
         Scheduler {
             cfg: SchedulerConfig {
                 max_num_seqs: cfg.max_num_seqs.max(1),
                 max_batch_tokens: cfg.max_batch_tokens.max(cfg.max_num_seqs).max(1),
-                kv_budget_tokens: cfg.kv_budget_tokens,
+                ..cfg
             },
             waiting: VecDeque::new(),
             running: Vec::new(),
             draining: Vec::new(),
             reserved: 0,
+            prefix: (cfg.prefix_block_tokens > 0)
+                .then(|| PrefixCache::new(cfg.prefix_block_tokens)),
         }
+    }
+
+    /// The prefix cache, when it is on.
+    pub fn prefix_cache(&self) -> Option<&PrefixCache<B::Block>> {
+        self.prefix.as_ref()
     }
 
     pub fn config(&self) -> SchedulerConfig {
@@ -278,15 +303,21 @@ impl<C> Scheduler<C> {
     }
 
     /// Moves waiting requests into the running set, oldest first, while they fit (a
-    /// request with siblings needs room for all of them).
-    fn admit<B: DecoderBackend<Cache = C>>(&mut self, backend: &B, stats: &mut StepStats) {
+    /// request with siblings needs room for all of them). A request starts from the cached
+    /// blocks of its prompt's longest cached prefix.
+    fn admit(&mut self, backend: &B, stats: &mut StepStats) {
         while let Some(front) = self.waiting.front() {
             if self.running.len() + front.group().min(self.cfg.max_num_seqs) > self.cfg.max_num_seqs
             {
                 break;
             }
             let need = front.worst_case_tokens();
-            if self.reserved + need > self.cfg.kv_budget_tokens {
+            // Held from here on, so making room below cannot evict them.
+            let hit = match &mut self.prefix {
+                Some(p) => p.lookup(&front.prompt),
+                None => Vec::new(),
+            };
+            if !self.make_room(need) {
                 stats.kv_blocked = self.waiting.len();
                 break;
             }
@@ -299,9 +330,40 @@ impl<C> Scheduler<C> {
             let sampler = Sampler::new(req.params.clone(), &req.prompt)
                 .with_constraint(req.constraint.take())
                 .with_eos(&backend.info().eos_token_ids);
-            self.running
-                .push(Seq::new(req, backend.new_sequence(), 0, sampler));
+            let (cache, cached) = match self.prefix.as_ref().map(PrefixCache::block_tokens) {
+                Some(bt) => {
+                    stats.prefix_query_tokens += req.prompt.len();
+                    let matched = hit.len() * bt;
+                    match (matched > 0).then(|| backend.with_prefix(hit)).flatten() {
+                        Some(cache) => {
+                            stats.prefix_hit_tokens += matched;
+                            (cache, matched)
+                        }
+                        None => (backend.new_sequence(), 0),
+                    }
+                }
+                None => (backend.new_sequence(), 0),
+            };
+            self.running.push(Seq::new(req, cache, cached, sampler));
         }
+    }
+
+    /// Whether `need` more reserved tokens fit the budget beside the reservations and the
+    /// prefix cache's idle blocks, evicting idle blocks when that makes them fit.
+    fn make_room(&mut self, need: usize) -> bool {
+        let budget = self.cfg.kv_budget_tokens;
+        let wanted = self.reserved + need;
+        if wanted > budget {
+            return false;
+        }
+        let Some(p) = &mut self.prefix else {
+            return true;
+        };
+        let idle = p.idle_tokens();
+        if wanted + idle > budget {
+            p.evict(wanted + idle - budget);
+        }
+        wanted + p.idle_tokens() <= budget
     }
 
     /// Plans the step: one token per decoding sequence, then prefill chunks oldest first.
@@ -326,7 +388,7 @@ impl<C> Scheduler<C> {
     }
 
     /// Runs one scheduling step and forward pass.
-    pub fn step<B: DecoderBackend<Cache = C>>(&mut self, backend: &B) -> StepStats {
+    pub fn step(&mut self, backend: &B) -> StepStats {
         let mut stats = StepStats {
             disconnected: self.drop_disconnected(),
             ..StepStats::default()
@@ -335,7 +397,7 @@ impl<C> Scheduler<C> {
         self.plan();
         // The sequences that sample after this pass and follow a grammar get their masks
         // computed beside it.
-        let mut items: Vec<BatchItem<'_, C>> = Vec::new();
+        let mut items: Vec<BatchItem<'_, B::Cache>> = Vec::new();
         let mut masks: Vec<&mut Sampler> = Vec::new();
         for s in self.running.iter_mut().filter(|s| s.chunk > 0) {
             let Seq {
@@ -377,20 +439,24 @@ impl<C> Scheduler<C> {
         stats.running = self.running.len();
         stats.waiting = self.waiting.len();
         stats.kv_usage = self.kv_usage();
+        stats.prefix_blocks = self.prefix.as_ref().map_or(0, PrefixCache::len);
         stats
     }
 
     /// Samples the next token of every sequence whose prompt is now fully cached. A request
-    /// with siblings forks them here, from the same logits, before its own first token.
-    fn consume<B: DecoderBackend<Cache = C>>(
-        &mut self,
-        backend: &B,
-        logits: Vec<Vec<f32>>,
-        stats: &mut StepStats,
-    ) {
+    /// with siblings forks them here, from the same logits, before its own first token; its
+    /// prompt blocks go into the prefix cache first.
+    fn consume(&mut self, backend: &B, logits: Vec<Vec<f32>>, stats: &mut StepStats) {
         let now = Instant::now();
         let mut forked = Vec::new();
-        let batched = self.running.iter_mut().filter(|s| s.chunk > 0);
+        let Scheduler {
+            running,
+            prefix,
+            reserved,
+            cfg,
+            ..
+        } = self;
+        let batched = running.iter_mut().filter(|s| s.chunk > 0);
         for (s, l) in batched.zip(logits) {
             if s.generated == 0 {
                 stats.prefill_tokens += s.chunk;
@@ -398,6 +464,15 @@ impl<C> Scheduler<C> {
             s.cached += s.chunk;
             if s.cached < s.tokens.len() {
                 continue; // mid-prompt chunk: its logits are not needed
+            }
+            if let (Some(p), 0) = (prefix.as_mut(), s.generated) {
+                let free = cfg
+                    .kv_budget_tokens
+                    .saturating_sub(*reserved + p.idle_tokens());
+                let cache = &s.cache;
+                p.insert(&s.tokens, free, |start, len| {
+                    backend.export_block(cache, start, len)
+                });
             }
             for (i, events) in std::mem::take(&mut s.req.siblings).into_iter().enumerate() {
                 let sampler = s.sampler.fork(i as u64 + 1);
@@ -413,7 +488,7 @@ impl<C> Scheduler<C> {
             }
             advance(s, l, backend, now, stats);
         }
-        self.running.extend(forked);
+        running.extend(forked);
     }
 
     /// Delivers queued events and removes finished or abandoned sequences; returns how
@@ -529,3 +604,7 @@ fn finish<C>(s: &mut Seq<C>, text: String, reason: FinishReason) {
 #[cfg(test)]
 #[path = "scheduler_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "scheduler_prefix_tests.rs"]
+mod prefix_tests;

@@ -15,7 +15,7 @@ fn greedy() -> SamplingParams {
     }
 }
 
-fn request(prompt: Vec<u32>, max_tokens: usize) -> (GenRequest, mpsc::Receiver<Event>) {
+pub(super) fn request(prompt: Vec<u32>, max_tokens: usize) -> (GenRequest, mpsc::Receiver<Event>) {
     let (tx, rx) = mpsc::channel(1024);
     let req = GenRequest {
         prompt,
@@ -31,16 +31,18 @@ fn request(prompt: Vec<u32>, max_tokens: usize) -> (GenRequest, mpsc::Receiver<E
     (req, rx)
 }
 
+/// Limits with the prefix cache off (its own tests turn it on).
 fn cfg(max_num_seqs: usize, max_batch_tokens: usize, kv: usize) -> SchedulerConfig {
     SchedulerConfig {
         max_num_seqs,
         max_batch_tokens,
         kv_budget_tokens: kv,
+        prefix_block_tokens: 0,
     }
 }
 
 /// Collects a finished stream: (text, finish reason, completion tokens).
-fn collect(rx: &mut mpsc::Receiver<Event>) -> Option<(String, FinishReason, usize)> {
+pub(super) fn collect(rx: &mut mpsc::Receiver<Event>) -> Option<(String, FinishReason, usize)> {
     let mut text = String::new();
     while let Ok(ev) = rx.try_recv() {
         match ev {
@@ -57,7 +59,7 @@ fn collect(rx: &mut mpsc::Receiver<Event>) -> Option<(String, FinishReason, usiz
     None
 }
 
-fn run_to_end(s: &mut Scheduler<Vec<u32>>, m: &FakeDecoder) -> usize {
+pub(super) fn run_to_end(s: &mut Scheduler<FakeDecoder>, m: &FakeDecoder) -> usize {
     let mut steps = 0;
     while !s.is_idle() {
         s.step(m);
@@ -67,7 +69,7 @@ fn run_to_end(s: &mut Scheduler<Vec<u32>>, m: &FakeDecoder) -> usize {
     steps
 }
 
-fn solo(prompt: Vec<u32>, max_tokens: usize) -> (String, FinishReason, usize) {
+pub(super) fn solo(prompt: Vec<u32>, max_tokens: usize) -> (String, FinishReason, usize) {
     let m = FakeDecoder::new(mix);
     let mut s = Scheduler::new(cfg(4, 512, 10_000));
     let (req, mut rx) = request(prompt, max_tokens);
@@ -366,7 +368,7 @@ fn logprobs_come_before_each_token_from_the_raw_logits() {
 }
 
 /// A request with `n - 1` siblings and the receivers of all `n` choices.
-fn group(
+pub(super) fn group(
     prompt: Vec<u32>,
     max_tokens: usize,
     n: usize,

@@ -3,6 +3,7 @@
 //! batching or cache bookkeeping changes its output.
 
 use std::cell::RefCell;
+use std::sync::Arc;
 
 use tokenizers::Tokenizer;
 
@@ -40,6 +41,16 @@ pub struct FakeDecoder {
     pub fail: bool,
     /// Whether caches can be copied (else `n` > 1 siblings prefill themselves).
     pub can_fork: bool,
+    /// Whether caches can share blocks (else the prefix cache stays empty).
+    pub can_share: bool,
+}
+
+/// The fake's KV cache: the whole history, and the shared blocks it starts with (held, as
+/// a real cache holds them).
+#[derive(Debug, Clone, Default)]
+pub struct FakeCache {
+    pub tokens: Vec<u32>,
+    pub shared: Vec<Arc<Vec<u32>>>,
 }
 
 /// The default rule: a hash of the history over the ordinary tokens 0..=4.
@@ -75,12 +86,16 @@ impl FakeDecoder {
             steps: RefCell::new(Vec::new()),
             fail: false,
             can_fork: true,
+            can_share: true,
         }
     }
 }
 
 impl DecoderBackend for FakeDecoder {
-    type Cache = Vec<u32>;
+    type Cache = FakeCache;
+    /// A block's "keys and values" are its tokens, so a block reused after the wrong
+    /// prefix changes the output.
+    type Block = Vec<u32>;
 
     fn info(&self) -> &DecoderInfo {
         &self.info
@@ -90,15 +105,27 @@ impl DecoderBackend for FakeDecoder {
         &self.tok
     }
 
-    fn new_sequence(&self) -> Vec<u32> {
-        Vec::new()
+    fn new_sequence(&self) -> FakeCache {
+        FakeCache::default()
     }
 
-    fn fork(&self, cache: &Vec<u32>) -> Option<Vec<u32>> {
+    fn fork(&self, cache: &FakeCache) -> Option<FakeCache> {
         self.can_fork.then(|| cache.clone())
     }
 
-    fn step(&self, items: &mut [BatchItem<'_, Vec<u32>>]) -> Result<Vec<Vec<f32>>, ModelError> {
+    fn export_block(&self, cache: &FakeCache, start: usize, len: usize) -> Option<Vec<u32>> {
+        let block = cache.tokens.get(start..start + len)?;
+        self.can_share.then(|| block.to_vec())
+    }
+
+    fn with_prefix(&self, blocks: Vec<Arc<Vec<u32>>>) -> Option<FakeCache> {
+        self.can_share.then(|| FakeCache {
+            tokens: blocks.iter().flat_map(|b| b.iter().copied()).collect(),
+            shared: blocks,
+        })
+    }
+
+    fn step(&self, items: &mut [BatchItem<'_, FakeCache>]) -> Result<Vec<Vec<f32>>, ModelError> {
         self.steps
             .borrow_mut()
             .push(items.iter().map(|i| i.tokens.len()).collect());
@@ -108,9 +135,9 @@ impl DecoderBackend for FakeDecoder {
         Ok(items
             .iter_mut()
             .map(|it| {
-                it.cache.extend_from_slice(it.tokens);
+                it.cache.tokens.extend_from_slice(it.tokens);
                 let mut logits = vec![0.0f32; 8];
-                logits[(self.next)(it.cache) as usize] = 10.0;
+                logits[(self.next)(&it.cache.tokens) as usize] = 10.0;
                 logits
             })
             .collect())
