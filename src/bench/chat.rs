@@ -10,6 +10,7 @@ use clap::Args;
 use futures::StreamExt;
 use serde::Serialize;
 
+use super::sse::SseEvents;
 use super::{authorize, drive, filler_text, Percentiles, Sample};
 
 #[derive(Debug, Clone, Args)]
@@ -60,6 +61,9 @@ struct Report {
     concurrency: usize,
     requests: usize,
     errors: usize,
+    /// Why the first failed request did not count.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first_error: Option<String>,
     mean_prompt_tokens: f64,
     max_tokens: usize,
     seconds: f64,
@@ -71,43 +75,39 @@ struct Report {
     e2e_ms: Percentiles,
 }
 
-/// Sends one streamed request and times its chunks.
-async fn one(req: reqwest::RequestBuilder) -> Option<StreamTiming> {
+/// Sends one streamed request and times its chunks; `Err` says why it does not count.
+/// The answer is complete at `data: [DONE]`: reading stops there, so how a server closes
+/// the body afterwards does not matter (the measurement ends at the last event).
+async fn one(req: reqwest::RequestBuilder) -> Result<StreamTiming, String> {
     let started = Instant::now();
-    let resp = req.send().await.ok()?;
-    if !resp.status().is_success() {
-        return None;
+    let resp = req.send().await.map_err(|e| format!("request failed: {e}"))?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(format!("HTTP {status}"));
     }
     let mut body = resp.bytes_stream();
-    let mut buf = String::new();
+    let mut events = SseEvents::default();
     let mut t = StreamTiming::default();
     let mut last: Option<Instant> = None;
     let mut done = false;
-    while let Some(chunk) = body.next().await {
-        buf.push_str(&String::from_utf8_lossy(&chunk.ok()?));
-        while let Some(end) = buf.find("\n\n") {
-            let event: String = buf.drain(..end + 2).collect();
-            let Some(data) = event.trim().strip_prefix("data:") else {
-                continue;
-            };
-            let data = data.trim();
+    'read: while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| format!("stream broke before [DONE]: {e}"))?;
+        let now = Instant::now();
+        for data in events.push(&chunk) {
             if data == "[DONE]" {
                 done = true;
-                continue;
+                break 'read;
             }
-            let v: serde_json::Value = serde_json::from_str(data).ok()?;
-            if v.get("error").is_some() {
-                return None;
+            let v: serde_json::Value = serde_json::from_str(&data)
+                .map_err(|e| format!("event is not JSON ({e}): {}", clip(&data)))?;
+            if let Some(e) = v.get("error") {
+                return Err(format!("error event: {}", clip(&e.to_string())));
             }
             if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
                 t.prompt_tokens = u["prompt_tokens"].as_u64().unwrap_or(0) as usize;
                 t.output_tokens = u["completion_tokens"].as_u64().unwrap_or(0) as usize;
             }
-            let has_text = v["choices"][0]["delta"]["content"]
-                .as_str()
-                .is_some_and(|c| !c.is_empty());
-            if has_text {
-                let now = Instant::now();
+            if has_text(&v) {
                 match last {
                     None => t.ttft = now - started,
                     Some(prev) => t.itl.push(now - prev),
@@ -117,7 +117,29 @@ async fn one(req: reqwest::RequestBuilder) -> Option<StreamTiming> {
         }
     }
     t.e2e = started.elapsed();
-    (done && t.output_tokens > 0).then_some(t)
+    if !done {
+        return Err("stream ended without data: [DONE]".into());
+    }
+    if t.output_tokens == 0 {
+        return Err("no usage.completion_tokens in the stream".into());
+    }
+    Ok(t)
+}
+
+/// Whether a chunk carries output text (content, or reasoning a server splits off).
+fn has_text(chunk: &serde_json::Value) -> bool {
+    let delta = &chunk["choices"][0]["delta"];
+    ["content", "reasoning_content"]
+        .iter()
+        .any(|k| delta[k].as_str().is_some_and(|c| !c.is_empty()))
+}
+
+/// The start of a long text, for error messages.
+fn clip(s: &str) -> String {
+    match s.char_indices().nth(160) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
 }
 
 /// Runs the benchmark; exit code 0 when no request failed.
@@ -151,13 +173,15 @@ pub async fn run(args: &ChatBenchArgs) -> anyhow::Result<u8> {
             .collect(),
     );
     let timings: Arc<Mutex<Vec<StreamTiming>>> = Arc::default();
+    let failures: Arc<Mutex<Vec<String>>> = Arc::default();
     let call = {
-        let (client, url, key, bodies, timings) = (
+        let (client, url, key, bodies, timings, failures) = (
             client.clone(),
             url.clone(),
             args.api_key.clone(),
             bodies.clone(),
             timings.clone(),
+            failures.clone(),
         );
         move |i: usize| {
             let req = authorize(
@@ -167,15 +191,22 @@ pub async fn run(args: &ChatBenchArgs) -> anyhow::Result<u8> {
                     .body(bodies[i % bodies.len()].clone()),
                 key.as_deref(),
             );
-            let timings = timings.clone();
+            let (timings, failures) = (timings.clone(), failures.clone());
             async move {
                 let t0 = Instant::now();
                 let r = one(req).await;
-                let ok = r.is_some();
+                let ok = r.is_ok();
                 let tokens = r.as_ref().map_or(0, |t| t.output_tokens);
-                if let Some(t) = r {
-                    if let Ok(mut v) = timings.lock() {
-                        v.push(t);
+                match r {
+                    Ok(t) => {
+                        if let Ok(mut v) = timings.lock() {
+                            v.push(t);
+                        }
+                    }
+                    Err(why) => {
+                        if let Ok(mut v) = failures.lock() {
+                            v.push(why);
+                        }
                     }
                 }
                 Sample {
@@ -187,17 +218,21 @@ pub async fn run(args: &ChatBenchArgs) -> anyhow::Result<u8> {
             }
         }
     };
+    let lock_err = || anyhow::anyhow!("a bench worker panicked");
     for i in 0..args.warmup {
         if !call(i).await.ok {
+            let why = failures.lock().map_err(|_| lock_err())?.pop();
             anyhow::bail!(
-                "warm-up request to {url} failed; is the chat model {:?} served there?",
+                "warm-up request to {url} failed ({}); is the chat model {:?} served there?",
+                why.unwrap_or_default(),
                 args.model
             );
         }
     }
-    timings.lock().map_err(|_| anyhow::anyhow!("lock"))?.clear();
+    timings.lock().map_err(|_| lock_err())?.clear();
     let (samples, wall) = drive(args.concurrency, args.requests, call).await;
-    let t = timings.lock().map_err(|_| anyhow::anyhow!("lock"))?.clone();
+    let t = timings.lock().map_err(|_| lock_err())?.clone();
+    let failures = failures.lock().map_err(|_| lock_err())?.clone();
     let secs = wall.as_secs_f64();
     let out_tokens: usize = t.iter().map(|x| x.output_tokens).sum();
     let tpot: Vec<Duration> = t
@@ -210,6 +245,7 @@ pub async fn run(args: &ChatBenchArgs) -> anyhow::Result<u8> {
         concurrency: args.concurrency,
         requests: args.requests,
         errors: samples.iter().filter(|s| !s.ok).count(),
+        first_error: failures.first().cloned(),
         mean_prompt_tokens: t.iter().map(|x| x.prompt_tokens as f64).sum::<f64>()
             / t.len().max(1) as f64,
         max_tokens: args.max_tokens,
@@ -233,6 +269,9 @@ pub async fn run(args: &ChatBenchArgs) -> anyhow::Result<u8> {
             report.itl_ms.p50, report.itl_ms.p90, report.itl_ms.p99,
             report.e2e_ms.p50, report.e2e_ms.p90, report.e2e_ms.p99, report.errors
         );
+        if let Some(why) = &report.first_error {
+            println!("  first error: {why}");
+        }
     }
     Ok(u8::from(report.errors > 0))
 }
