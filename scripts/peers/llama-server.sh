@@ -11,7 +11,8 @@
 #       builds if needed, starts `llama-server --parallel $PARALLEL --cont-batching` with
 #       $THREADS threads (default 2) and a context of $CTX tokens (default 32768, shared by
 #       the slots), waits for /health and prints its pid (stop it with: kill PID);
-#       the server's log goes to $LLAMA_SERVER_LOG (default /tmp/llama-server-PORT.log)
+#       the server's log goes to $LLAMA_SERVER_LOG (default /tmp/llama-server-PORT.log);
+#       REPACK=1 turns weight repacking back on (see below)
 set -euo pipefail
 VERSION=0.3.36
 SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
@@ -62,8 +63,15 @@ start() {
   shift 2
   build
   local log=${LLAMA_SERVER_LOG:-/tmp/llama-server-$port.log}
+  # Weight repacking is off unless REPACK=1: on a CPU with AMX, GGML_NATIVE builds the AMX
+  # kernels, which are the only repack for Q4_1, and they crash with SIGSEGV in
+  # ggml_backend_amx_mul_mat where the kernel does not grant AMX tile state (seen on the
+  # project's shared build machines). Without repacking the plain AVX kernels run.
+  local repack=--no-repack
+  [ "${REPACK:-0}" = 1 ] && repack=--repack
   "$BIN" -m "$gguf" --host 127.0.0.1 --port "$port" -t "${THREADS:-2}" -tb "${THREADS:-2}" \
-    --parallel "${PARALLEL:-16}" -c "${CTX:-32768}" --cont-batching --no-webui "$@" >"$log" 2>&1 &
+    --parallel "${PARALLEL:-16}" -c "${CTX:-32768}" --cont-batching --no-webui "$repack" "$@" \
+    >"$log" 2>&1 &
   local pid=$!
   for _ in $(seq 600); do
     if curl -sf "http://127.0.0.1:$port/health" >/dev/null; then
@@ -82,5 +90,5 @@ start() {
 case "${1:-}" in
   build) build && echo "$BIN" ;;
   start) shift && start "$@" ;;
-  *) sed -n '2,14p' "$0" >&2 && exit 2 ;;
+  *) sed -n "2,15p" "$0" >&2 && exit 2 ;;
 esac

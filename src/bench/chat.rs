@@ -80,7 +80,10 @@ struct Report {
 /// the body afterwards does not matter (the measurement ends at the last event).
 async fn one(req: reqwest::RequestBuilder) -> Result<StreamTiming, String> {
     let started = Instant::now();
-    let resp = req.send().await.map_err(|e| format!("request failed: {e}"))?;
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| format!("request failed: {e}"))?;
     let status = resp.status();
     if !status.is_success() {
         return Err(format!("HTTP {status}"));
@@ -144,8 +147,13 @@ fn clip(s: &str) -> String {
 
 /// Runs the benchmark; exit code 0 when no request failed.
 pub async fn run(args: &ChatBenchArgs) -> anyhow::Result<u8> {
+    // One connection per stream, never reused: llama-server answers a stream with
+    // `Keep-Alive: timeout=5, max=100` and then closes the connection, so a pooled client
+    // sends its next request into a closed socket and counts "connection closed before
+    // message completed" as a failed request. A stream lasts seconds; a loopback connect
+    // costs well under a millisecond and is paid alike by every server measured.
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency.max(1))
+        .pool_max_idle_per_host(0)
         .build()?;
     let url = format!("{}/v1/chat/completions", args.url.trim_end_matches('/'));
     let schema: Option<serde_json::Value> = match &args.json_schema {
@@ -274,4 +282,108 @@ pub async fn run(args: &ChatBenchArgs) -> anyhow::Result<u8> {
         }
     }
     Ok(u8::from(report.errors > 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The stream llama-server sends (captured with `curl -N --raw`, trimmed): a role
+    /// chunk with `content: null`, one chunk per token, the finish chunk, a usage chunk with
+    /// `choices: []` and `timings`, then `[DONE]`, as HTTP chunks that may hold several events.
+    fn llama_server_stream(tokens: usize) -> Vec<String> {
+        let chunk = |delta: &str, finish: &str| {
+            format!(
+                "data: {{\"choices\":[{{\"finish_reason\":{finish},\"index\":0,\"delta\":{delta}}}],\"object\":\"chat.completion.chunk\"}}\n\n"
+            )
+        };
+        let mut out = vec![
+            chunk(r#"{"role":"assistant","content":null}"#, "null")
+                + &chunk(r#"{"content":" é"}"#, "null"),
+        ];
+        out.extend((1..tokens).map(|_| chunk(r#"{"content":" word"}"#, "null")));
+        out.push(
+            chunk("{}", "\"length\"")
+                + &format!("data: {{\"choices\":[],\"usage\":{{\"completion_tokens\":{tokens},\"prompt_tokens\":38}},\"timings\":{{\"predicted_n\":{tokens}}}}}\n\n"),
+        );
+        out.push("data: [DONE]\n\n".into());
+        out
+    }
+
+    /// A server that behaves like llama-server on the wire: each connection's first request
+    /// gets a chunked SSE answer advertising keep-alive; a second request on the same
+    /// connection is read and then the connection is closed without an answer.
+    async fn closing_server() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 65536];
+                    let mut request = Vec::new();
+                    // The request: headers, then a body of Content-Length bytes.
+                    loop {
+                        let Ok(n) = sock.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        request.extend_from_slice(&buf[..n]);
+                        let text = String::from_utf8_lossy(&request).to_lowercase();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let len = text
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            if request.len() >= end + 4 + len {
+                                break;
+                            }
+                        }
+                    }
+                    let mut answer = String::from("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\nKeep-Alive: timeout=5, max=100\r\n\r\n");
+                    for part in llama_server_stream(8) {
+                        answer += &format!("{:x}\r\n{part}\r\n", part.len());
+                    }
+                    answer += "0\r\n\r\n";
+                    // Split the body mid-character ("é" is two bytes) as a transport may.
+                    let bytes = answer.into_bytes();
+                    let cut = bytes.iter().position(|&b| b == 0xc3).expect("test stream") + 1;
+                    for part in [&bytes[..cut], &bytes[cut..]] {
+                        if sock.write_all(part).await.is_err() || sock.flush().await.is_err() {
+                            return;
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                    // A next request on this connection is read, then left unanswered.
+                    let _ = sock.read(&mut buf).await;
+                });
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn every_completed_llama_server_stream_counts() {
+        let url = closing_server().await;
+        let args = ChatBenchArgs {
+            url,
+            model: "chat".into(),
+            concurrency: 2,
+            requests: 8,
+            prompt_tokens: 4,
+            max_tokens: 8,
+            warmup: 1,
+            api_key: None,
+            json_schema: None,
+            json: true,
+        };
+        // Exit code 0: no request was counted as failed (with a pooled connection the second
+        // request of each worker went into the closed socket and failed).
+        assert_eq!(run(&args).await.expect("bench runs"), 0);
+    }
 }
