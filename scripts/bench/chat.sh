@@ -31,5 +31,9 @@ for round in $(seq "${ROUNDS:-2}"); do
   "$BIN" bench chat --url "http://127.0.0.1:$PORT" --model chat \
     --concurrency 16 --requests 32 --prompt-tokens 16 --max-tokens 64 --json
   echo "== round $round: llama.cpp ($THREADS threads)"
-  THREADS=$THREADS "$PY" "$PEERS/gguf_peer.py" "$GGUF" --prompt-tokens 128 --decode-tokens 64
+  if "$PY" -c 'import llama_cpp' 2>/dev/null; then
+    THREADS=$THREADS "$PY" "$PEERS/gguf_peer.py" "$GGUF" --prompt-tokens 128 --decode-tokens 64
+  else
+    echo '{"peer": "llama.cpp", "missing": "llama-cpp-python not installed (../shared/peers/setup.sh)"}'
+  fi
 done

@@ -29,5 +29,9 @@ for round in $(seq "${ROUNDS:-2}"); do
   "$BIN" bench embeddings --url "http://127.0.0.1:$PORT" --model embedding \
     --concurrency 2 --requests 16 --inputs-per-request 32 --words 100 --json
   echo "== round $round: sentence-transformers ($THREADS threads)"
-  THREADS=$THREADS "$PY" "$PEERS/embed_peer.py" models/embedding --batch 32 --words 100 --n 512
+  if "$PY" -c 'import sentence_transformers' 2>/dev/null; then
+    THREADS=$THREADS "$PY" "$PEERS/embed_peer.py" models/embedding --batch 32 --words 100 --n 512
+  else
+    echo '{"peer": "sentence-transformers", "missing": "not installed (../shared/peers/setup.sh)"}'
+  fi
 done

@@ -10,6 +10,7 @@ use clap::Args;
 use futures::StreamExt;
 use serde::Serialize;
 
+use super::sse::SseEvents;
 use super::{authorize, drive, filler_text, Percentiles, Sample};
 
 #[derive(Debug, Clone, Args)]
@@ -64,6 +65,9 @@ struct Report {
     concurrency: usize,
     requests: usize,
     errors: usize,
+    /// Why the first failed request did not count.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first_error: Option<String>,
     mean_prompt_tokens: f64,
     max_tokens: usize,
     seconds: f64,
@@ -75,43 +79,42 @@ struct Report {
     e2e_ms: Percentiles,
 }
 
-/// Sends one streamed request and times its chunks.
-async fn one(req: reqwest::RequestBuilder) -> Option<StreamTiming> {
+/// Sends one streamed request and times its chunks; `Err` says why it does not count.
+/// The answer is complete at `data: [DONE]`: reading stops there, so how a server closes
+/// the body afterwards does not matter (the measurement ends at the last event).
+async fn one(req: reqwest::RequestBuilder) -> Result<StreamTiming, String> {
     let started = Instant::now();
-    let resp = req.send().await.ok()?;
-    if !resp.status().is_success() {
-        return None;
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| format!("request failed: {e}"))?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(format!("HTTP {status}"));
     }
     let mut body = resp.bytes_stream();
-    let mut buf = String::new();
+    let mut events = SseEvents::default();
     let mut t = StreamTiming::default();
     let mut last: Option<Instant> = None;
     let mut done = false;
-    while let Some(chunk) = body.next().await {
-        buf.push_str(&String::from_utf8_lossy(&chunk.ok()?));
-        while let Some(end) = buf.find("\n\n") {
-            let event: String = buf.drain(..end + 2).collect();
-            let Some(data) = event.trim().strip_prefix("data:") else {
-                continue;
-            };
-            let data = data.trim();
+    'read: while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| format!("stream broke before [DONE]: {e}"))?;
+        let now = Instant::now();
+        for data in events.push(&chunk) {
             if data == "[DONE]" {
                 done = true;
-                continue;
+                break 'read;
             }
-            let v: serde_json::Value = serde_json::from_str(data).ok()?;
-            if v.get("error").is_some() {
-                return None;
+            let v: serde_json::Value = serde_json::from_str(&data)
+                .map_err(|e| format!("event is not JSON ({e}): {}", clip(&data)))?;
+            if let Some(e) = v.get("error") {
+                return Err(format!("error event: {}", clip(&e.to_string())));
             }
             if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
                 t.prompt_tokens = u["prompt_tokens"].as_u64().unwrap_or(0) as usize;
                 t.output_tokens = u["completion_tokens"].as_u64().unwrap_or(0) as usize;
             }
-            let has_text = v["choices"][0]["delta"]["content"]
-                .as_str()
-                .is_some_and(|c| !c.is_empty());
-            if has_text {
-                let now = Instant::now();
+            if has_text(&v) {
                 match last {
                     None => t.ttft = now - started,
                     Some(prev) => t.itl.push(now - prev),
@@ -121,13 +124,40 @@ async fn one(req: reqwest::RequestBuilder) -> Option<StreamTiming> {
         }
     }
     t.e2e = started.elapsed();
-    (done && t.output_tokens > 0).then_some(t)
+    if !done {
+        return Err("stream ended without data: [DONE]".into());
+    }
+    if t.output_tokens == 0 {
+        return Err("no usage.completion_tokens in the stream".into());
+    }
+    Ok(t)
+}
+
+/// Whether a chunk carries output text (content, or reasoning a server splits off).
+fn has_text(chunk: &serde_json::Value) -> bool {
+    let delta = &chunk["choices"][0]["delta"];
+    ["content", "reasoning_content"]
+        .iter()
+        .any(|k| delta[k].as_str().is_some_and(|c| !c.is_empty()))
+}
+
+/// The start of a long text, for error messages.
+fn clip(s: &str) -> String {
+    match s.char_indices().nth(160) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
 }
 
 /// Runs the benchmark; exit code 0 when no request failed.
 pub async fn run(args: &ChatBenchArgs) -> anyhow::Result<u8> {
+    // One connection per stream, never reused: llama-server answers a stream with
+    // `Keep-Alive: timeout=5, max=100` and then closes the connection, so a pooled client
+    // sends its next request into a closed socket and counts "connection closed before
+    // message completed" as a failed request. A stream lasts seconds; a loopback connect
+    // costs well under a millisecond and is paid alike by every server measured.
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency.max(1))
+        .pool_max_idle_per_host(0)
         .build()?;
     let url = format!("{}/v1/chat/completions", args.url.trim_end_matches('/'));
     let schema: Option<serde_json::Value> = match &args.json_schema {
@@ -164,13 +194,15 @@ pub async fn run(args: &ChatBenchArgs) -> anyhow::Result<u8> {
             .collect(),
     );
     let timings: Arc<Mutex<Vec<StreamTiming>>> = Arc::default();
+    let failures: Arc<Mutex<Vec<String>>> = Arc::default();
     let call = {
-        let (client, url, key, bodies, timings) = (
+        let (client, url, key, bodies, timings, failures) = (
             client.clone(),
             url.clone(),
             args.api_key.clone(),
             bodies.clone(),
             timings.clone(),
+            failures.clone(),
         );
         move |i: usize| {
             let req = authorize(
@@ -180,15 +212,22 @@ pub async fn run(args: &ChatBenchArgs) -> anyhow::Result<u8> {
                     .body(bodies[i % bodies.len()].clone()),
                 key.as_deref(),
             );
-            let timings = timings.clone();
+            let (timings, failures) = (timings.clone(), failures.clone());
             async move {
                 let t0 = Instant::now();
                 let r = one(req).await;
-                let ok = r.is_some();
+                let ok = r.is_ok();
                 let tokens = r.as_ref().map_or(0, |t| t.output_tokens);
-                if let Some(t) = r {
-                    if let Ok(mut v) = timings.lock() {
-                        v.push(t);
+                match r {
+                    Ok(t) => {
+                        if let Ok(mut v) = timings.lock() {
+                            v.push(t);
+                        }
+                    }
+                    Err(why) => {
+                        if let Ok(mut v) = failures.lock() {
+                            v.push(why);
+                        }
                     }
                 }
                 Sample {
@@ -200,17 +239,21 @@ pub async fn run(args: &ChatBenchArgs) -> anyhow::Result<u8> {
             }
         }
     };
+    let lock_err = || anyhow::anyhow!("a bench worker panicked");
     for i in 0..args.warmup {
         if !call(i).await.ok {
+            let why = failures.lock().map_err(|_| lock_err())?.pop();
             anyhow::bail!(
-                "warm-up request to {url} failed; is the chat model {:?} served there?",
+                "warm-up request to {url} failed ({}); is the chat model {:?} served there?",
+                why.unwrap_or_default(),
                 args.model
             );
         }
     }
-    timings.lock().map_err(|_| anyhow::anyhow!("lock"))?.clear();
+    timings.lock().map_err(|_| lock_err())?.clear();
     let (samples, wall) = drive(args.concurrency, args.requests, call).await;
-    let t = timings.lock().map_err(|_| anyhow::anyhow!("lock"))?.clone();
+    let t = timings.lock().map_err(|_| lock_err())?.clone();
+    let failures = failures.lock().map_err(|_| lock_err())?.clone();
     let secs = wall.as_secs_f64();
     let out_tokens: usize = t.iter().map(|x| x.output_tokens).sum();
     let tpot: Vec<Duration> = t
@@ -223,6 +266,7 @@ pub async fn run(args: &ChatBenchArgs) -> anyhow::Result<u8> {
         concurrency: args.concurrency,
         requests: args.requests,
         errors: samples.iter().filter(|s| !s.ok).count(),
+        first_error: failures.first().cloned(),
         mean_prompt_tokens: t.iter().map(|x| x.prompt_tokens as f64).sum::<f64>()
             / t.len().max(1) as f64,
         max_tokens: args.max_tokens,
@@ -246,6 +290,113 @@ pub async fn run(args: &ChatBenchArgs) -> anyhow::Result<u8> {
             report.itl_ms.p50, report.itl_ms.p90, report.itl_ms.p99,
             report.e2e_ms.p50, report.e2e_ms.p90, report.e2e_ms.p99, report.errors
         );
+        if let Some(why) = &report.first_error {
+            println!("  first error: {why}");
+        }
     }
     Ok(u8::from(report.errors > 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The stream llama-server sends (captured with `curl -N --raw`, trimmed): a role
+    /// chunk with `content: null`, one chunk per token, the finish chunk, a usage chunk with
+    /// `choices: []` and `timings`, then `[DONE]`, as HTTP chunks that may hold several events.
+    fn llama_server_stream(tokens: usize) -> Vec<String> {
+        let chunk = |delta: &str, finish: &str| {
+            format!(
+                "data: {{\"choices\":[{{\"finish_reason\":{finish},\"index\":0,\"delta\":{delta}}}],\"object\":\"chat.completion.chunk\"}}\n\n"
+            )
+        };
+        let mut out = vec![
+            chunk(r#"{"role":"assistant","content":null}"#, "null")
+                + &chunk(r#"{"content":" é"}"#, "null"),
+        ];
+        out.extend((1..tokens).map(|_| chunk(r#"{"content":" word"}"#, "null")));
+        out.push(
+            chunk("{}", "\"length\"")
+                + &format!("data: {{\"choices\":[],\"usage\":{{\"completion_tokens\":{tokens},\"prompt_tokens\":38}},\"timings\":{{\"predicted_n\":{tokens}}}}}\n\n"),
+        );
+        out.push("data: [DONE]\n\n".into());
+        out
+    }
+
+    /// A server that behaves like llama-server on the wire: each connection's first request
+    /// gets a chunked SSE answer advertising keep-alive; a second request on the same
+    /// connection is read and then the connection is closed without an answer.
+    async fn closing_server() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 65536];
+                    let mut request = Vec::new();
+                    // The request: headers, then a body of Content-Length bytes.
+                    loop {
+                        let Ok(n) = sock.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        request.extend_from_slice(&buf[..n]);
+                        let text = String::from_utf8_lossy(&request).to_lowercase();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let len = text
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            if request.len() >= end + 4 + len {
+                                break;
+                            }
+                        }
+                    }
+                    let mut answer = String::from("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\nKeep-Alive: timeout=5, max=100\r\n\r\n");
+                    for part in llama_server_stream(8) {
+                        answer += &format!("{:x}\r\n{part}\r\n", part.len());
+                    }
+                    answer += "0\r\n\r\n";
+                    // Split the body mid-character ("é" is two bytes) as a transport may.
+                    let bytes = answer.into_bytes();
+                    let cut = bytes.iter().position(|&b| b == 0xc3).expect("test stream") + 1;
+                    for part in [&bytes[..cut], &bytes[cut..]] {
+                        if sock.write_all(part).await.is_err() || sock.flush().await.is_err() {
+                            return;
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                    // A next request on this connection is read, then left unanswered.
+                    let _ = sock.read(&mut buf).await;
+                });
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn every_completed_llama_server_stream_counts() {
+        let url = closing_server().await;
+        let args = ChatBenchArgs {
+            url,
+            model: "chat".into(),
+            concurrency: 2,
+            requests: 8,
+            prompt_tokens: 4,
+            max_tokens: 8,
+            warmup: 1,
+            api_key: None,
+            json_schema: None,
+            json: true,
+        };
+        // Exit code 0: no request was counted as failed (with a pooled connection the second
+        // request of each worker went into the closed socket and failed).
+        assert_eq!(run(&args).await.expect("bench runs"), 0);
+    }
 }

@@ -5,6 +5,7 @@
 pub mod chat;
 pub mod embeddings;
 pub mod rerank;
+pub mod sse;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
