@@ -2,8 +2,8 @@
 //! counter that draining waits on, and the draining switch itself. Per-model admission
 //! lives with each model in the routing table (`routing::admission`).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -213,7 +213,10 @@ mod tests {
         assert_ne!(a, b);
         for id in [a, b] {
             assert_eq!(id.len(), 32);
-            assert!(id.as_bytes().iter().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+            assert!(id
+                .as_bytes()
+                .iter()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
             assert!(acceptable_id(&id));
         }
     }

@@ -301,10 +301,8 @@ pub fn router(state: GatewayState) -> Router {
     if let Some(cors) = cors(&state.settings) {
         app = app.layer(cors);
     }
-    app.layer(limits::Front(api::BodyLimit(
-        state.settings.max_body_bytes,
-    )))
-    .with_state(state)
+    app.layer(limits::Front(api::BodyLimit(state.settings.max_body_bytes)))
+        .with_state(state)
 }
 
 fn cors(settings: &Settings) -> Option<tower_http::cors::CorsLayer> {

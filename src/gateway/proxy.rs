@@ -79,7 +79,8 @@ fn is_json(headers: &HeaderMap) -> bool {
         .map(|m| {
             let m = m.trim().as_bytes();
             let starts = |p: &[u8]| m.len() >= p.len() && m[..p.len()].eq_ignore_ascii_case(p);
-            let ends = |p: &[u8]| m.len() >= p.len() && m[m.len() - p.len()..].eq_ignore_ascii_case(p);
+            let ends =
+                |p: &[u8]| m.len() >= p.len() && m[m.len() - p.len()..].eq_ignore_ascii_case(p);
             m.eq_ignore_ascii_case(b"application/json")
                 || (starts(b"application/") && ends(b"+json"))
         })
@@ -327,6 +328,8 @@ pub async fn forward(s: GatewayState, spec: RouteSpec, req: Request) -> Response
         *upstream_req.method_mut() = parts.method.clone();
         *upstream_req.uri_mut() = uri;
         let headers = upstream_req.headers_mut();
+        // Room for what is set here plus `host`, so the map never grows.
+        headers.reserve(FORWARDED.len() + 4);
         for name in FORWARDED.iter().chain(std::iter::once(&X_REQUEST_ID)) {
             if let Some(v) = parts.headers.get(name) {
                 headers.insert(name, v.clone());

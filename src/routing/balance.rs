@@ -26,9 +26,10 @@ pub fn pick(
             n_healthy += 1;
         }
     }
-    // Only ejected ones left: use them rather than nothing.
-    let only_healthy = n_healthy > 0;
-    let n = if only_healthy { n_healthy } else { n_ready };
+    // Ejected replicas are skipped while a healthy one is left (only ejected ones: use them
+    // rather than nothing); with none ejected the pool needs no second look at ejection.
+    let skip_ejected = n_healthy > 0 && n_healthy < n_ready;
+    let n = if n_healthy > 0 { n_healthy } else { n_ready };
     if n == 0 {
         return None;
     }
@@ -37,7 +38,7 @@ pub fn pick(
             .replicas
             .iter()
             .filter(ready)
-            .filter(move |r| !only_healthy || !r.is_ejected(now))
+            .filter(move |r| !skip_ejected || !r.is_ejected(now))
     };
     // The cursor rotates the starting point so ties spread evenly.
     let start = model.cursor.fetch_add(1, Ordering::Relaxed) % n;

@@ -97,7 +97,10 @@ pub struct Replica {
 /// Scheme and authority of a base URL that has no path after them.
 fn origin(base_url: &str) -> Option<(Scheme, Authority)> {
     let parts = Uri::try_from(base_url).ok()?.into_parts();
-    let bare = parts.path_and_query.as_ref().is_none_or(|p| p.as_str() == "/");
+    let bare = parts
+        .path_and_query
+        .as_ref()
+        .is_none_or(|p| p.as_str() == "/");
     // `Uri` adds no "/" for `http://h:1`, but `http://h:1?q` or a fragment would not be bare.
     (bare && !base_url.contains(['?', '#'])).then_some((parts.scheme?, parts.authority?))
 }
