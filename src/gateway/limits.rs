@@ -2,14 +2,15 @@
 //! counter that draining waits on, and the draining switch itself. Per-model admission
 //! lives with each model in the routing table (`routing::admission`).
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue};
-use axum::middleware::Next;
 use axum::response::Response;
 use tokio::sync::Notify;
 
@@ -106,39 +107,119 @@ pub async fn read_body(s: &GatewayState, body: Body) -> Result<Bytes, ApiError> 
     }
 }
 
-/// The request id of a request (set by [`front`]).
-#[derive(Debug, Clone)]
-pub struct RequestId(pub HeaderValue);
-
 fn acceptable_id(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
     !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
 }
 
-/// The gateway's outermost middleware: keeps a sane incoming `x-request-id` or makes one
-/// and echoes it on the response, records the body limit for the JSON extractor, and puts
-/// any error response that is not JSON yet (a framework rejection) in the envelope.
-pub async fn front(State(limit): State<BodyLimit>, mut req: Request, next: Next) -> Response {
-    let id = match req.headers().get(&X_REQUEST_ID) {
-        Some(v) if acceptable_id(v) => v.clone(),
-        _ => {
-            let n: u128 = rand::random();
-            let v = HeaderValue::from_str(&format!("{n:032x}"))
-                .expect("hex is a valid header value. This is a bug.");
-            req.headers_mut().insert(X_REQUEST_ID.clone(), v.clone());
-            v
+/// A fresh request id: 128 random bits as 32 lowercase hex digits, written on the stack.
+fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let n: u128 = rand::random();
+    let mut out = [0u8; 32];
+    for (i, c) in out.iter_mut().enumerate() {
+        *c = HEX[((n >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&out).expect("hex is a valid header value. This is a bug.")
+}
+
+/// The gateway's outermost layer: keeps a sane incoming `x-request-id` or makes one and
+/// echoes it on the response, records the body limit for the JSON extractor, and puts any
+/// error response that is not JSON yet (a framework rejection) in the envelope. A plain
+/// tower service rather than `middleware::from_fn`, which boxes a future and clones the
+/// inner service on every request (both showed in the gateway's profile).
+#[derive(Debug, Clone, Copy)]
+pub struct Front(pub BodyLimit);
+
+impl<S> tower::Layer<S> for Front {
+    type Service = FrontService<S>;
+    fn layer(&self, inner: S) -> FrontService<S> {
+        FrontService {
+            inner,
+            limit: self.0,
         }
-    };
-    req.extensions_mut().insert(RequestId(id.clone()));
-    req.extensions_mut().insert(limit);
-    let mut resp = api::envelope(next.run(req).await, limit);
-    resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
-    resp
+    }
+}
+
+/// [`Front`] around the router.
+#[derive(Debug, Clone)]
+pub struct FrontService<S> {
+    inner: S,
+    limit: BodyLimit,
+}
+
+impl<S> tower::Service<Request> for FrontService<S>
+where
+    S: tower::Service<Request, Response = Response>,
+    S::Future: Unpin,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = FrontFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let id = match req.headers().get(&X_REQUEST_ID) {
+            Some(v) if acceptable_id(v) => v.clone(),
+            _ => {
+                let v = new_request_id();
+                req.headers_mut().insert(X_REQUEST_ID.clone(), v.clone());
+                v
+            }
+        };
+        req.extensions_mut().insert(self.limit);
+        FrontFuture {
+            inner: self.inner.call(req),
+            id: Some(id),
+            limit: self.limit,
+        }
+    }
+}
+
+/// The response half of [`FrontService`].
+pub struct FrontFuture<F> {
+    inner: F,
+    id: Option<HeaderValue>,
+    limit: BodyLimit,
+}
+
+impl<F, E> std::future::Future for FrontFuture<F>
+where
+    F: std::future::Future<Output = Result<Response, E>> + Unpin,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let resp = ready!(Pin::new(&mut this.inner).poll(cx))?;
+        let mut resp = api::envelope(resp, this.limit);
+        if let Some(id) = this.id.take() {
+            resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
+        }
+        Poll::Ready(Ok(resp))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_are_32_hex_digits_and_differ() {
+        let (a, b) = (new_request_id(), new_request_id());
+        assert_ne!(a, b);
+        for id in [a, b] {
+            assert_eq!(id.len(), 32);
+            assert!(id
+                .as_bytes()
+                .iter()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+            assert!(acceptable_id(&id));
+        }
+    }
 
     #[tokio::test]
     async fn inflight_waits_for_the_last_guard() {

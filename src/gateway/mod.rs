@@ -88,14 +88,17 @@ fn upstream_tls() -> rustls::ClientConfig {
     })
 }
 
-/// The proxy's lean HTTP/1 client for the calling thread: each gateway worker keeps its own
-/// pool of keep-alive connections to the engines, so a request and its upstream connection
-/// live on one thread and never wake another.
-pub fn upstream() -> UpstreamClient {
+/// Sends a proxied request with the calling thread's lean HTTP/1 client: each gateway
+/// worker keeps its own pool of keep-alive connections to the engines, so a request and
+/// its upstream connection live on one thread and never wake another. (The client is
+/// borrowed, not cloned: `request` takes the one clone the response future needs.)
+pub fn send_upstream(
+    req: axum::http::Request<http_body_util::Full<axum::body::Bytes>>,
+) -> hyper_util::client::legacy::ResponseFuture {
     thread_local! {
         static CLIENT: UpstreamClient = upstream_client();
     }
-    CLIENT.with(UpstreamClient::clone)
+    CLIENT.with(|c| c.request(req))
 }
 
 fn upstream_client() -> UpstreamClient {
@@ -286,19 +289,20 @@ pub fn router(state: GatewayState) -> Router {
         .route("/admin/restart/{*model}", post(admin::restart))
         .merge(proxied)
         .fallback(api::not_found)
-        .method_not_allowed_fallback(api::method_not_allowed)
-        .layer(middleware::from_fn_with_state(
+        .method_not_allowed_fallback(api::method_not_allowed);
+    // Keys are fixed for the state's life: without any, the layer would pass everything
+    // and only cost a boxed future per request.
+    if !state.keys.is_open() {
+        app = app.layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_key,
         ));
+    }
     if let Some(cors) = cors(&state.settings) {
         app = app.layer(cors);
     }
-    app.layer(middleware::from_fn_with_state(
-        api::BodyLimit(state.settings.max_body_bytes),
-        limits::front,
-    ))
-    .with_state(state)
+    app.layer(limits::Front(api::BodyLimit(state.settings.max_body_bytes)))
+        .with_state(state)
 }
 
 fn cors(settings: &Settings) -> Option<tower_http::cors::CorsLayer> {

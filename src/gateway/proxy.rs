@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::Request;
+use axum::http::uri::PathAndQuery;
 use axum::http::{header, HeaderMap, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use http_body_util::Full;
@@ -31,7 +32,7 @@ use crate::config::ModelKind;
 use crate::engine::access::ENGINE_TOKEN_HEADER;
 use crate::metrics::reason;
 use crate::routing::balance::{others_healthy, pick, retry_pause};
-use crate::routing::{ModelBackend, ModelState, Replica};
+use crate::routing::{Backends, ModelBackend, ModelState, Replica};
 
 /// Which models a route serves: one kind, or any (`/tokenize`).
 #[derive(Debug, Clone, Copy)]
@@ -76,8 +77,12 @@ fn is_json(headers: &HeaderMap) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .map(|m| {
-            let m = m.trim().to_ascii_lowercase();
-            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+            let m = m.trim().as_bytes();
+            let starts = |p: &[u8]| m.len() >= p.len() && m[..p.len()].eq_ignore_ascii_case(p);
+            let ends =
+                |p: &[u8]| m.len() >= p.len() && m[m.len() - p.len()..].eq_ignore_ascii_case(p);
+            m.eq_ignore_ascii_case(b"application/json")
+                || (starts(b"application/") && ends(b"+json"))
         })
         .unwrap_or(false)
 }
@@ -109,10 +114,10 @@ pub fn probe(body: &[u8]) -> Result<(Option<String>, bool), ApiError> {
 /// means another model (or nothing) is a 404 saying which model the port serves.
 fn pinned_model(
     s: &GatewayState,
+    table: &Backends,
     pin: &Pin,
     model: Option<&str>,
 ) -> Result<Arc<ModelBackend>, ApiError> {
-    let table = s.routes.load();
     let Some(served) = table.find(&pin.model) else {
         s.reject("", reason::MODEL_NOT_FOUND);
         return Err(pin.gone());
@@ -126,17 +131,18 @@ fn pinned_model(
     }
 }
 
+/// The model a request goes to, from the one routing table it is resolved against.
 fn resolve(
     s: &GatewayState,
+    table: &Backends,
     spec: RouteSpec,
     model: Option<&str>,
     pin: Option<&Pin>,
 ) -> Result<Arc<ModelBackend>, ApiError> {
-    let table = s.routes.load();
     let pinned;
     let m = match (pin, model) {
         (Some(pin), _) => {
-            pinned = pinned_model(s, pin, model)?;
+            pinned = pinned_model(s, table, pin, model)?;
             &pinned
         }
         (None, Some(name)) if !name.is_empty() => table.find(name).ok_or_else(|| {
@@ -262,9 +268,14 @@ pub async fn forward(s: GatewayState, spec: RouteSpec, req: Request) -> Response
             }
         }
     };
-    let model = match resolve(&s, spec, model_name.as_deref(), pin) {
-        Ok(m) => m,
-        Err(e) => return e.into_response(),
+    // The table is loaded once: the model and the engine token come from the same one
+    // (the guard is not held across the awaits below).
+    let (model, engine_token) = {
+        let table = s.routes.load();
+        match resolve(&s, &table, spec, model_name.as_deref(), pin) {
+            Ok(m) => (m, table.engine_token.clone()),
+            Err(e) => return e.into_response(),
+        }
     };
     let permit = match &model.limiter {
         Some(l) => match l.acquire().await {
@@ -291,16 +302,17 @@ pub async fn forward(s: GatewayState, spec: RouteSpec, req: Request) -> Response
         _inflight: inflight,
         _permit: permit,
     };
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or(spec.path);
-    let mut tried: Vec<usize> = Vec::new();
+    let path_and_query = match parts.uri.path_and_query() {
+        Some(p) => p.clone(),
+        None => PathAndQuery::from_static(spec.path),
+    };
+    let limits = Limits::of(&s.settings, stream);
+    // At most two attempts: the first, and one retry on another replica.
+    let mut tried = Tried::default();
     s.retry_budget.deposit(Instant::now());
     loop {
-        let Some(replica) = pick(&model, s.settings.balance, &tried, Instant::now()) else {
-            let err = no_backend(&model, !tried.is_empty());
+        let Some(replica) = pick(&model, s.settings.balance, tried.get(), Instant::now()) else {
+            let err = no_backend(&model, !tried.get().is_empty());
             s.reject(&model.id, reason::UNAVAILABLE);
             finish.status = err.status;
             return err.into_response();
@@ -308,30 +320,38 @@ pub async fn forward(s: GatewayState, spec: RouteSpec, req: Request) -> Response
         tried.push(replica.index);
         replica.outstanding.fetch_add(1, Ordering::AcqRel);
         finish.replica = Some(replica.clone());
-        let mut rb = axum::http::Request::builder()
-            .method(parts.method.clone())
-            .uri(format!("{}{path_and_query}", replica.base_url));
-        for name in FORWARDED.iter().chain(std::iter::once(&X_REQUEST_ID)) {
-            if let Some(v) = parts.headers.get(name) {
-                rb = rb.header(name, v);
-            }
-        }
-        if let (false, Some(token)) = (replica.remote, &s.routes.load().engine_token) {
-            rb = rb.header(ENGINE_TOKEN_HEADER, token);
-        }
-        if let (true, Some(auth)) = (replica.remote, &model.upstream_auth) {
-            rb = rb.header(header::AUTHORIZATION, auth);
-        }
-        let Ok(upstream_req) = rb.body(Full::new(body.clone())) else {
+        let Ok(uri) = replica.uri_for(&path_and_query) else {
             finish.status = StatusCode::BAD_GATEWAY;
             return ApiError::bad_gateway("The model's engine address is invalid").into_response();
         };
+        let mut upstream_req = axum::http::Request::new(Full::new(body.clone()));
+        *upstream_req.method_mut() = parts.method.clone();
+        *upstream_req.uri_mut() = uri;
+        let headers = upstream_req.headers_mut();
+        // Room for what is set here plus `host`, so the map never grows.
+        headers.reserve(FORWARDED.len() + 4);
+        for name in FORWARDED.iter().chain(std::iter::once(&X_REQUEST_ID)) {
+            if let Some(v) = parts.headers.get(name) {
+                headers.insert(name, v.clone());
+            }
+        }
+        if let (false, Some(token)) = (replica.remote, &engine_token) {
+            headers.insert(ENGINE_TOKEN_HEADER, token.clone());
+        }
+        if let (true, Some(auth)) = (replica.remote, &model.upstream_auth) {
+            headers.insert(header::AUTHORIZATION, auth.clone());
+        }
         let sent = Instant::now();
-        let limits = Limits::of(&s.settings, stream);
-        let call = super::upstream().request(upstream_req);
-        let result = match tokio::time::timeout(limits.first, call).await {
-            Ok(r) => r,
-            Err(_) => {
+        // One timer for the whole exchange: it bounds the wait for the response here, then
+        // moves into the relayed body for the first frame (and a stream's idle gaps).
+        let mut timer = Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(
+            sent + limits.first,
+        )));
+        let call = super::send_upstream(upstream_req);
+        let result = tokio::select! {
+            biased;
+            r = call => r,
+            () = timer.as_mut() => {
                 tracing::warn!(model = %model.id, replica = replica.index, secs = limits.first.as_secs_f64(), "upstream sent no response in time");
                 finish.status = StatusCode::GATEWAY_TIMEOUT;
                 return limits.timeout_error().into_response();
@@ -343,8 +363,8 @@ pub async fn forward(s: GatewayState, spec: RouteSpec, req: Request) -> Response
             Ok(resp)
                 if resp.status() == StatusCode::SERVICE_UNAVAILABLE
                     && replica.remote
-                    && tried.len() == 1
-                    && pick(&model, s.settings.balance, &tried, Instant::now()).is_some()
+                    && tried.get().len() == 1
+                    && pick(&model, s.settings.balance, tried.get(), Instant::now()).is_some()
                     && s.retry_budget.withdraw(Instant::now()) =>
             {
                 tracing::warn!(model = %model.id, replica = replica.index, "remote replica answered 503; retrying on another");
@@ -355,7 +375,7 @@ pub async fn forward(s: GatewayState, spec: RouteSpec, req: Request) -> Response
             }
             Ok(resp) => {
                 replica.record_success(sent.elapsed());
-                return relay::respond(resp, finish, limits, sent);
+                return relay::respond(resp, finish, limits, timer);
             }
             Err(e) => {
                 // No status came back: the engine did not take the work.
@@ -367,8 +387,8 @@ pub async fn forward(s: GatewayState, spec: RouteSpec, req: Request) -> Response
                 }
                 replica.outstanding.fetch_sub(1, Ordering::AcqRel);
                 finish.replica = None;
-                let another = pick(&model, s.settings.balance, &tried, now).is_some();
-                if tried.len() == 1 && another && s.retry_budget.withdraw(now) {
+                let another = pick(&model, s.settings.balance, tried.get(), now).is_some();
+                if tried.get().len() == 1 && another && s.retry_budget.withdraw(now) {
                     s.metrics.retries.with_label_values(&[&model.id]).inc();
                     tokio::time::sleep(retry_pause()).await;
                     continue;
@@ -378,6 +398,30 @@ pub async fn forward(s: GatewayState, spec: RouteSpec, req: Request) -> Response
                     .into_response();
             }
         }
+    }
+}
+
+/// The replicas a request has been sent to: at most two (one retry), kept without
+/// allocating.
+#[derive(Default)]
+struct Tried {
+    indices: [usize; 2],
+    len: usize,
+}
+
+impl Tried {
+    fn push(&mut self, index: usize) {
+        // A third attempt never happens (retries need `len == 1`); keep the last two.
+        if self.len == self.indices.len() {
+            self.indices[0] = self.indices[1];
+            self.len -= 1;
+        }
+        self.indices[self.len] = index;
+        self.len += 1;
+    }
+
+    fn get(&self) -> &[usize] {
+        &self.indices[..self.len]
     }
 }
 

@@ -7,10 +7,10 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, HeaderName};
 use axum::response::Response;
 
 use super::proxy::{hop_by_hop, Finish};
@@ -56,39 +56,53 @@ impl Limits {
 }
 
 /// Passes the upstream response through, streaming its body under the exchange's time
-/// limits (`sent` is when the request left).
+/// limits (`timer` is the exchange's, still set for the first frame).
 pub(super) fn respond(
     resp: axum::http::Response<hyper::body::Incoming>,
     mut finish: Finish,
     limits: Limits,
-    sent: Instant,
+    timer: Pin<Box<tokio::time::Sleep>>,
 ) -> Response {
-    let status = resp.status();
-    finish.status = status;
-    let (parts, upstream) = resp.into_parts();
-    let mut headers = HeaderMap::with_capacity(parts.headers.len());
-    for (k, v) in parts.headers {
-        if let Some(k) = k.filter(|k| !hop_by_hop(k)) {
-            headers.append(k, v);
-        }
-    }
-    let sse = headers
+    finish.status = resp.status();
+    let (mut parts, upstream) = resp.into_parts();
+    drop_hop_by_hop(&mut parts.headers);
+    let sse = parts
+        .headers
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    let deadline = tokio::time::Instant::from_std(sent + limits.first);
     let relay = Relay {
         upstream,
         sse,
         done: false,
         tail: SseTail::default(),
-        timer: Box::pin(tokio::time::sleep_until(deadline)),
+        timer,
         limits,
         finish,
     };
     let mut out = Response::new(Body::new(relay));
-    *out.status_mut() = status;
-    *out.headers_mut() = headers;
+    *out.status_mut() = parts.status;
+    *out.headers_mut() = parts.headers;
     out
+}
+
+/// Removes hop-by-hop headers in place; the map is only rebuilt when it has one (engines
+/// rarely send them), so the common response keeps its headers without a copy.
+fn drop_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.keys().any(hop_by_hop) {
+        return;
+    }
+    let mut kept = HeaderMap::with_capacity(headers.len());
+    // The map yields a name once, then `None` for each further value under it.
+    let mut name: Option<HeaderName> = None;
+    for (k, v) in std::mem::take(headers) {
+        if k.is_some() {
+            name = k;
+        }
+        if let Some(k) = name.as_ref().filter(|k| !hop_by_hop(k)) {
+            kept.append(k.clone(), v);
+        }
+    }
+    *headers = kept;
 }
 
 /// The response body relayed from the engine, frame by frame. An upstream failure or a

@@ -10,49 +10,56 @@ use std::time::{Duration, Instant};
 use crate::config::Balance;
 use crate::routing::{ModelBackend, Replica};
 
-/// Picks a replica of `model`, skipping the replica indices in `exclude`.
+/// Picks a replica of `model`, skipping the replica indices in `exclude`. Runs on every
+/// request, so it walks the replica list instead of collecting candidates.
 pub fn pick(
     model: &ModelBackend,
     strategy: Balance,
     exclude: &[usize],
     now: Instant,
 ) -> Option<Arc<Replica>> {
-    let ready: Vec<&Arc<Replica>> = model
-        .replicas
-        .iter()
-        .filter(|r| r.is_ready() && !exclude.contains(&r.index))
-        .collect();
-    let healthy: Vec<&Arc<Replica>> = ready
-        .iter()
-        .copied()
-        .filter(|r| !r.is_ejected(now))
-        .collect();
-    let pool = if healthy.is_empty() { ready } else { healthy };
-    if pool.is_empty() {
+    let ready = |r: &&Arc<Replica>| r.is_ready() && !exclude.contains(&r.index);
+    let (mut n_ready, mut n_healthy) = (0, 0);
+    for r in model.replicas.iter().filter(ready) {
+        n_ready += 1;
+        if !r.is_ejected(now) {
+            n_healthy += 1;
+        }
+    }
+    // Ejected replicas are skipped while a healthy one is left (only ejected ones: use them
+    // rather than nothing); with none ejected the pool needs no second look at ejection.
+    let skip_ejected = n_healthy > 0 && n_healthy < n_ready;
+    let n = if n_healthy > 0 { n_healthy } else { n_ready };
+    if n == 0 {
         return None;
     }
-    // The cursor rotates the starting point so ties spread evenly.
-    let start = model.cursor.fetch_add(1, Ordering::Relaxed);
-    let n = pool.len();
-    let rotated = (0..n).map(|i| pool[(start + i) % n]);
-    let chosen = match strategy {
-        Balance::RoundRobin => pool[start % n],
-        Balance::LeastOutstanding => rotated
-            .min_by_key(|r| r.outstanding.load(Ordering::Relaxed))
-            .expect("pool is not empty. This is a bug."),
-        Balance::LeastLatency => rotated
-            .min_by_key(|r| {
-                // An unmeasured idle replica scores 0 so it gets tried once; an unmeasured
-                // busy one is not piled onto before its first answer says how fast it is.
-                let inflight = r.outstanding.load(Ordering::Relaxed) as u64;
-                match r.ewma_us() {
-                    0 if inflight > 0 => u64::MAX,
-                    ewma => ewma.saturating_mul(inflight + 1),
-                }
-            })
-            .expect("pool is not empty. This is a bug."),
+    let pool = || {
+        model
+            .replicas
+            .iter()
+            .filter(ready)
+            .filter(move |r| !skip_ejected || !r.is_ejected(now))
     };
-    Some(chosen.clone())
+    // The cursor rotates the starting point so ties spread evenly.
+    let start = model.cursor.fetch_add(1, Ordering::Relaxed) % n;
+    let rotated = || pool().skip(start).chain(pool().take(start));
+    let chosen = match strategy {
+        // (`or_else`: a replica may have left the pool since it was counted.)
+        Balance::RoundRobin => pool().nth(start).or_else(|| pool().next()),
+        Balance::LeastOutstanding => {
+            rotated().min_by_key(|r| r.outstanding.load(Ordering::Relaxed))
+        }
+        Balance::LeastLatency => rotated().min_by_key(|r| {
+            // An unmeasured idle replica scores 0 so it gets tried once; an unmeasured
+            // busy one is not piled onto before its first answer says how fast it is.
+            let inflight = r.outstanding.load(Ordering::Relaxed) as u64;
+            match r.ewma_us() {
+                0 if inflight > 0 => u64::MAX,
+                ewma => ewma.saturating_mul(inflight + 1),
+            }
+        }),
+    };
+    chosen.cloned()
 }
 
 /// True when another replica than `index` is ready and not ejected.

@@ -18,6 +18,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use axum::http::uri::{Authority, PathAndQuery, Scheme};
+use axum::http::Uri;
 use serde::Serialize;
 
 use crate::api::types::models::ModelCard;
@@ -74,6 +76,9 @@ pub struct Replica {
     pub index: usize,
     /// `http://host:port` without a trailing slash.
     pub base_url: String,
+    /// `base_url` parsed once, when it is a bare origin (no path prefix), so a proxied
+    /// request's URI is assembled from parts instead of formatted and parsed again.
+    origin: Option<(Scheme, Authority)>,
     pub port: Option<u16>,
     /// `cpu`, `cuda:0,1` or `remote`.
     pub device: String,
@@ -87,6 +92,17 @@ pub struct Replica {
     life: Mutex<ReplicaLife>,
     health: Mutex<Health>,
     tail: Mutex<VecDeque<String>>,
+}
+
+/// Scheme and authority of a base URL that has no path after them.
+fn origin(base_url: &str) -> Option<(Scheme, Authority)> {
+    let parts = Uri::try_from(base_url).ok()?.into_parts();
+    let bare = parts
+        .path_and_query
+        .as_ref()
+        .is_none_or(|p| p.as_str() == "/");
+    // `Uri` adds no "/" for `http://h:1`, but `http://h:1?q` or a fragment would not be bare.
+    (bare && !base_url.contains(['?', '#'])).then_some((parts.scheme?, parts.authority?))
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -110,10 +126,12 @@ impl Replica {
         device: String,
     ) -> Self {
         let remote = port.is_none();
+        let base_url = base_url.trim_end_matches('/').to_string();
         Replica {
             model: model.into(),
             index,
-            base_url: base_url.trim_end_matches('/').to_string(),
+            origin: origin(&base_url),
+            base_url,
             port,
             device,
             remote,
@@ -130,6 +148,18 @@ impl Replica {
             }),
             health: Mutex::new(Health::default()),
             tail: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// The URI of a request for `path_and_query` (as the client sent it) on this replica.
+    pub fn uri_for(&self, path_and_query: &PathAndQuery) -> Result<Uri, axum::http::Error> {
+        match &self.origin {
+            Some((scheme, authority)) => Uri::builder()
+                .scheme(scheme.clone())
+                .authority(authority.clone())
+                .path_and_query(path_and_query.clone())
+                .build(),
+            None => Ok(Uri::try_from(format!("{}{path_and_query}", self.base_url))?),
         }
     }
 
@@ -694,6 +724,22 @@ mod tests {
 
     fn replica() -> Replica {
         Replica::new("m", 0, "http://127.0.0.1:1/".into(), Some(1), "cpu".into())
+    }
+
+    #[test]
+    fn request_uris_keep_the_path_and_query_and_any_base_prefix() {
+        let pq = PathAndQuery::from_static("/v1/embeddings?x=1");
+        assert_eq!(
+            replica().uri_for(&pq).unwrap(),
+            "http://127.0.0.1:1/v1/embeddings?x=1"
+        );
+        let prefixed = Replica::new("m", 0, "https://h:8443/api".into(), None, "remote".into());
+        assert_eq!(
+            prefixed.uri_for(&pq).unwrap(),
+            "https://h:8443/api/v1/embeddings?x=1"
+        );
+        let bad = Replica::new("m", 0, "not a url".into(), None, "remote".into());
+        assert!(bad.uri_for(&pq).is_err());
     }
 
     #[test]
