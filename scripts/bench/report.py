@@ -23,7 +23,9 @@ def log(name):
             rnd = int(m.group(1))
         if line.startswith("{"):
             try:
-                items.append((rnd, json.loads(line)))
+                obj = json.loads(line)
+                # batching.sh names the round in each line instead of a marker.
+                items.append((obj.get("round", rnd) if isinstance(obj, dict) else rnd, obj))
                 continue
             except ValueError:
                 pass
