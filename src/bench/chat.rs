@@ -389,6 +389,7 @@ mod tests {
             concurrency: 2,
             requests: 8,
             prompt_tokens: 4,
+            system_tokens: 0,
             max_tokens: 8,
             warmup: 1,
             api_key: None,
