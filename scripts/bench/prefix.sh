@@ -29,12 +29,7 @@ start() {
 JSON
   "$BIN" engine --config "$WORK/$1.json" --model chat --host 127.0.0.1 2>"$WORK/$1.log" &
   pids+=($!)
-  for _ in $(seq 600); do
-    curl -sf "http://127.0.0.1:$2/health" >/dev/null && return 0
-    sleep 0.1
-  done
-  echo "engine $1 not ready on :$2 (log: $WORK/$1.log)" >&2
-  return 1
+  bench_ready "$1" "$2" "$WORK/$1.log"
 }
 start cached "$PORT" true
 start uncached "$((PORT + 1))" false

@@ -16,10 +16,15 @@ bench_engine() {
   "$1" engine --config "$2" --model "$3" --host 127.0.0.1 2>"$5" &
   BENCH_ENGINE_PID=$!
   trap 'kill $BENCH_ENGINE_PID 2>/dev/null || true' EXIT
+  bench_ready "$3" "$4" "$5"
+}
+
+# bench_ready MODEL_ID PORT LOG: waits (60 s at most) until /health on PORT answers 200.
+bench_ready() {
   for _ in $(seq 600); do
-    curl -sf "http://127.0.0.1:$4/health" >/dev/null && return 0
+    curl -sf "http://127.0.0.1:$2/health" >/dev/null && return 0
     sleep 0.1
   done
-  echo "engine $3 not ready on :$4 (log: $5)" >&2
+  echo "engine $1 not ready on :$2 (log: $3)" >&2
   return 1
 }
