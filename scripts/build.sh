@@ -83,10 +83,11 @@ if [ $cuda = 1 ]; then
     CUDA_COMPUTE_CAP=$compute_cap "$root/scripts/build-cuda.sh" --out "$ctx/bin/trident" >&2
   fi
   [ "${STRIP_DEBUG:-1}" = 1 ] && objcopy --strip-debug "$ctx/bin/trident"
-  # What the binary links (cudart, cuBLAS + cuBLASLt, cuRAND, NVRTC + its builtins), never
-  # the stand-in libcuda: the container runtime brings the host's driver.
+  # What the binary links (cudart, cuBLAS + cuBLASLt, cuRAND, NVRTC + its builtins, NCCL for
+  # tensor parallelism), never the stand-in libcuda: the container runtime brings the host's
+  # driver.
   for lib in libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libcurand.so.10 \
-             libnvrtc.so.13 libnvrtc-builtins.so.13.0; do
+             libnvrtc.so.13 libnvrtc-builtins.so.13.0 libnccl.so.2; do
     link_or_copy "$cuda_root/lib/$lib" "$ctx/cuda/lib"
   done
   # The shared .dockerignore admits only the CPU build's inputs; this context has two more.

@@ -7,7 +7,7 @@
 #
 # The tree (default ~/.cache/trident/cuda/13.0.48, TRIDENT_CUDA_ROOT overrides) holds nvcc +
 # cicc + ptxas, the headers, the runtime libraries candle links (cudart, cublas/cublasLt, curand,
-# nvrtc) with their unversioned link names, and lib/stubs/libcuda.so: a stand-in for the
+# nvrtc, and NCCL 2.27 for tensor parallelism) with their unversioned link names, and lib/stubs/libcuda.so: a stand-in for the
 # driver's library, generated here. It carries the real SONAME (libcuda.so.1) and defines every
 # driver entry point in cuda.h, each returning CUDA_ERROR_NO_DEVICE, so the binary links with a
 # proper NEEDED entry and starts where no driver is installed (put lib/stubs on
@@ -33,6 +33,7 @@ wheels=(
   "nvidia-cuda-nvrtc==13.0.48 87e13d186905a35e7c04ad553a2abded0fba22f93b43d02e5da6f6cf73fb4d0a"
   "nvidia-cublas==13.0.0.19 f6723af2e8e2600a11dc384037d90d9bf93070e346c24ef2e8f9001658c99896"
   "nvidia-curand==10.4.0.35 1aee33a5da6e1db083fe2b90082def8915f30f3248d5896bcec36a579d941bfc"
+  "nvidia-nccl-cu13==2.27.7 b28a524abd8389b76a4a3f133c76a7aaa7005e47fcaa9d9603b90103927a3f93"
 )
 
 mode=install
@@ -72,11 +73,14 @@ if [ "$(cat "$root/.installed" 2>/dev/null)" != "$want_stamp" ]; then
   done
   tree=$tmp/w/nvidia/cu13
   chmod +x "$tree"/bin/*
+  # NCCL (tensor parallelism) comes in its own tree: its library and header join the rest.
+  mv "$tmp"/w/nvidia/nccl/lib/libnccl.so.2 "$tree/lib/"
+  cp "$tmp"/w/nvidia/nccl/include/nccl*.h "$tree/include/"
   # nvcc.profile looks for cicc in nvvm/bin; the nvvm wheel puts it in bin/.
   mkdir -p "$tree/nvvm/bin" "$tree/lib/stubs"
   ln -sf ../../bin/cicc "$tree/nvvm/bin/cicc"
   # The linker asks for the unversioned names (-lcudart …); the wheels ship only the sonames.
-  for lib in cudart cublas cublasLt curand nvrtc; do
+  for lib in cudart cublas cublasLt curand nvrtc nccl; do
     so=$(cd "$tree/lib" && ls "lib$lib.so."* | head -1)
     ln -sf "$so" "$tree/lib/lib$lib.so"
   done

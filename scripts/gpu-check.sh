@@ -3,7 +3,9 @@
 # safetensors chat model (the default SmolLM2 GGUF dequantised here), the default GGUF,
 # MiniLM embeddings and a cross-encoder (MiniLM + seeded head); compares their outputs with
 # the CPU engines' on the same inputs; prints decode tok/s at 1 and 32 streams, embeddings/s
-# and rerank pairs/s as one JSON line.
+# and rerank pairs/s as one JSON line. With two or more GPUs (or DEVICE=cpu, on CPU ranks) it
+# also serves the bf16 model split over two ranks (`tensor_parallel_size: 2`), checks that its
+# greedy answers match the unsplit model's, and reports its decode tok/s beside TP=1's.
 #
 #   TRIDENT_BIN=path/to/cuda/trident scripts/gpu-check.sh     # prebuilt (scripts/build-cuda.sh)
 #   scripts/gpu-check.sh                                       # builds for this GPU first
@@ -54,6 +56,12 @@ gguf=$(ls "$root"/models/chat/*.gguf | head -1)
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 declare -A port
+# Tensor parallelism needs two GPUs (or runs on CPU ranks with DEVICE=cpu).
+gpus=1
+[ "$DEVICE" = cuda ] && gpus=$(nvidia-smi -L | grep -c '^GPU ' || true)
+tp=0
+{ [ "$DEVICE" = cpu ] || [ "$gpus" -ge 2 ]; } && tp=1
+port[chat_tp]=$(free_port)
 models=(chat_st chat_gguf embed rerank)
 for m in "${models[@]}"; do for side in ref dev; do port[${m}_$side]=$(free_port); done; done
 entry() { # id path type dtype side
@@ -75,6 +83,12 @@ entry() { # id path type dtype side
       sep=,
     done
   done
+  if [ $tp = 1 ]; then
+    dev='"device": "cpu"'
+    [ "$DEVICE" = cuda ] && dev='"device": "cuda", "gpus": [0, 1], "gpu_memory_utilization": 0.2'
+    printf ',"chat_tp": {"path": "%s", "type": "chat", "port": %s, "dtype": "bf16", "max_num_seqs": 64, "max_model_len": 2048, "tensor_parallel_size": 2, %s}\n' \
+      "$WORK/chat-bf16" "${port[chat_tp]}" "$dev"
+  fi
   echo '}}'
 } >"$WORK/models.json"
 "$BIN" check-config --gpus --config "$WORK/models.json" >&2
@@ -102,11 +116,21 @@ for m in "${models[@]}"; do
       || { echo "gpu-check: engine $id not ready; its log:" >&2; tail -20 "$WORK/$id.log" >&2; exit 1; }
   done
 done
+if [ $tp = 1 ]; then
+  "$BIN" engine --config "$WORK/models.json" --model chat_tp --host 127.0.0.1 2>"$WORK/chat_tp.log" &
+  pids+=($!)
+  for _ in $(seq 1200); do
+    curl -sf "http://127.0.0.1:${port[chat_tp]}/health" >/dev/null && break
+    sleep 0.25
+  done
+  curl -sf "http://127.0.0.1:${port[chat_tp]}/health" >/dev/null \
+    || { echo "gpu-check: engine chat_tp not ready; its log:" >&2; tail -20 "$WORK/chat_tp.log" >&2; exit 1; }
+fi
 log "engines ready after $(( $(date +%s) - start ))s"
 
 # --- same inputs on both sides --------------------------------------------------------------------
 ports_json=$(for k in "${!port[@]}"; do printf '"%s": %s,' "$k" "${port[$k]}"; done)
-checks=$(python3 - "{${ports_json%,}}" <<'PY'
+checks=$(python3 - "{${ports_json%,}}" "$tp" <<'PY'
 import json, math, sys, urllib.request
 ports = json.loads(sys.argv[1])
 def post(id, path, body):
@@ -145,6 +169,16 @@ for m in ("chat_st", "chat_gguf"):
     out[f"{m}_identical_greedy"] = f"{same}/{len(prompts)}"
     out[f"{m}_common_prefix"] = [round(x, 3) for x in prefix]
     ok &= max(prefix) >= 0.5
+if "chat_tp" in ports and sys.argv[2] == "1":
+    # The same bf16 model split over two ranks must answer as the unsplit one on the device.
+    same = 0
+    for p in prompts:
+        t = [post(m, "/v1/chat/completions", {"model": m, "temperature": 0, "max_tokens": 24,
+                  "messages": [{"role": "user", "content": p}]})["choices"][0]["message"]["content"]
+             for m in ("chat_st_dev", "chat_tp")]
+        same += t[0] == t[1]
+    out["tp2_identical_greedy"] = f"{same}/{len(prompts)}"
+    ok &= same >= len(prompts) - 1
 out["ok"] = bool(ok)
 print(json.dumps(out))
 PY
@@ -154,17 +188,23 @@ log "comparisons: $checks"
 # --- throughput on the device side ----------------------------------------------------------------
 if [ "$DEVICE" = cuda ]; then n1=16 n32=128 toks=128 ereq=200 rreq=40; else n1=2 n32=4 toks=8 ereq=4 rreq=2; fi
 field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
-bench_chat() { # model concurrency requests
-  "$BIN" bench chat --url "http://127.0.0.1:${port[${1}_dev]}" --model "${1}_dev" --concurrency "$2" \
+bench_chat() { # engine-id concurrency requests
+  "$BIN" bench chat --url "http://127.0.0.1:${port[$1]}" --model "$1" --concurrency "$2" \
     --requests "$3" --prompt-tokens 64 --max-tokens "$toks" --warmup 1 --json | field output_tok_per_s
 }
-st1=$(bench_chat chat_st 1 "$n1"); st32=$(bench_chat chat_st 32 "$n32")
-gg1=$(bench_chat chat_gguf 1 "$n1"); gg32=$(bench_chat chat_gguf 32 "$n32")
+st1=$(bench_chat chat_st_dev 1 "$n1"); st32=$(bench_chat chat_st_dev 32 "$n32")
+gg1=$(bench_chat chat_gguf_dev 1 "$n1"); gg32=$(bench_chat chat_gguf_dev 32 "$n32")
 emb=$("$BIN" bench embeddings --url "http://127.0.0.1:${port[embed_dev]}" --model embed_dev --concurrency 4 \
        --requests "$ereq" --inputs-per-request 32 --words 100 --json | field inputs_per_s)
+tp_json='"skipped: needs two GPUs"'
+if [ $tp = 1 ]; then
+  tp1=$(bench_chat chat_tp 1 "$n1"); tp32=$(bench_chat chat_tp 32 "$n32")
+  tp_json=$(printf '{"decode_tok_s_1_stream": %s, "decode_tok_s_32_streams": %s, "vs_tp1_1_stream": %s, "vs_tp1_32_streams": %s}' \
+    "$tp1" "$tp32" "$(python3 -c "print(round($tp1 / $st1, 3))")" "$(python3 -c "print(round($tp32 / $st32, 3))")")
+fi
 rr=$("$BIN" bench rerank --url "http://127.0.0.1:${port[rerank_dev]}" --model rerank_dev --concurrency 4 \
       --requests "$rreq" --documents 100 --words 100 --json | field pairs_per_s)
 
-printf '{"device": "%s", "gpu": "%s", "driver": "%s", "checks": %s, "chat_bf16_safetensors": {"decode_tok_s_1_stream": %s, "decode_tok_s_32_streams": %s}, "chat_gguf_q4_1": {"decode_tok_s_1_stream": %s, "decode_tok_s_32_streams": %s}, "embeddings_per_s_32x100_words": %s, "rerank_pairs_per_s_100_docs": %s, "seconds": %s}\n' \
-  "$DEVICE" "$gpu_name" "$driver" "$checks" "$st1" "$st32" "$gg1" "$gg32" "$emb" "$rr" "$(( $(date +%s) - start ))"
+printf '{"device": "%s", "gpu": "%s", "driver": "%s", "checks": %s, "chat_bf16_safetensors": {"decode_tok_s_1_stream": %s, "decode_tok_s_32_streams": %s}, "chat_gguf_q4_1": {"decode_tok_s_1_stream": %s, "decode_tok_s_32_streams": %s}, "chat_bf16_tp2": %s, "embeddings_per_s_32x100_words": %s, "rerank_pairs_per_s_100_docs": %s, "seconds": %s}\n' \
+  "$DEVICE" "$gpu_name" "$driver" "$checks" "$st1" "$st32" "$gg1" "$gg32" "$tp_json" "$emb" "$rr" "$(( $(date +%s) - start ))"
 echo "$checks" | grep -q '"ok": true'

@@ -81,6 +81,15 @@ fn gpu_plan_ok(file: &ModelsFile) -> bool {
     problems.is_empty()
 }
 
+/// `check-config`: every tensor-parallel model's split against its checkpoint.
+fn splits_ok(file: &ModelsFile) -> bool {
+    let problems = trident::supervisor::gpu::check_splits(file);
+    for p in &problems {
+        eprintln!("{p}");
+    }
+    problems.is_empty()
+}
+
 /// `check-config`: the ports `serve` would open for the models (pinned model listeners, the
 /// engines' private ports) against the settings; prints every clash.
 fn port_plan_ok(cli: &Cli, file: &ModelsFile) -> anyhow::Result<bool> {
@@ -132,6 +141,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             match ModelsFile::load(&args.config, opts) {
                 Ok(file) if args.gpus && !gpu_plan_ok(&file) => Ok(ExitCode::FAILURE),
+                Ok(file) if !args.no_paths && !splits_ok(&file) => Ok(ExitCode::FAILURE),
                 Ok(file) if !port_plan_ok(&cli, &file)? => Ok(ExitCode::FAILURE),
                 Ok(file) => {
                     println!(

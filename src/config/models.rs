@@ -368,6 +368,22 @@ impl ModelsFile {
             if e.device == DeviceSetting::Cpu && !e.gpus.is_empty() {
                 problems.push(problem(&at("gpus"), "listed GPUs but device is \"cpu\""));
             }
+            if let Some(tp) = e.tensor_parallel_size.filter(|&tp| tp > 1) {
+                if e.kind != ModelKind::Chat {
+                    problems.push(problem(
+                        &at("tensor_parallel_size"),
+                        "only applies to chat models (type \"chat\")",
+                    ));
+                } else if !e.gpus.is_empty() && e.gpus.len() != tp {
+                    problems.push(problem(
+                        &at("tensor_parallel_size"),
+                        &format!(
+                            "is {tp}, but \"gpus\" lists {} GPU(s): one rank runs on each GPU, so list {tp}",
+                            e.gpus.len()
+                        ),
+                    ));
+                }
+            }
             match (&e.upstream, &e.path) {
                 (Some(urls), _) => {
                     if urls.0.is_empty() {
@@ -515,6 +531,38 @@ mod tests {
         );
         assert!(paths.contains(&"models.b.replicas"), "{problems:?}");
         assert!(paths.contains(&"models.b.port"), "{problems:?}");
+    }
+
+    #[test]
+    fn tensor_parallel_size_is_for_chat_models_with_one_gpu_per_rank() {
+        let check = |entry: &str| {
+            let text = format!(r#"{{"models": {{"m": {entry}}}}}"#);
+            match ModelsFile::parse(&text, CheckOptions::default()) {
+                Ok(_) => Vec::new(),
+                Err(p) => p.into_iter().map(|p| p.to_string()).collect(),
+            }
+        };
+        let chat = r#"{"path": "/x", "type": "chat", "port": 9000, "tensor_parallel_size": 2"#;
+        assert!(check(&format!("{chat}}}")).is_empty());
+        assert!(check(&format!(r#"{chat}, "gpus": [0, 1]}}"#)).is_empty());
+        let p = check(&format!(r#"{chat}, "gpus": [3]}}"#));
+        assert!(
+            p.len() == 1
+                && p[0].contains("models.m.tensor_parallel_size")
+                && p[0].contains("lists 1 GPU(s)"),
+            "{p:?}"
+        );
+        let p =
+            check(r#"{"path": "/x", "type": "rerank", "port": 9000, "tensor_parallel_size": 2}"#);
+        assert!(
+            p.len() == 1 && p[0].contains("only applies to chat models"),
+            "{p:?}"
+        );
+        // 1 is the unsplit model, on any kind.
+        assert!(check(
+            r#"{"path": "/x", "type": "rerank", "port": 9000, "tensor_parallel_size": 1}"#
+        )
+        .is_empty());
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub fn load_options(entry: &ModelEntry) -> LoadOptions {
         },
         // The device-generic path on the CPU, for scripts/gpu-check.sh's DEVICE=cpu mode.
         generic: std::env::var("TRIDENT_GENERIC_PATH").is_ok_and(|v| v == "1"),
+        tensor_parallel: entry.tensor_parallel_size.unwrap_or(1),
     }
 }
 

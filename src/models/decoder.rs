@@ -15,6 +15,7 @@ use serde_json::Value;
 use tokenizers::Tokenizer;
 
 use super::device::llama::{DeviceCache, DeviceLlama, DeviceStep};
+use super::device::tp::{TpCache, TpLlama, TpStep};
 use super::device::{self, ModelPath};
 use super::files::resolve;
 use super::llama::gguf::GgufFile;
@@ -102,6 +103,7 @@ pub struct SeqCache {
 enum CacheInner {
     Fast(KvCache),
     Device(DeviceCache),
+    Tp(TpCache),
 }
 
 impl SeqCache {
@@ -110,6 +112,7 @@ impl SeqCache {
         match &self.inner {
             CacheInner::Fast(c) => c.len,
             CacheInner::Device(c) => c.len,
+            CacheInner::Tp(c) => c.len(),
         }
     }
 
@@ -125,7 +128,7 @@ impl SeqCache {
             CacheInner::Fast(c) => Some(SeqCache {
                 inner: CacheInner::Fast(c.clone()),
             }),
-            CacheInner::Device(_) => None,
+            CacheInner::Device(_) | CacheInner::Tp(_) => None,
         }
     }
 }
@@ -140,6 +143,8 @@ pub struct StepItem<'a> {
 enum Net {
     Fast(Box<Llama>),
     Device(Box<DeviceLlama>),
+    /// Split over several devices (`tensor_parallel_size`).
+    Tp(Box<TpLlama>),
 }
 
 /// A loaded decoder with its tokenizer; lives on one dedicated model thread.
@@ -283,19 +288,40 @@ fn single_gguf(dir: &Path) -> Result<Option<PathBuf>, ModelError> {
     Ok(if found.len() == 1 { found.pop() } else { None })
 }
 
+/// The `.gguf` file a decoder path loads, if it is a GGUF checkpoint.
+fn gguf_of(path: &Path) -> Result<Option<PathBuf>, ModelError> {
+    if path.is_file() {
+        Ok(Some(path.to_path_buf()))
+    } else if !path.join("config.json").exists() {
+        single_gguf(path)
+    } else {
+        Ok(None)
+    }
+}
+
+/// The decoder configuration of a checkpoint, read without its weights.
+pub fn read_config(path: &Path) -> Result<super::llama::DecoderConfig, ModelError> {
+    let path = resolve(path)?;
+    match gguf_of(&path)? {
+        Some(g) => GgufFile::open(&g)?.config(),
+        None => Ok(st::read_config(&path)?.cfg),
+    }
+}
+
+/// Why the decoder at `path` cannot be split over `tensor_parallel` ranks (`None`: it can),
+/// from its configuration alone: the check before an engine starts.
+pub fn split_problem(path: &Path, tensor_parallel: usize) -> Result<Option<String>, ModelError> {
+    let cfg = read_config(path)?;
+    Ok(super::device::llama::split_problem(&cfg, tensor_parallel))
+}
+
 impl DecoderModel {
     /// Loads a decoder from a directory (safetensors or one `.gguf`), a Hugging Face cache
     /// directory, or a `.gguf` file.
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<Self, ModelError> {
         let choice = device::choose(opts)?;
         let path = resolve(path)?;
-        let gguf = if path.is_file() {
-            Some(path.clone())
-        } else if !path.join("config.json").exists() {
-            single_gguf(&path)?
-        } else {
-            None
-        };
+        let gguf = gguf_of(&path)?;
         let mut model = match (&gguf, &choice) {
             (Some(g), _) => Self::load_gguf(g)?,
             (None, ModelPath::Fast) => Self::load_safetensors(&path, opts.dtype)?,
@@ -313,14 +339,24 @@ impl DecoderModel {
             let Net::Fast(fast) = &model.net else {
                 unreachable!("loaders build the fast model first. This is a bug.")
             };
-            let d = DeviceLlama::from_llama(fast, &device, dtype)?;
-            let c = &d.cfg;
+            let (net, dt) = if opts.tensor_parallel > 1 {
+                let devices = device::rank_devices(opts)?;
+                let tp = TpLlama::new(fast, &devices, dtype)?;
+                let dt = tp.dtype();
+                (Net::Tp(Box::new(tp)), dt)
+            } else {
+                let d = DeviceLlama::from_llama(fast, &device, dtype)?;
+                let dt = d.dtype();
+                (Net::Device(Box::new(d)), dt)
+            };
+            let c = &fast.cfg;
+            // Over every rank: each holds its share of the KV heads.
             model.info.kv_bytes_per_token =
-                2 * c.num_layers * c.num_kv_heads * c.head_dim * d.dtype().size_in_bytes();
+                2 * c.num_layers * c.num_kv_heads * c.head_dim * dt.size_in_bytes();
             if gguf.is_none() {
-                model.info.dtype = format!("{:?}", d.dtype()).to_lowercase();
+                model.info.dtype = format!("{dt:?}").to_lowercase();
             }
-            model.net = Net::Device(Box::new(d));
+            model.net = net;
         }
         Ok(model)
     }
@@ -427,8 +463,10 @@ impl DecoderModel {
     /// Bounds the device KV cache by `bytes` (the engine's KV budget); the CPU path's caches
     /// are plain per-sequence vectors, bounded by the scheduler alone.
     pub fn set_kv_budget(&self, bytes: usize) {
-        if let Net::Device(m) = &self.net {
-            m.set_kv_budget(bytes);
+        match &self.net {
+            Net::Device(m) => m.set_kv_budget(bytes),
+            Net::Tp(m) => m.set_kv_budget(bytes),
+            Net::Fast(_) => {}
         }
     }
 
@@ -439,7 +477,7 @@ impl DecoderModel {
             Net::Fast(m) => Some(SeqCache {
                 inner: CacheInner::Fast(m.cache_with_prefix(blocks)),
             }),
-            Net::Device(_) => None,
+            Net::Device(_) | Net::Tp(_) => None,
         }
     }
 
@@ -457,6 +495,7 @@ impl DecoderModel {
         let inner = match &self.net {
             Net::Fast(m) => CacheInner::Fast(m.new_cache()),
             Net::Device(m) => CacheInner::Device(m.new_cache()),
+            Net::Tp(m) => CacheInner::Tp(m.new_cache()),
         };
         SeqCache { inner }
     }
@@ -488,6 +527,19 @@ impl DecoderModel {
                         return Err(foreign());
                     };
                     steps.push(DeviceStep {
+                        tokens: it.tokens,
+                        cache,
+                    });
+                }
+                m.step(&mut steps)
+            }
+            Net::Tp(m) => {
+                let mut steps = Vec::with_capacity(items.len());
+                for it in items.iter_mut() {
+                    let CacheInner::Tp(cache) = &mut it.cache.inner else {
+                        return Err(foreign());
+                    };
+                    steps.push(TpStep {
                         tokens: it.tokens,
                         cache,
                     });

@@ -100,4 +100,8 @@ pub struct LoadOptions {
     /// Run the device-generic path (`models::device`) on the CPU too, instead of the fast
     /// kernels: for the equivalence tests and the CPU side of `scripts/gpu-check.sh`.
     pub generic: bool,
+    /// Ranks of a tensor-parallel decoder (`tensor_parallel_size`; 0 or 1: not split). On
+    /// CUDA rank `r` runs on device `r` of the visible ones; on the CPU every rank is a
+    /// thread of the CPU.
+    pub tensor_parallel: usize,
 }

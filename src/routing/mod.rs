@@ -415,7 +415,10 @@ pub fn device_of(entry: &ModelEntry) -> String {
 pub fn effective_gpus(entry: &ModelEntry) -> Vec<usize> {
     match entry.device {
         DeviceSetting::Cpu => Vec::new(),
-        DeviceSetting::Cuda if entry.gpus.is_empty() => vec![0],
+        // A tensor-parallel model takes one GPU per rank.
+        DeviceSetting::Cuda if entry.gpus.is_empty() => {
+            (0..entry.tensor_parallel_size.unwrap_or(1).max(1)).collect()
+        }
         _ => entry.gpus.clone(),
     }
 }

@@ -190,6 +190,7 @@ impl Supervisor {
             .map_err(|e| refused(e.problems))?;
         let mut problems = self.opts.role.check(&file);
         problems.extend(gpu::check_plan(&file, &gpu::detect()));
+        problems.extend(gpu::check_splits(&file));
         if !problems.is_empty() {
             return Err(refused(problems));
         }

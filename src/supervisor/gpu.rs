@@ -76,6 +76,51 @@ pub fn detect() -> Result<Vec<GpuFacts>, String> {
     }
 }
 
+/// Tensor-parallel models whose checkpoint cannot be split as asked (attention heads, KV
+/// heads and MLP width must divide by `tensor_parallel_size`), read from each checkpoint's
+/// configuration before any engine starts; the problems name the numbers.
+pub fn check_splits(file: &ModelsFile) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for (id, e) in file.models.iter().filter(|(_, e)| e.upstream.is_none()) {
+        let (Some(tp), Some(path)) = (e.tensor_parallel_size.filter(|&t| t > 1), &e.path) else {
+            continue;
+        };
+        let message = match crate::models::decoder::split_problem(path, tp) {
+            Ok(None) => continue,
+            Ok(Some(why)) => format!("model {id:?}: {why}"),
+            Err(err) => format!(
+                "model {id:?}: cannot read its configuration to check tensor_parallel_size {tp}: {err}"
+            ),
+        };
+        problems.push(Problem {
+            path: format!("models.{id}.tensor_parallel_size"),
+            message,
+        });
+    }
+    problems
+}
+
+/// Bytes of weight files at a model path (a file, or the `.safetensors` / `.gguf` / `.bin`
+/// files of a directory); `None` when it cannot be read.
+fn weight_bytes(path: &std::path::Path) -> Option<u64> {
+    let path = crate::models::files::resolve(path).ok()?;
+    if path.is_file() {
+        return std::fs::metadata(&path).ok().map(|m| m.len());
+    }
+    let mut total = 0;
+    for e in std::fs::read_dir(&path).ok()?.flatten() {
+        let p = e.path();
+        let weights = p
+            .extension()
+            .and_then(|x| x.to_str())
+            .is_some_and(|x| matches!(x, "safetensors" | "gguf" | "bin"));
+        if weights {
+            total += std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+        }
+    }
+    Some(total)
+}
+
 /// Checks the plan against the detected GPUs; returns every problem.
 pub fn check_plan(file: &ModelsFile, detected: &Result<Vec<GpuFacts>, String>) -> Vec<Problem> {
     let mut problems = Vec::new();
@@ -115,6 +160,34 @@ pub fn check_plan(file: &ModelsFile, detected: &Result<Vec<GpuFacts>, String>) -
         let share = e
             .gpu_memory_utilization
             .unwrap_or(DEFAULT_GPU_MEMORY_UTILIZATION);
+        // Each GPU holds one rank's shard of the weights: it must fit in the model's share.
+        let ranks = e.tensor_parallel_size.unwrap_or(1).max(1) as u64;
+        let shard = e
+            .path
+            .as_deref()
+            .and_then(weight_bytes)
+            .map(|b| b.div_ceil(ranks));
+        if let (Some(shard), Ok(list)) = (shard, detected) {
+            for &g in &gpus {
+                let Some(total) = list.get(g).map(|f| f.memory_total_bytes).filter(|&t| t > 0)
+                else {
+                    continue;
+                };
+                let room = (share * total as f64) as u64;
+                if shard > room {
+                    problems.push(Problem {
+                        path: format!("models.{id}.gpu_memory_utilization"),
+                        message: format!(
+                            "model {id:?} needs {} MiB of weights on GPU {g} (its shard at tensor_parallel_size {ranks}), \
+                             more than gpu_memory_utilization {share} of {} MiB = {} MiB; raise it, or split the model over more GPUs",
+                            shard >> 20,
+                            total >> 20,
+                            room >> 20
+                        ),
+                    });
+                }
+            }
+        }
         for &g in &gpus {
             for _ in 0..e.replicas.max(1) {
                 load.entry(g).or_default().push((id.clone(), share));
@@ -242,6 +315,79 @@ mod tests {
                 && p[0].message.contains("12288 MiB free"),
             "{}",
             p[0]
+        );
+    }
+
+    #[test]
+    fn each_gpu_must_hold_its_shard_of_the_weights() {
+        let tmp = tempfile::tempdir().unwrap();
+        // 12 GiB of weights (a sparse file: only its length is read).
+        std::fs::File::create(tmp.path().join("model.safetensors"))
+            .unwrap()
+            .set_len(12 << 30)
+            .unwrap();
+        let entry = |tp: usize, gpus: &str| {
+            file(&format!(
+                r#"{{"models": {{"c": {{"path": "{}", "type": "chat", "port": 9000, "device": "cuda",
+                     "gpus": {gpus}, "tensor_parallel_size": {tp}, "gpu_memory_utilization": 0.5}}}}}}"#,
+                tmp.path().display()
+            ))
+        };
+        // 16 GiB GPUs at 0.5: 8 GiB each. Whole, 12 GiB does not fit; split in two, 6 GiB does.
+        let p = check_plan(&entry(1, "[0]"), &gpus(2));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].path == "models.c.gpu_memory_utilization"
+                && p[0].message.contains("12288 MiB")
+                && p[0].message.contains("8192 MiB"),
+            "{}",
+            p[0]
+        );
+        assert!(check_plan(&entry(2, "[0, 1]"), &gpus(2)).is_empty());
+        // Unlisted GPUs: a split over two takes GPUs 0 and 1, so one GPU is not enough.
+        let unlisted = file(&format!(
+            r#"{{"models": {{"c": {{"path": "{}", "type": "chat", "port": 9000, "device": "cuda",
+                 "tensor_parallel_size": 2, "gpu_memory_utilization": 0.5}}}}}}"#,
+            tmp.path().display()
+        ));
+        let p = check_plan(&unlisted, &gpus(1));
+        assert!(p.iter().any(|p| p.message.contains("GPU 1")), "{p:?}");
+        assert!(check_plan(&unlisted, &gpus(2)).is_empty());
+    }
+
+    #[test]
+    fn splits_are_checked_against_the_checkpoint() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spec = crate::models::testutil_decoder::TinyDecoderSpec::new("qwen2");
+        crate::models::testutil_decoder::write_tiny_decoder(tmp.path(), &spec).unwrap();
+        let at = |tp: usize| {
+            file(&format!(
+                r#"{{"models": {{"c": {{"path": "{}", "type": "chat", "port": 9000, "tensor_parallel_size": {tp}}}}}}}"#,
+                tmp.path().display()
+            ))
+        };
+        assert!(check_splits(&at(1)).is_empty());
+        assert!(check_splits(&at(2)).is_empty());
+        let p = check_splits(&at(3));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].path == "models.c.tensor_parallel_size"
+                && p[0].message.contains("attention heads 4")
+                && p[0].message.contains("KV heads 2")
+                && p[0]
+                    .message
+                    .contains("it does not divide attention heads 4, KV heads 2"),
+            "{}",
+            p[0]
+        );
+        // A path that holds no checkpoint says so rather than passing.
+        let missing = file(
+            r#"{"models": {"c": {"path": "/nonexistent", "type": "chat", "port": 9000, "tensor_parallel_size": 2}}}"#,
+        );
+        let p = check_splits(&missing);
+        assert!(
+            p[0].message.contains("cannot read its configuration"),
+            "{p:?}"
         );
     }
 

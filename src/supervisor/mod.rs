@@ -245,7 +245,8 @@ fn plan(opts: &ServeOptions, token: &str) -> Result<Plan, ServeError> {
         }
     }
     let detected = gpu::detect();
-    let problems = gpu::check_plan(&file, &detected);
+    let mut problems = gpu::check_plan(&file, &detected);
+    problems.extend(gpu::check_splits(&file));
     if !problems.is_empty() {
         return Err(ServeError::GpuPlan(problems));
     }

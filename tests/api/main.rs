@@ -18,4 +18,5 @@ mod prefix_cache;
 mod reasoning;
 mod rerank;
 mod structured;
+mod tensor_parallel;
 mod tools;

@@ -116,11 +116,12 @@ pub struct ChatLimits {
 }
 
 /// KV budget in bytes: on CUDA a share (`gpu_memory_utilization`) of the device's memory
-/// left after loading the weights; on CPU `kv_cache_memory_mb`.
+/// left after loading the weights (per GPU: a tensor-parallel model has that on each of its
+/// GPUs, measured on the first); on CPU `kv_cache_memory_mb`.
 fn kv_budget_bytes(entry: &ModelEntry, cuda: bool) -> usize {
     if cuda {
         if let Some(b) = cuda_kv_bytes(entry.gpu_memory_utilization.unwrap_or(0.9)) {
-            return b;
+            return b * entry.tensor_parallel_size.unwrap_or(1).max(1);
         }
     }
     entry.kv_cache_memory_mb.unwrap_or(DEFAULT_KV_CACHE_MB) * 1024 * 1024

@@ -12,9 +12,12 @@
 //! as on the CPU path; the matmul inputs, the heads and the KV cache are in the activations'
 //! dtype.
 
+use std::ops::Range;
+
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, QMatMul};
 use candle_core::{DType, Device, Module, Tensor};
 
+use super::comm::Communicator;
 use super::kv::{BlockTable, KvPool, SharedPool};
 use crate::models::llama::{DecoderConfig, Llama, RopeStyle};
 use crate::models::quant::{QLinear, Weights};
@@ -32,20 +35,61 @@ struct Lin {
 }
 
 impl Lin {
-    fn from_q(l: &QLinear, device: &Device, dtype: DType) -> Result<Self, ModelError> {
+    /// The rows `rows` (ranges, stacked in order) and columns `cols` of `l`, with `pad`
+    /// zero rows below, on `device` (a tensor-parallel shard; the whole layer for one
+    /// range of every row and column). `bias`: whether this part carries the bias (a
+    /// row-parallel layer's bias is added by one rank only, before the sum).
+    fn from_part(
+        l: &QLinear,
+        rows: &[Range<usize>],
+        cols: Range<usize>,
+        pad: usize,
+        bias: bool,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self, ModelError> {
+        let whole = rows.len() == 1 && rows[0] == (0..l.rows) && cols == (0..l.cols) && pad == 0;
+        let n: usize = rows.iter().map(|r| r.len()).sum::<usize>() + pad;
+        let dense = |t: &Tensor| -> Result<DLinear, ModelError> {
+            let t = if whole {
+                t.clone()
+            } else {
+                dense_part(t, rows, &cols, pad)?
+            };
+            Ok(DLinear::Dense(t.to_device(device)?.to_dtype(dtype)?))
+        };
         let w = match &l.weights {
-            Weights::Dense(t) => DLinear::Dense(t.to_device(device)?.to_dtype(dtype)?),
+            Weights::Dense(t) => dense(t)?,
             Weights::Q4_1(_) | Weights::Q8_0(_) | Weights::Ggml { .. } => {
                 let (ggml, bytes) = l
                     .ggml_bytes()
                     .expect("quantised weights have ggml bytes. This is a bug.");
-                let qt = qtensor_from_ggml(ggml, &bytes, vec![l.rows, l.cols], device)?;
-                DLinear::Quant(QMatMul::from_qtensor(qt)?)
+                let (bs, ts) = (ggml.block_size(), ggml.type_size());
+                if cols.start.is_multiple_of(bs) && cols.end.is_multiple_of(bs) {
+                    // ggml rows are runs of whole blocks: a shard is byte ranges of them.
+                    let row_bytes = l.cols / bs * ts;
+                    let (c0, c1) = (cols.start / bs * ts, cols.end / bs * ts);
+                    let mut part = Vec::with_capacity(n * (c1 - c0));
+                    for r in rows.iter().flat_map(|r| r.clone()) {
+                        part.extend_from_slice(&bytes[r * row_bytes + c0..r * row_bytes + c1]);
+                    }
+                    // Zero bytes are zero weights in every ggml format (zero scales).
+                    part.resize(n * (c1 - c0), 0);
+                    let qt = qtensor_from_ggml(ggml, &part, vec![n, cols.len()], device)?;
+                    DLinear::Quant(QMatMul::from_qtensor(qt)?)
+                } else {
+                    // A column cut inside a quantisation block: this shard runs dequantised.
+                    dense(&l.dense_f32()?)?
+                }
             }
         };
-        let bias = match &l.bias {
-            Some(b) => Some(Tensor::from_slice(b, l.rows, device)?.to_dtype(dtype)?),
-            None => None,
+        let bias = match (&l.bias, bias) {
+            (Some(b), true) => {
+                let mut part: Vec<f32> = rows.iter().flat_map(|r| b[r.clone()].to_vec()).collect();
+                part.resize(n, 0.0);
+                Some(Tensor::from_vec(part, n, device)?.to_dtype(dtype)?)
+            }
+            _ => None,
         };
         Ok(Lin { w, bias })
     }
@@ -60,6 +104,27 @@ impl Lin {
             None => Ok(y),
         }
     }
+}
+
+/// Rows `rows` (stacked) and columns `cols` of a dense `[rows, cols]` tensor, with `pad` zero
+/// rows below.
+fn dense_part(
+    t: &Tensor,
+    rows: &[Range<usize>],
+    cols: &Range<usize>,
+    pad: usize,
+) -> candle_core::Result<Tensor> {
+    let mut parts = Vec::with_capacity(rows.len() + 1);
+    for r in rows {
+        parts.push(
+            t.narrow(0, r.start, r.len())?
+                .narrow(1, cols.start, cols.len())?,
+        );
+    }
+    if pad > 0 {
+        parts.push(Tensor::zeros((pad, cols.len()), t.dtype(), t.device())?);
+    }
+    Tensor::cat(&parts, 0)
 }
 
 struct Layer {
@@ -80,18 +145,77 @@ pub struct DeviceCache {
     table: BlockTable,
 }
 
+impl DeviceCache {
+    /// An empty cache on a block table.
+    pub fn on_pool(table: BlockTable) -> Self {
+        DeviceCache { len: 0, table }
+    }
+}
+
 /// One sequence's part of a step on the device path.
 pub struct DeviceStep<'a> {
     pub tokens: &'a [u32],
     pub cache: &'a mut DeviceCache,
 }
 
-/// A decoder on any candle device.
+/// Which part of the model a [`DeviceLlama`] holds: rank `rank` of a `world`-way
+/// tensor-parallel split (Megatron-style: heads, MLP columns and vocabulary divided; one
+/// sum after each row-parallel layer). `Shard::WHOLE` is the unsplit model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub rank: usize,
+    pub world: usize,
+}
+
+impl Shard {
+    pub const WHOLE: Shard = Shard { rank: 0, world: 1 };
+
+    /// This rank's share `rank * n / world .. (rank + 1) * n / world` of `n` (divisible).
+    fn part(&self, n: usize) -> Range<usize> {
+        let each = n / self.world;
+        self.rank * each..(self.rank + 1) * each
+    }
+}
+
+/// Why `cfg` cannot be split `world` ways (`None` when it can): attention heads, KV heads
+/// and the MLP width must divide evenly.
+pub fn split_problem(cfg: &DecoderConfig, world: usize) -> Option<String> {
+    let bad: Vec<String> = [
+        ("attention heads", cfg.num_heads),
+        ("KV heads", cfg.num_kv_heads),
+        ("intermediate_size", cfg.intermediate_size),
+    ]
+    .iter()
+    .filter(|(_, n)| world == 0 || n % world != 0)
+    .map(|(what, n)| format!("{what} {n}"))
+    .collect();
+    (!bad.is_empty()).then(|| {
+        format!(
+            "tensor_parallel_size {world} must divide the model's attention heads ({}), KV heads ({}) \
+             and intermediate_size ({}); it does not divide {}",
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.intermediate_size,
+            bad.join(", ")
+        )
+    })
+}
+
+/// A decoder on any candle device: the whole model, or one tensor-parallel [`Shard`].
 pub struct DeviceLlama {
     pub cfg: DecoderConfig,
     device: Device,
     /// The activations' dtype: the weights' for dense checkpoints, f32 for ggml ones.
     dtype: DType,
+    shard: Shard,
+    /// This shard's attention heads, KV heads and MLP width.
+    heads: usize,
+    kv_heads: usize,
+    inter: usize,
+    /// Vocabulary rows per shard (the last shard padded with zero rows).
+    vocab_part: usize,
+    /// This shard's embedding rows, plus one zero row (at `vocab_part`) for the ids of
+    /// other shards.
     embed: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
@@ -102,11 +226,22 @@ pub struct DeviceLlama {
 impl DeviceLlama {
     /// Moves a loaded model to `device`; dense weights are converted to `dtype`.
     pub fn from_llama(m: &Llama, device: &Device, dtype: DType) -> Result<Self, ModelError> {
-        let quantised = !matches!(
-            m.layers.first().map(|l| &l.qkv.weights),
-            Some(Weights::Dense(_))
-        );
-        let dtype = if quantised { DType::F32 } else { dtype };
+        Self::from_llama_shard(m, device, dtype, Shard::WHOLE)
+    }
+
+    /// Moves `shard` of a loaded model to `device` (its heads, MLP columns and vocabulary
+    /// rows; quantised weights stay quantised where the cut falls between ggml blocks).
+    pub fn from_llama_shard(
+        m: &Llama,
+        device: &Device,
+        dtype: DType,
+        shard: Shard,
+    ) -> Result<Self, ModelError> {
+        let c = &m.cfg;
+        if let Some(why) = split_problem(c, shard.world) {
+            return Err(ModelError::Unsupported(why));
+        }
+        let dtype = Self::dtype_for(m, dtype);
         // Norm weights stay f32: they scale the f32 residual stream.
         let vec = |v: &[f32]| -> Result<Tensor, ModelError> {
             Ok(Tensor::from_slice(v, v.len(), device)?)
@@ -118,34 +253,99 @@ impl DeviceLlama {
                 None => Ok(None),
             }
         };
+        let (hd, w) = (c.head_dim, shard.world);
+        let (qd, kvd, is) = (c.num_heads * hd, c.num_kv_heads * hd, c.intermediate_size);
+        let (q, kv, mlp) = (shard.part(qd), shard.part(kvd), shard.part(is));
+        let shift = |r: &Range<usize>, by: usize| r.start + by..r.end + by;
+        let first = shard.rank == 0;
+        let part = |l: &QLinear, rows: &[Range<usize>], cols: Range<usize>, bias: bool| {
+            Lin::from_part(l, rows, cols, 0, bias, device, dtype)
+        };
         let mut layers = Vec::with_capacity(m.layers.len());
         for l in &m.layers {
+            let hs = l.o.rows;
             layers.push(Layer {
                 attn_norm: vec(&l.attn_norm)?,
-                qkv: Lin::from_q(&l.qkv, device, dtype)?,
+                // Column-parallel: this shard's q, k and v heads, stacked as the whole is.
+                qkv: part(
+                    &l.qkv,
+                    &[q.clone(), shift(&kv, qd), shift(&kv, qd + kvd)],
+                    0..hs,
+                    true,
+                )?,
                 q_norm: opt(&l.q_norm)?,
                 k_norm: opt(&l.k_norm)?,
-                o: Lin::from_q(&l.o, device, dtype)?,
+                // Row-parallel: the columns of this shard's heads; the bias once, on rank 0.
+                o: part(&l.o, std::slice::from_ref(&(0..hs)), q.clone(), first)?,
                 ffn_norm: vec(&l.ffn_norm)?,
-                gate_up: Lin::from_q(&l.gate_up, device, dtype)?,
-                down: Lin::from_q(&l.down, device, dtype)?,
+                gate_up: part(&l.gate_up, &[mlp.clone(), shift(&mlp, is)], 0..hs, true)?,
+                down: part(&l.down, std::slice::from_ref(&(0..hs)), mlp.clone(), first)?,
             });
         }
+        // Vocabulary-parallel embedding and LM head: ceil(vocab / world) rows per shard.
+        let v = c.vocab_size;
+        let vocab_part = v.div_ceil(w);
+        let rows = (shard.rank * vocab_part).min(v)..((shard.rank + 1) * vocab_part).min(v);
+        let pad = vocab_part - rows.len();
+        let embed = if w == 1 {
+            m.embed.dense_f32()?
+        } else {
+            // One more zero row: where the ids of other shards look up.
+            dense_part(
+                &m.embed.dense_f32()?,
+                std::slice::from_ref(&rows),
+                &(0..c.hidden_size),
+                pad + 1,
+            )?
+        };
+        let lm_head = Lin::from_part(
+            &m.lm_head,
+            &[rows],
+            0..c.hidden_size,
+            pad,
+            true,
+            device,
+            dtype,
+        )?;
         Ok(DeviceLlama {
-            cfg: m.cfg.clone(),
+            cfg: c.clone(),
             device: device.clone(),
             dtype,
-            embed: m.embed.dense_f32()?.to_device(device)?.to_dtype(dtype)?,
+            shard,
+            heads: c.num_heads / w,
+            kv_heads: c.num_kv_heads / w,
+            inter: is / w,
+            vocab_part,
+            embed: embed.to_device(device)?.to_dtype(dtype)?,
             layers,
             norm: vec(&m.norm)?,
-            lm_head: Lin::from_q(&m.lm_head, device, dtype)?,
+            lm_head,
             kv: std::sync::Arc::new(std::sync::Mutex::new(KvPool::new(
-                m.cfg.num_layers,
-                m.cfg.num_kv_heads * m.cfg.head_dim,
+                c.num_layers,
+                c.num_kv_heads / w * hd,
                 dtype,
                 device,
             ))),
         })
+    }
+
+    /// The activations' dtype of `m` on the device path when dense weights are asked in
+    /// `dtype`: ggml checkpoints run with f32 activations.
+    pub fn dtype_for(m: &Llama, dtype: DType) -> DType {
+        match m.layers.first().map(|l| &l.qkv.weights) {
+            Some(Weights::Dense(_)) => dtype,
+            _ => DType::F32,
+        }
+    }
+
+    /// The shard this model holds.
+    pub fn shard(&self) -> Shard {
+        self.shard
+    }
+
+    /// The pool of this model's KV caches.
+    pub fn kv_pool(&self) -> &SharedPool {
+        &self.kv
     }
 
     /// Bounds the KV pool by `bytes` (the engine's KV budget).
@@ -181,21 +381,48 @@ impl DeviceLlama {
 
     /// Appends each item's tokens to its cache and returns the logits of its last token.
     pub fn step(&self, items: &mut [DeviceStep<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
+        self.step_with(items, None)
+    }
+
+    /// [`Self::step`] of one tensor-parallel shard: `comm` joins it with the other shards'
+    /// steps (which must run at the same time, on the same items); every shard returns the
+    /// whole logits. `None` for the whole model.
+    pub fn step_with(
+        &self,
+        items: &mut [DeviceStep<'_>],
+        comm: Option<&dyn Communicator>,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
         self.validate(items)?;
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        let logits = self.forward(items)?;
+        if self.shard.world > 1 && comm.is_none_or(|c| c.world() != self.shard.world) {
+            return Err(ModelError::Unsupported(
+                "a tensor-parallel shard steps only with its group's communicator".into(),
+            ));
+        }
+        let logits = self.forward(items, comm)?;
         for it in items.iter_mut() {
             it.cache.len += it.tokens.len();
         }
         Ok(logits)
     }
 
-    fn forward(&self, items: &mut [DeviceStep<'_>]) -> candle_core::Result<Vec<Vec<f32>>> {
+    fn forward(
+        &self,
+        items: &mut [DeviceStep<'_>],
+        comm: Option<&dyn Communicator>,
+    ) -> candle_core::Result<Vec<Vec<f32>>> {
         let c = &self.cfg;
-        let (hd, nh, nkv) = (c.head_dim, c.num_heads, c.num_kv_heads);
-        let (qd, kvd, is) = (nh * hd, nkv * hd, c.intermediate_size);
+        let (hd, nh, nkv) = (c.head_dim, self.heads, self.kv_heads);
+        let (qd, kvd, is) = (nh * hd, nkv * hd, self.inter);
+        // The sum over shards after a row-parallel layer (nothing to sum for the whole model).
+        let reduce = |x: Tensor| -> candle_core::Result<Tensor> {
+            match comm {
+                Some(comm) => comm.all_reduce(&x),
+                None => Ok(x),
+            }
+        };
         let eps = c.rms_norm_eps;
         let dev = &self.device;
         let mut ids = Vec::new();
@@ -239,9 +466,21 @@ impl DeviceLlama {
         }
         let new_slots = Tensor::from_vec(new_slots, (n, kvd), dev)?;
         let plan = AttentionPlan::new(items, dev)?;
+        if self.shard.world > 1 {
+            // This shard's vocabulary rows; other ids read the zero row after them.
+            let mine = self.shard.rank * self.vocab_part..(self.shard.rank + 1) * self.vocab_part;
+            for id in ids.iter_mut() {
+                let i = *id as usize;
+                *id = if mine.contains(&i) {
+                    (i - mine.start) as u32
+                } else {
+                    self.vocab_part as u32
+                };
+            }
+        }
         let ids = Tensor::from_vec(ids, n, dev)?;
         // The residual stream is f32 (as on the CPU path); matmul inputs are cast to dtype.
-        let mut x = self.embed.index_select(&ids, 0)?.to_dtype(DType::F32)?;
+        let mut x = reduce(self.embed.index_select(&ids, 0)?.to_dtype(DType::F32)?)?;
         let dt = self.dtype;
         let scale = 1.0 / (hd as f64).sqrt();
         for (li, layer) in self.layers.iter().enumerate() {
@@ -260,11 +499,11 @@ impl DeviceLlama {
             let k = rope(k, nkv)?;
             pool.write(li, &new_slots, &k.reshape((n, kvd))?, &v.reshape((n, kvd))?)?;
             let attn = plan.attend(&pool, li, &q, (nkv, hd), scale)?;
-            x = (x + layer.o.forward(&attn)?.to_dtype(DType::F32)?)?;
+            x = (x + reduce(layer.o.forward(&attn)?.to_dtype(DType::F32)?)?)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?.to_dtype(dt)?;
             let gu = layer.gate_up.forward(&h)?;
             let mlp = (candle_nn::ops::silu(&gu.narrow(1, 0, is)?)? * gu.narrow(1, is, is)?)?;
-            x = (x + layer.down.forward(&mlp)?.to_dtype(DType::F32)?)?;
+            x = (x + reduce(layer.down.forward(&mlp)?.to_dtype(DType::F32)?)?)?;
         }
         let mut last = Vec::with_capacity(items.len());
         let mut off = 0;
@@ -275,10 +514,13 @@ impl DeviceLlama {
         let m = last.len();
         let last = x.index_select(&Tensor::from_vec(last, m, dev)?, 0)?;
         let last = candle_nn::ops::rms_norm(&last, &self.norm, eps)?.to_dtype(dt)?;
-        self.lm_head
-            .forward(&last)?
-            .to_dtype(DType::F32)?
-            .to_vec2::<f32>()
+        let logits = self.lm_head.forward(&last)?.to_dtype(DType::F32)?;
+        let logits = match comm {
+            // Every shard's vocabulary rows side by side, the padding cut off.
+            Some(comm) => comm.all_gather_cols(&logits)?.narrow(1, 0, c.vocab_size)?,
+            None => logits,
+        };
+        logits.to_vec2::<f32>()
     }
 }
 

@@ -6,8 +6,10 @@
 //! between the two paths; default CPU traffic never takes the generic one.
 
 pub mod bert;
+pub mod comm;
 pub mod kv;
 pub mod llama;
+pub mod tp;
 
 use candle_core::DType;
 
@@ -30,7 +32,8 @@ pub enum ModelPath {
 /// path (f32 for `auto`), as the equivalence tests and `scripts/gpu-check.sh` do.
 pub fn choose(opts: &LoadOptions) -> Result<ModelPath, ModelError> {
     let cuda = matches!(opts.device, DeviceChoice::Cuda(_));
-    if !cuda && !opts.generic {
+    // Tensor parallelism is a parameter of the generic path only.
+    if !cuda && !opts.generic && opts.tensor_parallel <= 1 {
         return Ok(ModelPath::Fast);
     }
     let dtype = match opts.dtype {
@@ -43,6 +46,18 @@ pub fn choose(opts: &LoadOptions) -> Result<ModelPath, ModelError> {
         device: opts.device.to_candle()?,
         dtype,
     })
+}
+
+/// The device of each tensor-parallel rank: CUDA devices `first..first + n` of the visible
+/// ones (the supervisor sets `CUDA_VISIBLE_DEVICES` to the model's GPUs), or the CPU `n`
+/// times.
+pub fn rank_devices(opts: &LoadOptions) -> Result<Vec<candle_core::Device>, ModelError> {
+    (0..opts.tensor_parallel.max(1))
+        .map(|r| match opts.device {
+            DeviceChoice::Cpu => DeviceChoice::Cpu.to_candle(),
+            DeviceChoice::Cuda(first) => DeviceChoice::Cuda(first + r).to_candle(),
+        })
+        .collect()
 }
 
 #[cfg(test)]
