@@ -430,6 +430,7 @@ NEGATIVE = [
     ("bad-missing-type.yaml", "models[0].type is required"),
     ("bad-unknown-key.yaml", "models[0].max_model_len: unknown key"),
     ("bad-gpu-on-cpu.yaml", "gpus is 1 but device is \"cpu\""),
+    ("bad-tp-gpus.yaml", "tensorParallelSize is 2 but gpus is 1"),
     ("bad-no-key.yaml", "set apiKeys.existingSecret"),
 ]
 

@@ -157,6 +157,10 @@ rendering with the model's index and key; trident's own check-config does the re
 {{- if eq (toString $m.device) "cpu" -}}
 {{- fail (printf "models[%d] (%s): gpus is %d but device is \"cpu\"" $i $id $gpus) -}}
 {{- end -}}
+{{- $tp := int64 (default 1 $m.tensorParallelSize) -}}
+{{- if and (gt $tp 1) (ne $tp $gpus) -}}
+{{- fail (printf "models[%d] (%s): tensorParallelSize is %d but gpus is %d: one rank runs on each GPU" $i $id $tp $gpus) -}}
+{{- end -}}
 {{- $ids := list -}}
 {{- range until (int $gpus) -}}
 {{- $ids = append $ids (add $nextGpu .) -}}
