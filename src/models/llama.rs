@@ -593,9 +593,9 @@ multiversion! {
                 }
                 j += 4;
             }
-            for j in j..rows {
+            for (j, w) in sc.iter().enumerate().skip(j) {
                 for (a, b) in acc.iter_mut().zip(val(j)) {
-                    *a += sc[j] * b;
+                    *a += w * b;
                 }
             }
             done += rows;
