@@ -6,7 +6,10 @@
 # MAX_TOKENS long), at 1 and 16 concurrent streams: aggregate output tok/s, ITL p50/p99, TTFT.
 # Prints one JSON line per run ({"server":…, "round":…} plus the client's report), then the
 # ratios of each round as a last JSON line.
-#   [THREADS=2] [ROUNDS=2] [MAX_TOKENS=64] [PROMPT_WORDS=32] scripts/bench/batching.sh
+#   [THREADS=2] [ROUNDS=2] [MAX_TOKENS=64] [PROMPT_WORDS=32] [BENCH_BIN=path] [PEER=0]
+#   scripts/bench/batching.sh
+# BENCH_BIN measures that trident binary instead of building this checkout (before/after
+# comparisons); PEER=0 skips llama-server (the ratios line then lists trident's only).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/trident/target}
@@ -20,8 +23,12 @@ GGUF=$PWD/models/chat/SmolLM2-135M-Instruct.Q4_1.gguf
 mkdir -p "$WORK"
 . scripts/lib/bench.sh
 
-BIN=$(bench_binary "$WORK")
-scripts/peers/llama-server.sh build >/dev/null
+if [ -n "${BENCH_BIN:-}" ]; then
+  cp "$BENCH_BIN" "$WORK/trident" && BIN=$WORK/trident
+else
+  BIN=$(bench_binary "$WORK")
+fi
+[ "${PEER:-1}" = 0 ] || scripts/peers/llama-server.sh build >/dev/null
 cat > "$WORK/models.json" <<JSON
 {"models": {"chat": {"path": "$GGUF", "type": "chat", "port": $PORT, "device": "cpu",
                      "threads": $THREADS, "max_model_len": 2048, "max_num_seqs": 16}}}
@@ -52,6 +59,7 @@ for round in $(seq "${ROUNDS:-2}"); do
   measure trident "$PORT" 1 4 "$round"
   measure trident "$PORT" 16 32 "$round"
   stop_trident
+  [ "${PEER:-1}" = 0 ] && continue
   start_peer
   measure llama-server "$PEER_PORT" 1 4 "$round"
   measure llama-server "$PEER_PORT" 16 32 "$round"
@@ -65,6 +73,15 @@ def get(server, c, r):
     return next(x for x in runs if x["server"] == server and x["concurrency"] == c and x["round"] == r)
 for r in sorted({x["round"] for x in runs}):
     t1, t16 = get("trident", 1, r), get("trident", 16, r)
+    if not any(x["server"] == "llama-server" for x in runs):
+        if "failed" in t1 or "failed" in t16:
+            print(json.dumps({"round": r, "failed": "a run failed; see its line above"}))
+            continue
+        print(json.dumps({"round": r,
+            "trident_16_vs_1_tok_s": round(t16["output_tok_per_s"] / t1["output_tok_per_s"], 2),
+            "itl_p99_16_ms": {"trident": t16["itl_ms"]["p99"]},
+            "itl_p99_over_p50_16": {"trident": round(t16["itl_ms"]["p99"] / max(t16["itl_ms"]["p50"], 1e-9), 2)}}))
+        continue
     p1, p16 = get("llama-server", 1, r), get("llama-server", 16, r)
     if any("failed" in x for x in (t1, t16, p1, p16)):
         print(json.dumps({"round": r, "failed": "a run failed; see its line above"}))

@@ -1,9 +1,15 @@
 //! Prefill and decode throughput of the decoder backend.
 //!
 //! `cargo run --release --example decoder_bench -- MODEL [--prompt-tokens 128]
-//! [--decode-tokens 64] [--batch 16]`; threads come from `RAYON_NUM_THREADS` (default: all
-//! cores). Prints one JSON line. The prompt is seeded random ids, like
+//! [--decode-tokens 64] [--batch 16] [--context 64]`; threads come from `RAYON_NUM_THREADS`
+//! (default: all cores). Prints one JSON line. The prompt is seeded random ids, like
 //! `shared/peers/gguf_peer.py`, so figures compare with llama.cpp on the same file.
+//!
+//! `step_ms` is the cost of one forward step as the chat scheduler runs it, every sequence
+//! at the same `--context` tokens: one decoding sequence, `--batch` decoding sequences, and
+//! `--batch` decoding sequences plus one prefill chunk of P tokens (`mixed`, the steps that
+//! admit a request), median of `--decode-tokens` steps each. `--profile-steps S` runs only
+//! S steps of `--batch` decoding sequences (a clean target for `perf record`).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -46,7 +52,78 @@ fn argmax(v: &[f32]) -> u32 {
         .unwrap_or(0)
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// Median wall time (ms) of `reps` steps of `nb` decoding sequences at `ctx` cached tokens,
+/// plus one `prefill`-token chunk of a new prompt when `prefill` > 0.
+fn step_ms(
+    m: &DecoderModel,
+    ctx: usize,
+    nb: usize,
+    prefill: usize,
+    reps: usize,
+    rnd: &mut impl FnMut() -> u32,
+) -> BenchResult<f64> {
+    let mut caches: Vec<_> = (0..nb).map(|_| m.new_sequence()).collect();
+    let prompt: Vec<u32> = (0..ctx).map(|_| rnd()).collect();
+    for c in caches.iter_mut() {
+        m.step(&mut [StepItem {
+            tokens: &prompt,
+            cache: c,
+        }])?;
+    }
+    let chunk: Vec<u32> = (0..prefill).map(|_| rnd()).collect();
+    let mut times = Vec::with_capacity(reps);
+    let mut toks: Vec<[u32; 1]> = vec![[rnd()]; nb];
+    for _ in 0..reps {
+        let mut fresh = m.new_sequence();
+        let mut items: Vec<StepItem> = toks
+            .iter()
+            .zip(caches.iter_mut())
+            .map(|(p, c)| StepItem {
+                tokens: p,
+                cache: c,
+            })
+            .collect();
+        if prefill > 0 {
+            items.push(StepItem {
+                tokens: &chunk,
+                cache: &mut fresh,
+            });
+        }
+        let t = Instant::now();
+        let l = m.step(&mut items)?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        toks = l.iter().take(nb).map(|x| [argmax(x)]).collect();
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// The `step_ms` JSON object: batch 1 vs batch `nb` decode steps and mixed steps.
+fn step_costs(
+    m: &DecoderModel,
+    ctx: usize,
+    nb: usize,
+    reps: usize,
+    rnd: &mut impl FnMut() -> u32,
+) -> BenchResult<String> {
+    let reps = reps.max(3);
+    let b1 = step_ms(m, ctx, 1, 0, reps, rnd)?;
+    let bn = step_ms(m, ctx, nb, 0, reps, rnd)?;
+    let mut mixed = Vec::new();
+    for p in [16, 32, 64, 128, 256] {
+        let ms = step_ms(m, ctx, nb, p, reps, rnd)?;
+        mixed.push(format!("\"{p}\":{ms:.2}"));
+    }
+    Ok(format!(
+        "{{\"context\":{ctx},\"batch_1\":{b1:.2},\"batch_{nb}\":{bn:.2},\"ratio\":{:.2},\"mixed_{nb}_plus_prefill\":{{{}}}}}",
+        bn / b1,
+        mixed.join(",")
+    ))
+}
+
+fn main() -> BenchResult<()> {
     let args: Vec<String> = std::env::args().collect();
     let path = PathBuf::from(args.get(1).ok_or("usage: decoder_bench MODEL [options]")?);
     let (np, nd, nb) = (
@@ -54,6 +131,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         arg(&args, "--decode-tokens", 64),
         arg(&args, "--batch", 16),
     );
+    let ctx = arg(&args, "--context", 64);
     let m = DecoderModel::load(&path, &LoadOptions::default())?;
     let vocab = m.info().vocab_size.min(30_000) as u64;
     let mut s = 0x2545F4914F6CDD1Du64;
@@ -64,6 +142,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (100 + s % (vocab - 100)) as u32
     };
     let prompt: Vec<u32> = (0..np).map(|_| rnd()).collect();
+    let profile = arg(&args, "--profile-steps", 0);
+    if profile > 0 {
+        let ms = step_ms(&m, ctx, nb, 0, profile, &mut rnd)?;
+        println!("{{\"batch\":{nb},\"context\":{ctx},\"median_step_ms\":{ms:.2}}}");
+        return Ok(());
+    }
 
     // Warm-up.
     let mut c = m.new_sequence();
@@ -135,6 +219,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let bdc = t.elapsed().as_secs_f64();
     let cpu_bdc = cpu_secs() - c0;
+    let steps = step_costs(&m, ctx, nb, nd, &mut rnd)?;
     // CPU milliseconds per token: less sensitive than wall time to other load on the host.
     eprintln!(
         "cpu ms/token: prefill {:.2}, decode {:.2}, batch prefill {:.2}, batch decode {:.2}",
@@ -144,7 +229,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         cpu_bdc * 1e3 / (nb * nd) as f64
     );
     println!(
-        "{{\"impl\":\"trident\",\"threads\":{},\"prefill_tok_per_s\":{:.1},\"decode_tok_per_s\":{:.1},\"batch\":{nb},\"batch_prefill_tok_per_s\":{:.1},\"batch_decode_tok_per_s\":{:.1}}}",
+        "{{\"impl\":\"trident\",\"threads\":{},\"prefill_tok_per_s\":{:.1},\"decode_tok_per_s\":{:.1},\"batch\":{nb},\"batch_prefill_tok_per_s\":{:.1},\"batch_decode_tok_per_s\":{:.1},\"step_ms\":{steps}}}",
         rayon::current_num_threads(),
         np as f64 / pf,
         1.0 / dc,

@@ -49,6 +49,11 @@ pub const DEFAULT_KV_CACHE_MB: usize = 1024;
 pub const DEFAULT_MAX_NUM_SEQS: usize = 16;
 /// Default tokens per forward step (decode tokens plus prefill chunks).
 pub const DEFAULT_MAX_BATCH_TOKENS: usize = 256;
+/// Prefill tokens per step while sequences decode, on the CPU path: there a step's cost is
+/// about linear in its tokens, so a prompt chunk this size keeps a step that admits a
+/// request within a small factor of a decode step (docs/ARCHITECTURE.md, chat engine). A
+/// device step is nearly flat in tokens up to hundreds, so there the cap is the whole step.
+pub const CPU_DECODE_PREFILL_TOKENS: usize = 32;
 /// Default requests waiting for admission before 429.
 pub const DEFAULT_MAX_QUEUE: usize = 256;
 
@@ -161,8 +166,9 @@ fn cuda_kv_bytes(_utilization: f64) -> Option<usize> {
 }
 
 /// Derives the scheduler limits: `max_model_len` is the entry's, capped by the model's
-/// position limit and by what the KV budget can hold for one sequence.
-pub fn limits(entry: &ModelEntry, info: &DecoderInfo, kv_bytes: usize) -> ChatLimits {
+/// position limit and by what the KV budget can hold for one sequence; `device` says the
+/// model runs on an accelerator rather than the CPU path.
+pub fn limits(entry: &ModelEntry, info: &DecoderInfo, kv_bytes: usize, device: bool) -> ChatLimits {
     let kv_budget_tokens = kv_bytes / info.kv_bytes_per_token.max(1);
     let max_model_len = entry
         .max_model_len
@@ -171,13 +177,19 @@ pub fn limits(entry: &ModelEntry, info: &DecoderInfo, kv_bytes: usize) -> ChatLi
         .min(kv_budget_tokens)
         .max(1);
     let max_num_seqs = entry.max_num_seqs.unwrap_or(DEFAULT_MAX_NUM_SEQS).max(1);
+    let max_batch_tokens = entry
+        .max_batch_tokens
+        .unwrap_or(DEFAULT_MAX_BATCH_TOKENS)
+        .max(max_num_seqs);
     ChatLimits {
         scheduler: SchedulerConfig {
             max_num_seqs,
-            max_batch_tokens: entry
-                .max_batch_tokens
-                .unwrap_or(DEFAULT_MAX_BATCH_TOKENS)
-                .max(max_num_seqs),
+            max_batch_tokens,
+            decode_prefill_tokens: if device {
+                max_batch_tokens
+            } else {
+                CPU_DECODE_PREFILL_TOKENS.min(max_batch_tokens)
+            },
             kv_budget_tokens,
             prefix_block_tokens: if entry.prefix_cache {
                 prefix::DEFAULT_BLOCK_TOKENS
@@ -256,7 +268,7 @@ fn load(
     }
     let kv_bytes = kv_budget_bytes(entry, cuda);
     model.set_kv_budget(kv_bytes);
-    let lim = limits(entry, &info, kv_bytes);
+    let lim = limits(entry, &info, kv_bytes, cuda);
     let queue = ChatQueue::new(lim.max_queue);
     let runtime = ChatRuntime {
         tokenizer: Arc::new(model.tokenizer().clone()),

@@ -284,6 +284,7 @@ mod tests {
         let cfg = SchedulerConfig {
             max_num_seqs: 4,
             max_batch_tokens: 64,
+            decode_prefill_tokens: 64,
             kv_budget_tokens: 1000,
             prefix_block_tokens: 0,
         };

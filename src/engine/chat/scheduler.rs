@@ -3,8 +3,10 @@
 //! KV cache. Every [`Scheduler::step`] drops sequences whose client has gone, admits
 //! waiting requests while `max_num_seqs` and the KV budget (worst case: prompt +
 //! `max_tokens`) allow, gives every decoding sequence its one token, spends the rest of the
-//! token budget on prefill chunks (oldest first), runs one forward pass over all of them,
-//! then samples, detokenises, checks stop conditions and queues the events for each client.
+//! token budget on prefill chunks (oldest first; at most `decode_prefill_tokens` while
+//! anything decodes, so admitting a prompt never stalls the running streams for long),
+//! runs one forward pass over all of them, then samples, detokenises, checks stop
+//! conditions and queues the events for each client.
 //! The model thread in `runner` owns it; handlers only see the event channel.
 //!
 //! With a [`PrefixCache`], admission starts a sequence's cache with the cached blocks of its
@@ -112,6 +114,11 @@ pub struct SchedulerConfig {
     pub max_num_seqs: usize,
     /// Tokens per forward step (decode tokens + prefill chunks).
     pub max_batch_tokens: usize,
+    /// Prefill tokens per step while some sequence is decoding (vLLM's chunked-prefill
+    /// budget): a step's cost grows with its tokens, so this bounds how much a prompt
+    /// being admitted delays every running stream's next token. Steps with nothing
+    /// decoding prefill up to `max_batch_tokens`. Clamped to `1..=max_batch_tokens`.
+    pub decode_prefill_tokens: usize,
     /// Tokens of KV cache the budget holds.
     pub kv_budget_tokens: usize,
     /// Tokens per prefix-cache block; 0 turns the prefix cache off.
@@ -222,10 +229,12 @@ pub struct Scheduler<B: DecoderBackend> {
 
 impl<B: DecoderBackend> Scheduler<B> {
     pub fn new(cfg: SchedulerConfig) -> Self {
+        let max_batch_tokens = cfg.max_batch_tokens.max(cfg.max_num_seqs).max(1);
         Scheduler {
             cfg: SchedulerConfig {
                 max_num_seqs: cfg.max_num_seqs.max(1),
-                max_batch_tokens: cfg.max_batch_tokens.max(cfg.max_num_seqs).max(1),
+                max_batch_tokens,
+                decode_prefill_tokens: cfg.decode_prefill_tokens.clamp(1, max_batch_tokens),
                 ..cfg
             },
             waiting: VecDeque::new(),
@@ -366,15 +375,20 @@ impl<B: DecoderBackend> Scheduler<B> {
         wanted + p.idle_tokens() <= budget
     }
 
-    /// Plans the step: one token per decoding sequence, then prefill chunks oldest first.
+    /// Plans the step: one token per decoding sequence, then prefill chunks oldest first,
+    /// within `decode_prefill_tokens` when anything decodes.
     fn plan(&mut self) {
-        let mut budget = self.cfg.max_batch_tokens;
+        let mut decoding = 0;
         for s in self.running.iter_mut() {
             s.chunk = 0;
             if s.tokens.len() - s.cached == 1 && s.generated > 0 {
                 s.chunk = 1;
-                budget = budget.saturating_sub(1);
+                decoding += 1;
             }
+        }
+        let mut budget = self.cfg.max_batch_tokens.saturating_sub(decoding);
+        if decoding > 0 {
+            budget = budget.min(self.cfg.decode_prefill_tokens);
         }
         for s in self.running.iter_mut() {
             if budget == 0 {

@@ -11,6 +11,7 @@ fn cached(max_num_seqs: usize, max_batch_tokens: usize, kv: usize) -> SchedulerC
     SchedulerConfig {
         max_num_seqs,
         max_batch_tokens,
+        decode_prefill_tokens: max_batch_tokens,
         kv_budget_tokens: kv,
         prefix_block_tokens: 4,
     }

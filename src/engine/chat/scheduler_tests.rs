@@ -36,6 +36,7 @@ fn cfg(max_num_seqs: usize, max_batch_tokens: usize, kv: usize) -> SchedulerConf
     SchedulerConfig {
         max_num_seqs,
         max_batch_tokens,
+        decode_prefill_tokens: max_batch_tokens,
         kv_budget_tokens: kv,
         prefix_block_tokens: 0,
     }
@@ -467,4 +468,68 @@ fn siblings_sample_independently_and_a_seed_keeps_them_reproducible() {
     assert_eq!(a, run(), "the same seed gives the same choices");
     let distinct: std::collections::HashSet<_> = a.iter().collect();
     assert!(distinct.len() > 1, "all choices were equal: {a:?}");
+}
+
+#[test]
+fn prefill_while_decoding_stays_within_its_own_budget() {
+    let prompt_b: Vec<u32> = (0..20).map(|i| (i * 2) % 5).collect();
+    let (want_a, want_b) = (solo(vec![1, 2, 3], 12), solo(prompt_b.clone(), 3));
+    let m = FakeDecoder::new(mix);
+    let mut s = Scheduler::new(SchedulerConfig {
+        decode_prefill_tokens: 3,
+        ..cfg(4, 16, 10_000)
+    });
+    let (a, mut rx_a) = request(vec![1, 2, 3], 12);
+    s.add(a);
+    // Nothing decodes yet: A's whole prompt runs in one step.
+    assert_eq!(s.step(&m).batch_tokens, 3);
+    let (b, mut rx_b) = request(prompt_b, 3);
+    s.add(b);
+    let before = m.steps.borrow().len();
+    // A decodes, so B's 20 prompt tokens go 3 at a time although 15 would fit the step.
+    for _ in 0..6 {
+        s.step(&m);
+    }
+    assert_eq!(m.steps.borrow()[before..], vec![vec![1, 3]; 6]);
+    s.step(&m);
+    assert_eq!(m.steps.borrow().last(), Some(&vec![1, 2]));
+    run_to_end(&mut s, &m);
+    assert_eq!(collect(&mut rx_a).expect("a"), want_a);
+    assert_eq!(collect(&mut rx_b).expect("b"), want_b);
+}
+
+#[test]
+fn prompts_take_the_whole_step_budget_when_nothing_decodes() {
+    let m = FakeDecoder::new(mix);
+    let mut s = Scheduler::new(SchedulerConfig {
+        decode_prefill_tokens: 2,
+        ..cfg(4, 16, 10_000)
+    });
+    let (a, _rx_a) = request((0..10).map(|i| i % 5).collect(), 4);
+    let (b, _rx_b) = request((0..10).map(|i| (i + 1) % 5).collect(), 4);
+    s.add(a);
+    s.add(b);
+    s.step(&m);
+    // A finished its prompt and decodes: B's last 4 prompt tokens now go 2 per step.
+    s.step(&m);
+    s.step(&m);
+    assert_eq!(*m.steps.borrow(), vec![vec![10, 6], vec![1, 2], vec![1, 2]]);
+}
+
+#[test]
+fn a_zero_prefill_budget_still_admits_prompts() {
+    let m = FakeDecoder::new(mix);
+    let mut s = Scheduler::new(SchedulerConfig {
+        decode_prefill_tokens: 0,
+        ..cfg(4, 16, 10_000)
+    });
+    assert_eq!(s.config().decode_prefill_tokens, 1);
+    let (a, mut rx_a) = request(vec![1, 2], 30);
+    s.add(a);
+    s.step(&m);
+    let (b, mut rx_b) = request(vec![3, 4, 0], 2);
+    s.add(b);
+    run_to_end(&mut s, &m);
+    assert_eq!(collect(&mut rx_b).expect("b").2, 2);
+    assert_eq!(collect(&mut rx_a).expect("a").2, 30);
 }

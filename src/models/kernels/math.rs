@@ -69,6 +69,19 @@ multiversion! {
 }
 
 multiversion! {
+    /// SwiGLU: `out[r][i] = silu(gu[r][i]) · gu[r][w + i]` for rows `r` of `gu` holding the
+    /// gate then the up projection (`w` = `out`'s row width).
+    pub fn swiglu_rows(gu: &[f32], out: &mut [f32], w: usize) {
+        for (gu, o) in gu.chunks_exact(2 * w).zip(out.chunks_exact_mut(w)) {
+            let (g, u) = gu.split_at(w);
+            for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                *o = g / (1.0 + fast_exp(-g)) * u;
+            }
+        }
+    }
+}
+
+multiversion! {
     /// `x = max(x, 0)`.
     pub fn relu_inplace(x: &mut [f32]) {
         for v in x.iter_mut() {
@@ -201,6 +214,25 @@ mod tests {
         assert!(worst_exp < 5e-7, "exp rel err {worst_exp}");
         assert!(worst_erf < 5e-7, "erf abs err {worst_erf}");
         assert!((1.0 - fast_erf(9.0)).abs() < 2e-7 && fast_erf(-9.0) <= -0.999_999_8);
+    }
+
+    #[test]
+    fn swiglu_matches_its_definition() {
+        let w = 37;
+        let gu: Vec<f32> = (0..4 * w).map(|i| (i as f32 * 0.61).sin() * 12.0).collect();
+        let mut out = vec![0f32; 2 * w];
+        swiglu_rows(&gu, &mut out, w);
+        for r in 0..2 {
+            for i in 0..w {
+                let (g, u) = (gu[r * 2 * w + i] as f64, gu[r * 2 * w + w + i] as f64);
+                let want = g / (1.0 + (-g).exp()) * u;
+                let got = out[r * w + i] as f64;
+                assert!(
+                    (got - want).abs() <= 1e-6 * want.abs().max(1.0),
+                    "{got} vs {want}"
+                );
+            }
+        }
     }
 
     #[test]

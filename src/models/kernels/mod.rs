@@ -32,12 +32,12 @@ pub fn has_avx512() -> bool {
     })
 }
 
-/// Defines `pub fn $name(args)` that runs `$body` compiled for AVX-512 when the CPU has
+/// Defines `fn $name(args)` (with the given visibility) that runs `$body` compiled for AVX-512 when the CPU has
 /// it and for the baseline target otherwise.
 macro_rules! multiversion {
-    ($(#[$m:meta])* pub fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $body:block) => {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $body:block) => {
         $(#[$m])*
-        pub fn $name($($arg: $ty),*) {
+        $vis fn $name($($arg: $ty),*) {
             #[inline(always)]
             fn imp($($arg: $ty),*) $body
             /// # Safety

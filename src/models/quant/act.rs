@@ -6,6 +6,7 @@
 //! ([`super::kernels::slot`]).
 
 use super::kernels::slot;
+use crate::models::kernels::multiversion;
 
 /// Elements per quantisation block.
 pub const QK: usize = 32;
@@ -31,39 +32,7 @@ impl Q8Act {
         self.qs.resize(rows * cols, 0);
         self.d.resize(nb, 0.0);
         self.s.resize(nb, 0.0);
-        let bpr = cols / QK;
-        let mut qb = [0i8; QK];
-        for (b, xb) in x.chunks_exact(QK).enumerate() {
-            // Lane-wise maxima and sums so the loops vectorise.
-            let mut m8 = [0f32; 8];
-            for c in xb.chunks_exact(8) {
-                for (m, v) in m8.iter_mut().zip(c) {
-                    *m = m.max(v.abs());
-                }
-            }
-            let amax = m8.iter().fold(0f32, |a, b| a.max(*b));
-            let d = amax / 127.0;
-            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-            let mut s8 = [0i32; 8];
-            for (qc, xc) in qb.chunks_exact_mut(8).zip(xb.chunks_exact(8)) {
-                for ((q, v), s) in qc.iter_mut().zip(xc).zip(s8.iter_mut()) {
-                    // Round to nearest (ties to even) by the 1.5·2²³ trick; |v·id| ≤ 127.
-                    let r = ((v * id + 12_582_912.0) - 12_582_912.0) as i32;
-                    *q = r as i8;
-                    *s += r;
-                }
-            }
-            // Slice j (4 values) of block rb goes to slot(.., 4j); the slices are `stride` apart.
-            let (r, rb) = (b / bpr, b % bpr);
-            let row = &mut self.qs[r * cols..(r + 1) * cols];
-            let base = slot(bpr, rb, 0, QK);
-            let stride = slot(bpr, rb, 4, QK) - base;
-            for (j, q4) in qb.chunks_exact(4).enumerate() {
-                row[base + j * stride..base + j * stride + 4].copy_from_slice(q4);
-            }
-            self.d[b] = d;
-            self.s[b] = d * s8.iter().sum::<i32>() as f32;
-        }
+        quantize_blocks(x, &mut self.qs, &mut self.d, &mut self.s, cols);
     }
 
     /// Blocks per row.
@@ -84,6 +53,47 @@ impl Q8Act {
             &self.d[r * nb..(r + 1) * nb],
             &self.s[r * nb..(r + 1) * nb],
         )
+    }
+}
+
+multiversion! {
+    /// The blocks of `x` (rows of `cols`) into interleaved values `qs`, scales `d` and scaled
+    /// sums `s`; compiled for AVX-512 where the CPU has it (it runs before every quantised
+    /// mat-mul, on one thread).
+    fn quantize_blocks(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], cols: usize) {
+        let bpr = cols / QK;
+        let mut qb = [0i8; QK];
+        for (b, xb) in x.chunks_exact(QK).enumerate() {
+            // Lane-wise maxima and sums so the loops vectorise.
+            let mut m8 = [0f32; 8];
+            for c in xb.chunks_exact(8) {
+                for (m, v) in m8.iter_mut().zip(c) {
+                    *m = m.max(v.abs());
+                }
+            }
+            let amax = m8.iter().fold(0f32, |a, b| a.max(*b));
+            let db = amax / 127.0;
+            let id = if db > 0.0 { 1.0 / db } else { 0.0 };
+            let mut s8 = [0i32; 8];
+            for (qc, xc) in qb.chunks_exact_mut(8).zip(xb.chunks_exact(8)) {
+                for ((q, v), sum) in qc.iter_mut().zip(xc).zip(s8.iter_mut()) {
+                    // Round to nearest (ties to even) by the 1.5·2²³ trick; |v·id| ≤ 127.
+                    let r = ((v * id + 12_582_912.0) - 12_582_912.0) as i32;
+                    *q = r as i8;
+                    *sum += r;
+                }
+            }
+            // Slice j (4 values) of block rb goes to slot(.., 4j); the slices are `stride` apart.
+            let (r, rb) = (b / bpr, b % bpr);
+            let row = &mut qs[r * cols..(r + 1) * cols];
+            let base = slot(bpr, rb, 0, QK);
+            let stride = slot(bpr, rb, 4, QK) - base;
+            for (j, q4) in qb.chunks_exact(4).enumerate() {
+                row[base + j * stride..base + j * stride + 4].copy_from_slice(q4);
+            }
+            d[b] = db;
+            s[b] = db * s8.iter().sum::<i32>() as f32;
+        }
     }
 }
 

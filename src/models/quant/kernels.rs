@@ -381,7 +381,8 @@ mod tests {
         }
         // Block counts: one, odd, a full group of 16, and 16 + a partial group.
         for isa in levels {
-            for cols in [32, 96, 512, 576, 1536] {
+            // Last groups of 2, 4, 9 and 15 blocks (the partial-group kernel's lane layouts).
+            for cols in [32, 96, 512, 576, 640, 800, 992, 1536] {
                 check(isa, cols);
             }
         }

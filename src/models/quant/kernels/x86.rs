@@ -205,6 +205,62 @@ unsafe fn group512<const N: usize, const Q8: bool>(
     }
 }
 
+/// The integer block sums of the last group of a row when it holds fewer than [`GROUP`]
+/// blocks (`r`): its slices are contiguous, so as many whole slices as fit go into one
+/// register (`r · ⌊16/r⌋` four-byte lanes) instead of one slice per register, and lane `k`
+/// holds part of block `k mod r`. A row of 18 blocks (576 columns) thus pays two
+/// multiply-adds per activation row for its last two blocks instead of eight.
+///
+/// # Safety
+/// The CPU must support AVX-512 VNNI; `wbase` must address the group's `bpb · r` weight
+/// bytes and every `xs` row its `QK · r` activation bytes from `xoff` on.
+#[inline(always)]
+unsafe fn tail512<const N: usize, const Q8: bool>(
+    wbase: *const i8,
+    xs: &[ActRow<'_>; N],
+    xoff: usize,
+    r: usize,
+) -> [__m512i; N] {
+    // SAFETY: every masked load stays inside the group's bytes (see # Safety).
+    unsafe {
+        let mut acc = [_mm512_setzero_si512(); N];
+        // Four-byte units of weights in the group: slice j of block l is unit j·r + l.
+        let units = if Q8 { 8 * r } else { 4 * r };
+        let per = r * (GROUP / r);
+        let m4 = _mm512_set1_epi8(0xF);
+        let mut u = 0;
+        while u < units {
+            let len = (units - u).min(per);
+            let mask: __mmask64 = if len == GROUP {
+                !0
+            } else {
+                (1u64 << (4 * len)) - 1
+            };
+            let w = _mm512_maskz_loadu_epi8(mask, wbase.add(4 * u));
+            if Q8 {
+                for n in 0..N {
+                    let xp = xs[n].qs.as_ptr().add(xoff + 4 * u);
+                    acc[n] = _mm512_dpbusd_epi32(acc[n], w, _mm512_maskz_loadu_epi8(mask, xp));
+                }
+            } else {
+                // Low nibbles pair with slices 0..4 (the first 16·r activation bytes), high
+                // nibbles with slices 4..8 (the next 16·r).
+                let lo = _mm512_and_si512(w, m4);
+                let hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), m4);
+                for n in 0..N {
+                    let xp = xs[n].qs.as_ptr().add(xoff + 4 * u);
+                    let xl = _mm512_maskz_loadu_epi8(mask, xp);
+                    let xh = _mm512_maskz_loadu_epi8(mask, xp.add(16 * r));
+                    acc[n] = _mm512_dpbusd_epi32(acc[n], lo, xl);
+                    acc[n] = _mm512_dpbusd_epi32(acc[n], hi, xh);
+                }
+            }
+            u += len;
+        }
+        acc
+    }
+}
+
 /// AVX-512 VNNI: a whole group per register, one block per 32-bit lane.
 ///
 /// # Safety
@@ -228,35 +284,53 @@ pub unsafe fn avx512<const N: usize, const Q8: bool>(
         let mp = dp.add(nb);
         let mut acc = [_mm512_setzero_ps(); N];
         let mut accm = [_mm512_setzero_ps(); N];
+        let full = nb / GROUP * GROUP;
         let mut g = 0;
-        while g < nb {
-            let r = (nb - g).min(GROUP);
-            let step = 4 * r;
+        while g < full {
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(dp.add(g) as *const __m256i));
+            let mw = if Q8 {
+                _mm512_mul_ps(dw, _mm512_set1_ps(-128.0))
+            } else {
+                _mm512_cvtph_ps(_mm256_loadu_si256(mp.add(g) as *const __m256i))
+            };
+            let wbase = qs.add(g * bpb) as *const i8;
+            // Two integer accumulators per row keep two dependency chains in flight.
+            let (ia, ib) =
+                group512::<N, Q8>(wbase, xs, g * QK, 64, |p| _mm512_loadu_si512(p as *const _));
+            for n in 0..N {
+                let x = &xs[n];
+                let sc = _mm512_mul_ps(dw, _mm512_loadu_ps(x.d.as_ptr().add(g)));
+                let isum = _mm512_add_epi32(ia[n], ib[n]);
+                acc[n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), sc, acc[n]);
+                accm[n] = _mm512_fmadd_ps(mw, _mm512_loadu_ps(x.s.as_ptr().add(g)), accm[n]);
+            }
+            g += GROUP;
+        }
+        if g < nb {
+            let r = nb - g;
             let m16 = ((1u32 << r) - 1) as __mmask16;
-            let lanes: __mmask64 = if r == GROUP { !0 } else { (1u64 << step) - 1 };
             let dw = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m16, dp.add(g)));
             let mw = if Q8 {
                 _mm512_mul_ps(dw, _mm512_set1_ps(-128.0))
             } else {
                 _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m16, mp.add(g)))
             };
-            let wbase = qs.add(g * bpb) as *const i8;
-            let xoff = g * QK;
-            // Two integer accumulators per row keep two dependency chains in flight.
-            let (ia, ib) = if r == GROUP {
-                group512::<N, Q8>(wbase, xs, xoff, 64, |p| _mm512_loadu_si512(p as *const _))
-            } else {
-                group512::<N, Q8>(wbase, xs, xoff, step, |p| _mm512_maskz_loadu_epi8(lanes, p))
-            };
+            // Lane k of the integer sums belongs to block k mod r: spread the scales so.
+            let mut blocks = [0i32; GROUP];
+            for (k, b) in blocks.iter_mut().enumerate() {
+                *b = (k % r) as i32;
+            }
+            let idx = _mm512_loadu_si512(blocks.as_ptr() as *const _);
+            let dwp = _mm512_permutexvar_ps(idx, dw);
+            let isum = tail512::<N, Q8>(qs.add(g * bpb) as *const i8, xs, g * QK, r);
             for n in 0..N {
                 let x = &xs[n];
-                let sc = _mm512_mul_ps(dw, _mm512_maskz_loadu_ps(m16, x.d.as_ptr().add(g)));
-                let isum = _mm512_add_epi32(ia[n], ib[n]);
-                acc[n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), sc, acc[n]);
+                let dx = _mm512_maskz_loadu_ps(m16, x.d.as_ptr().add(g));
+                let sc = _mm512_mul_ps(dwp, _mm512_permutexvar_ps(idx, dx));
+                acc[n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[n]), sc, acc[n]);
                 accm[n] =
                     _mm512_fmadd_ps(mw, _mm512_maskz_loadu_ps(m16, x.s.as_ptr().add(g)), accm[n]);
             }
-            g += GROUP;
         }
         for n in 0..N {
             out[n] = _mm512_reduce_add_ps(_mm512_add_ps(acc[n], accm[n]));
