@@ -218,6 +218,48 @@ fn tiny_xlm_roberta_embedding_matches_transformers() {
     }
 }
 
+/// CLS pooling reads only the first row, so the CPU path skips the rest of the last layer
+/// (`Bert::forward_first`); the vectors must equal the first row of the full pass.
+#[test]
+fn cls_pooling_equals_the_first_row_of_the_full_pass() {
+    let fx = fixture("tiny_xlmr.json");
+    let dir = tempfile::tempdir().unwrap();
+    testutil::write_tiny_xlmr(dir.path(), false).unwrap();
+    std::fs::write(
+        dir.path().join("modules.json"),
+        r#"[{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]"#,
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("1_Pooling")).unwrap();
+    std::fs::write(
+        dir.path().join("1_Pooling/config.json"),
+        r#"{"word_embedding_dimension": 32, "pooling_mode_cls_token": true}"#,
+    )
+    .unwrap();
+    let m = load(dir.path(), DTypeChoice::F32);
+    assert_eq!(m.info().pooling, Pooling::Cls);
+    let ids: Vec<Vec<u32>> = fx["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| m.encode_text(t.as_str().unwrap(), false).unwrap())
+        .collect();
+    let batch: Vec<&[u32]> = ids.iter().map(|v| v.as_slice()).collect();
+    assert!(batch.len() > 1 && batch.iter().any(|b| b.len() != batch[0].len()));
+    let vecs = m.embed(&batch).unwrap();
+    let states = m.token_states(&batch).unwrap();
+    let want = fx["cls"].as_array().unwrap();
+    for (i, (got, full)) in vecs.iter().zip(&states).enumerate() {
+        let d = max_abs(got, &full[0]);
+        assert!(d < 1e-5, "text {i}: max abs diff {d} vs the full pass");
+        let d = max_abs(got, &floats(&want[i]));
+        assert!(d < 1e-4, "text {i}: max abs diff {d} vs transformers");
+        let alone = m.embed(&[batch[i]]).unwrap();
+        assert!(max_abs(&alone[0], got) < 1e-5, "text {i} alone");
+    }
+}
+
 #[test]
 fn tiny_xlm_roberta_classifier_matches_transformers() {
     let fx = fixture("tiny_xlmr.json");

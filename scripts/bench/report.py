@@ -164,6 +164,25 @@ if batch:
 else:
     not_run("embeddings", ["MiniLM 32 × 100 words vs sentence-transformers", "single short query p50 over HTTP"])
 
+# encoders-large.sh: XLM-R large (bge-m3 / bge-reranker-v2-m3 shape, random weights).
+items = log("encoders-large")
+emb = by_round(items, lambda x: x.get("model") == "large" and x.get("inputs_per_request") == 32)
+emb_peer = by_round(items, lambda x: x.get("peer") == "sentence-transformers")
+rr = by_round(items, lambda x: x.get("model") == "large-rerank" and "pairs_per_s" in x)
+rr_peer = by_round(items, lambda x: x.get("peer") == "sentence-transformers CrossEncoder")
+if emb and any(p and "inputs_per_s" in p for p in emb_peer):
+    row("encoders-large", "XLM-R large 32 × 256 tokens vs sentence-transformers", "inputs/s",
+        field(emb, lambda x: x["inputs_per_s"]), field(emb_peer, lambda x: x["inputs_per_s"]),
+        "sentence-transformers", (">=", 2))
+else:
+    not_run("encoders-large", ["XLM-R large 32 × 256 tokens vs sentence-transformers"])
+if rr and any(p and "pairs_per_s" in p for p in rr_peer):
+    row("encoders-large", "XLM-R large cross-encoder, 256-token pairs, vs CrossEncoder", "pairs/s",
+        field(rr, lambda x: x["pairs_per_s"]), field(rr_peer, lambda x: x["pairs_per_s"]),
+        "CrossEncoder", (">=", 2))
+else:
+    not_run("encoders-large", ["XLM-R large cross-encoder, 256-token pairs, vs CrossEncoder"])
+
 # structured.sh: free text vs JSON Schema at 1 and 16 streams.
 items, mode, cur = log("structured"), {}, None
 for r, x in items:

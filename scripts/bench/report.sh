@@ -2,7 +2,7 @@
 # Runs every benchmark under scripts/bench back to back and writes one table of the figures
 # the project sets goals for: trident, the peer (or trident's own baseline), their ratio per
 # round (a range over ROUNDS rounds), the goal and whether it is met.
-#   [ROUNDS=2] [BENCHES="chat batching prefix embeddings structured proxy"] \
+#   [ROUNDS=2] [BENCHES="chat batching prefix embeddings encoders-large structured proxy"] \
 #     scripts/bench/report.sh [--out DIR]        (default target/bench-report)
 # Writes DIR/report.json, DIR/report.md and each benchmark's output under DIR/logs/.
 # A benchmark whose peer is not installed, or that fails, leaves its rows saying so; the
@@ -26,7 +26,7 @@ rm -f "$OUT"/logs/*.log "$OUT"/logs/*.status
 missing() {
   case "$1" in
     chat) "$PY" -c 'import llama_cpp' 2>/dev/null || echo "llama-cpp-python not in $PY (../shared/peers/setup.sh)" ;;
-    embeddings | rerank) "$PY" -c 'import sentence_transformers' 2>/dev/null || echo "sentence-transformers not in $PY (../shared/peers/setup.sh)" ;;
+    embeddings | rerank | encoders-large) "$PY" -c 'import sentence_transformers' 2>/dev/null || echo "sentence-transformers not in $PY (../shared/peers/setup.sh)" ;;
     proxy) command -v nginx >/dev/null && command -v wrk >/dev/null || echo "nginx or wrk not installed (apt-get install -y nginx-light wrk)" ;;
     batching) command -v cmake >/dev/null || python3 -m pip --version >/dev/null 2>&1 || echo "cannot build llama-server (no pip)" ;;
   esac
@@ -36,7 +36,7 @@ missing() {
 cargo build --release --quiet || exit 1
 cp "$CARGO_TARGET_DIR/release/trident" "$OUT/trident"
 
-for name in ${BENCHES:-chat batching prefix embeddings structured proxy}; do
+for name in ${BENCHES:-chat batching prefix embeddings encoders-large structured proxy}; do
   script=scripts/bench/$name.sh
   log=$OUT/logs/$name.log
   if [ ! -x "$script" ]; then

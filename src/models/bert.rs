@@ -88,6 +88,15 @@ impl Config {
     }
 }
 
+/// Which rows of the last layer a caller reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rows {
+    /// Every token's state.
+    All,
+    /// Only each sequence's first token (`[CLS]`/`<s>`).
+    First,
+}
+
 #[derive(Clone, Copy)]
 enum Act {
     Gelu,
@@ -321,6 +330,29 @@ impl Bert {
         &self,
         seqs: &[Seq],
         threads: usize,
+        f: F,
+    ) -> Result<(), ModelError> {
+        self.run(seqs, threads, Rows::All, f)
+    }
+
+    /// [`Bert::forward`] for callers that read only the first token's state (CLS pooling,
+    /// classification heads): `f(seq_index, hidden [1, hidden])` (empty for an empty
+    /// sequence). The last layer's attention output, norms and feed-forward then run on
+    /// that one row per sequence; every other token's last-layer state is never read.
+    pub fn forward_first<F: FnMut(usize, &[f32])>(
+        &self,
+        seqs: &[Seq],
+        threads: usize,
+        f: F,
+    ) -> Result<(), ModelError> {
+        self.run(seqs, threads, Rows::First, f)
+    }
+
+    fn run<F: FnMut(usize, &[f32])>(
+        &self,
+        seqs: &[Seq],
+        threads: usize,
+        rows: Rows,
         mut f: F,
     ) -> Result<(), ModelError> {
         self.check(seqs)?;
@@ -345,11 +377,18 @@ impl Bert {
         grow(&mut sc.ctx, total * h);
         grow(&mut sc.inter, total * self.cfg.intermediate_size);
         self.embed(seqs, &mut sc.x[..total * h]);
-        for layer in &self.layers {
-            self.layer(layer, sc, &starts, threads);
+        let last = self.layers.len().saturating_sub(1);
+        for (n, layer) in self.layers.iter().enumerate() {
+            let rows = if n == last { rows } else { Rows::All };
+            self.layer(layer, sc, &starts, threads, rows);
         }
         for i in 0..seqs.len() {
-            f(i, &sc.x[starts[i] * h..starts[i + 1] * h]);
+            let len = starts[i + 1] - starts[i];
+            match rows {
+                // With no layers the states are still the embeddings, one row per token.
+                Rows::First if !self.layers.is_empty() => f(i, &sc.x[i * h..(i + len.min(1)) * h]),
+                _ => f(i, &sc.x[starts[i] * h..starts[i + 1] * h]),
+            }
         }
         Ok(())
     }
@@ -374,19 +413,33 @@ impl Bert {
         math::layer_norm_rows(x, &self.emb_ln.gamma, &self.emb_ln.beta, self.eps);
     }
 
-    fn layer(&self, l: &Layer, sc: &mut Scratch, starts: &[usize], threads: usize) {
+    fn layer(&self, l: &Layer, sc: &mut Scratch, starts: &[usize], threads: usize, rows: Rows) {
         let h = self.cfg.hidden_size;
         let i = self.cfg.intermediate_size;
         let t = *starts
             .last()
             .expect("starts is never empty. This is a bug.");
-        let x = &mut sc.x[..t * h];
         let qkv = &mut sc.qkv[..t * 3 * h];
-        let ctx = &mut sc.ctx[..t * h];
-        let inter = &mut sc.inter[..t * i];
         math::broadcast_rows(qkv, &l.qkv.bias);
-        l.qkv.forward_acc(x, t, qkv, threads);
-        self.attention(qkv, ctx, starts, threads);
+        l.qkv.forward_acc(&sc.x[..t * h], t, qkv, threads);
+        self.attention(qkv, &mut sc.ctx[..t * h], starts, threads, rows);
+        let t = match rows {
+            Rows::All => t,
+            Rows::First => {
+                // Row s takes sequence s's first row (s <= starts[s], so no source row is
+                // overwritten before it is read); the attention wrote ctx in that order too.
+                let nseq = starts.len() - 1;
+                for s in 0..nseq {
+                    if starts[s + 1] > starts[s] && starts[s] != s {
+                        sc.x.copy_within(starts[s] * h..(starts[s] + 1) * h, s * h);
+                    }
+                }
+                nseq
+            }
+        };
+        let x = &mut sc.x[..t * h];
+        let ctx = &sc.ctx[..t * h];
+        let inter = &mut sc.inter[..t * i];
         math::add_rows(x, &l.attn_out.bias);
         l.attn_out.forward_acc(ctx, t, x, threads);
         par_rows(x, h, threads, |c| {
@@ -407,8 +460,16 @@ impl Bert {
     }
 
     /// Scaled dot-product attention per (sequence, head); no masking is needed because
-    /// sequences are not padded.
-    fn attention(&self, qkv: &[f32], ctx: &mut [f32], starts: &[usize], threads: usize) {
+    /// sequences are not padded. With [`Rows::First`] only each sequence's first token
+    /// attends, and its context goes to row `s` of `ctx` (sequence order, no gaps).
+    fn attention(
+        &self,
+        qkv: &[f32],
+        ctx: &mut [f32],
+        starts: &[usize],
+        threads: usize,
+        rows: Rows,
+    ) {
         let h = self.cfg.hidden_size;
         let nh = self.cfg.num_attention_heads;
         let d = h / nh;
@@ -422,28 +483,33 @@ impl Bert {
             if len == 0 {
                 return;
             }
+            let (m, out_row) = match rows {
+                Rows::All => (len, r0),
+                Rows::First => (1, s),
+            };
             SCORES.with(|cell| {
                 // Rows padded to 16 lanes so softmax runs without scalar remainders; the
                 // padding holds a large negative score and gets ~1e-38 weight, never read by P·V.
                 let ld = len.next_multiple_of(16);
                 let mut scores = cell.borrow_mut();
-                if scores.len() < len * ld {
-                    scores.resize(len * ld, 0.0);
+                if scores.len() < m * ld {
+                    scores.resize(m * ld, 0.0);
                 }
-                let scores = &mut scores[..len * ld];
+                let scores = &mut scores[..m * ld];
                 for row in scores.chunks_exact_mut(ld) {
                     row[len..].fill(-1e30);
                 }
                 let base = qkv[r0 * 3 * h..].as_ptr();
                 let stride = 3 * h as isize;
                 // SAFETY: q/k/v views address rows r0..r1 and columns of head `hd` inside
-                // `qkv`; the destination block (rows r0..r1, head columns) belongs to this job.
+                // `qkv`; the destination block (rows out_row..out_row+m, head columns)
+                // belongs to this job: rows r0..r1 of sequence s, or row s < nseq <= t.
                 unsafe {
                     let q = base.add(hd * d);
                     let k = base.add(h + hd * d);
                     let v = base.add(2 * h + hd * d);
                     sgemm(
-                        len,
+                        m,
                         len,
                         d,
                         MatMut {
@@ -467,11 +533,11 @@ impl Bert {
                     );
                     math::softmax_rows(scores, ld);
                     sgemm(
-                        len,
+                        m,
                         d,
                         len,
                         MatMut {
-                            ptr: out.get().add(r0 * h + hd * d),
+                            ptr: out.get().add(out_row * h + hd * d),
                             rs: h as isize,
                             cs: 1,
                         },
@@ -494,7 +560,10 @@ impl Bert {
         };
         let work: usize = starts
             .windows(2)
-            .map(|w| (w[1] - w[0]).pow(2))
+            .map(|w| match rows {
+                Rows::All => (w[1] - w[0]).pow(2),
+                Rows::First => w[1] - w[0],
+            })
             .sum::<usize>()
             * h;
         if threads > 1 && work > 1 << 18 {

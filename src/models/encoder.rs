@@ -296,13 +296,19 @@ impl EncoderModel {
         Ok(())
     }
 
-    /// Runs the network over `seqs`, calling `f(index, hidden [len, hidden])` per sequence.
+    /// Runs the network over `seqs`, calling `f(index, hidden [len, hidden])` per sequence;
+    /// with `first_only` the hidden states may hold only the first token's row (all the
+    /// caller reads), which spares most of the last layer on the CPU path.
     fn forward<F: FnMut(usize, &[f32]) + Send>(
         &self,
         seqs: &[Seq],
+        first_only: bool,
         f: F,
     ) -> Result<(), ModelError> {
         match &self.net {
+            Net::Fast { bert, pool } if first_only => {
+                pool.install(|| bert.forward_first(seqs, self.threads, f))
+            }
             Net::Fast { bert, pool } => pool.install(|| bert.forward(seqs, self.threads, f)),
             Net::Device(d) => d.forward(seqs, f),
         }
@@ -445,7 +451,10 @@ impl EncoderModel {
     /// says (TEI's `normalize: false`).
     pub fn embed_unnormalized(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, ModelError> {
         let h = self.info.hidden_size;
-        self.forward_texts(batch, |hidden| pooling::pool(hidden, h, self.info.pooling))
+        let first_only = self.info.pooling == Pooling::Cls;
+        self.forward_texts(batch, first_only, |hidden| {
+            pooling::pool(hidden, h, self.info.pooling)
+        })
     }
 
     /// One forward pass over single-text inputs (no token types): `each` maps an input's
@@ -453,6 +462,7 @@ impl EncoderModel {
     fn forward_texts<T: Clone + Default + Send>(
         &self,
         batch: &[&[u32]],
+        first_only: bool,
         each: impl Fn(&[f32]) -> T + Send + Sync,
     ) -> Result<Vec<T>, ModelError> {
         let seqs: Vec<Seq> = batch
@@ -463,7 +473,7 @@ impl EncoderModel {
             })
             .collect();
         let mut out = vec![T::default(); batch.len()];
-        self.forward(&seqs, |i, hidden| out[i] = each(hidden))?;
+        self.forward(&seqs, first_only, |i, hidden| out[i] = each(hidden))?;
         Ok(out)
     }
 
@@ -471,7 +481,7 @@ impl EncoderModel {
     /// before pooling): `[input][token][hidden]`, for TEI's `/embed_all`.
     pub fn token_states(&self, batch: &[&[u32]]) -> Result<Vec<Vec<Vec<f32>>>, ModelError> {
         let h = self.info.hidden_size;
-        self.forward_texts(batch, |hidden| {
+        self.forward_texts(batch, false, |hidden| {
             hidden.chunks_exact(h).map(<[f32]>::to_vec).collect()
         })
     }
@@ -503,7 +513,7 @@ impl EncoderModel {
         };
         let h = self.info.hidden_size;
         let mut cls = vec![0.0f32; batch.len() * h];
-        self.forward(&seqs, |i, hidden| {
+        self.forward(&seqs, true, |i, hidden| {
             if hidden.len() >= h {
                 cls[i * h..(i + 1) * h].copy_from_slice(&hidden[..h]);
             }
@@ -533,7 +543,7 @@ impl EncoderModel {
         };
         let h = self.info.hidden_size;
         let mut out = vec![Vec::new(); batch.len()];
-        self.forward(&seqs, |i, hidden| {
+        self.forward(&seqs, true, |i, hidden| {
             if hidden.len() >= h {
                 out[i] = bert.classify(&hidden[..h]).unwrap_or_default();
             }

@@ -2,7 +2,11 @@
 //! be compared back to back:
 //!
 //! `cargo run --release --example encoder_bench -- models/embedding [--dtype f32|auto]
-//!  [--threads 2] [--batch 32] [--words 100] [--n 512] [--queries 300]`
+//!  [--threads 2] [--batch 32] [--words 100] [--n 512] [--queries 300] [--all-rows]`
+//!
+//! `--all-rows` times the batches through `token_states` (every token's last-layer state)
+//! instead of `embed`, which for a CLS-pooled model reads only the first row: the two side
+//! by side give the cost of the full last layer. `--micro` times single linears instead.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -41,6 +45,7 @@ fn main() {
     let nwords: usize = arg(&args, "--words", "100").parse().expect("--words");
     let n: usize = arg(&args, "--n", "512").parse().expect("--n");
     let nq: usize = arg(&args, "--queries", "300").parse().expect("--queries");
+    let all_rows = args.iter().any(|a| a == "--all-rows");
 
     if args.iter().any(|a| a == "--micro") {
         micro(threads);
@@ -85,6 +90,12 @@ fn main() {
         qtok += ids.len();
     }
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    // With --queries 0 the percentiles print as NaN.
+    let pct = |q: f64| {
+        lat.get((lat.len() as f64 * q) as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
 
     let texts: Vec<String> = (0..n).map(|_| sent(nwords)).collect();
     let run = |texts: &[String]| -> usize {
@@ -95,8 +106,12 @@ fn main() {
                 .map(|t| m.encode_text(t, true).unwrap())
                 .collect();
             tokens += ids.iter().map(Vec::len).sum::<usize>();
-            m.embed(&ids.iter().map(|v| v.as_slice()).collect::<Vec<_>>())
-                .unwrap();
+            let ids: Vec<&[u32]> = ids.iter().map(|v| v.as_slice()).collect();
+            if all_rows {
+                m.token_states(&ids).unwrap();
+            } else {
+                m.embed(&ids).unwrap();
+            }
         }
         tokens
     };
@@ -110,8 +125,8 @@ fn main() {
          \"sentences_per_s\": {:.1}, \"tokens_per_s\": {:.1}}}",
         m.info().dtype,
         m.threads(),
-        lat[lat.len() / 2],
-        lat[(lat.len() as f64 * 0.99) as usize],
+        pct(0.5),
+        pct(0.99),
         qtok as f64 / nq as f64,
         batch,
         tokens as f64 / n as f64,
@@ -133,6 +148,10 @@ fn micro(threads: usize) {
         (3300, 1536, 384),
         (16, 384, 1536),
         (16, 1536, 384),
+        // XLM-R large (bge-m3): 4 × 256 tokens.
+        (1024, 1024, 3072),
+        (1024, 1024, 4096),
+        (1024, 4096, 1024),
     ] {
         let w = rng.vec(inf * outf, 0.05);
         let x = rng.vec(rows * inf, 1.0);
