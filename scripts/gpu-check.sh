@@ -94,6 +94,13 @@ entry() { # id path type dtype side
 "$BIN" check-config --gpus --config "$WORK/models.json" >&2
 
 # --- engines ------------------------------------------------------------------------------------
+wait_ready() { # engine-id: up to 5 minutes, else its log and exit
+  for _ in $(seq 1200); do
+    curl -sf "http://127.0.0.1:${port[$1]}/health" >/dev/null && return 0
+    sleep 0.25
+  done
+  echo "gpu-check: engine $1 not ready; its log:" >&2; tail -20 "$WORK/$1.log" >&2; exit 1
+}
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
 for m in "${models[@]}"; do
@@ -107,24 +114,13 @@ for m in "${models[@]}"; do
 done
 for m in "${models[@]}"; do
   for side in ref dev; do
-    id=${m}_$side
-    for _ in $(seq 1200); do
-      curl -sf "http://127.0.0.1:${port[$id]}/health" >/dev/null && break
-      sleep 0.25
-    done
-    curl -sf "http://127.0.0.1:${port[$id]}/health" >/dev/null \
-      || { echo "gpu-check: engine $id not ready; its log:" >&2; tail -20 "$WORK/$id.log" >&2; exit 1; }
+    wait_ready "${m}_$side"
   done
 done
 if [ $tp = 1 ]; then
   "$BIN" engine --config "$WORK/models.json" --model chat_tp --host 127.0.0.1 2>"$WORK/chat_tp.log" &
   pids+=($!)
-  for _ in $(seq 1200); do
-    curl -sf "http://127.0.0.1:${port[chat_tp]}/health" >/dev/null && break
-    sleep 0.25
-  done
-  curl -sf "http://127.0.0.1:${port[chat_tp]}/health" >/dev/null \
-    || { echo "gpu-check: engine chat_tp not ready; its log:" >&2; tail -20 "$WORK/chat_tp.log" >&2; exit 1; }
+  wait_ready chat_tp
 fi
 log "engines ready after $(( $(date +%s) - start ))s"
 

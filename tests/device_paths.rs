@@ -10,7 +10,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{assert_same, run_batched, three_plans};
+use common::{assert_same, encode, forced_logits, mixed_plans, run_batched};
 use trident::models::decoder::{DecoderModel, StepItem};
 use trident::models::encoder::{EncoderModel, PairTokens};
 use trident::models::testutil;
@@ -151,26 +151,10 @@ fn minilm_cross_encoder_scores_match_the_fast_path() {
     assert!(want.iter().any(|s| (s - want[0]).abs() > 1e-3));
 }
 
-fn encode(m: &DecoderModel, text: &str) -> Vec<u32> {
-    m.tokenizer()
-        .encode(text, false)
-        .unwrap()
-        .get_ids()
-        .to_vec()
-}
-
 /// The batched schedule (chunked prefill beside decoding sequences) on both paths: same
 /// greedy tokens, logits within `tol`.
 fn decoders_agree(fast: &DecoderModel, generic: &DecoderModel, tol: f32, what: &str) {
-    let plans = three_plans(
-        encode(fast, "Hi"),
-        encode(fast, "The quick brown fox jumps"),
-        encode(
-            fast,
-            "<|im_start|>user\nA much longer prompt, with punctuation and numbers 12345!<|im_end|>\n",
-        ),
-        8,
-    );
+    let plans = mixed_plans(fast);
     let want = run_batched(fast, &plans);
     let got = run_batched(generic, &plans);
     let worst = assert_same(&got, &want, tol);
@@ -199,22 +183,6 @@ fn tiny_decoders_match_the_fast_path() {
         );
         decoders_agree(&fast, &generic, 1e-3, name);
     }
-}
-
-/// Logits of `prompt` and then of each token of `forced` fed one at a time.
-fn forced_logits(m: &DecoderModel, prompt: &[u32], forced: &[u32]) -> Vec<Vec<f32>> {
-    let mut cache = m.new_sequence();
-    let mut out = Vec::new();
-    for toks in std::iter::once(prompt).chain(forced.chunks(1)) {
-        let logits = m
-            .step(&mut [StepItem {
-                tokens: toks,
-                cache: &mut cache,
-            }])
-            .unwrap();
-        out.extend(logits);
-    }
-    out
 }
 
 #[test]

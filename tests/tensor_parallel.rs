@@ -10,7 +10,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{assert_same, run_batched, three_plans};
+use common::{assert_same, encode, forced_logits, mixed_plans, run_batched};
 use trident::models::decoder::{DecoderModel, StepItem};
 use trident::models::testutil_decoder::{write_tiny_decoder, write_tiny_gguf, TinyDecoderSpec};
 use trident::models::{DTypeChoice, LoadOptions};
@@ -24,14 +24,6 @@ fn opts(dtype: DTypeChoice, tensor_parallel: usize) -> LoadOptions {
     }
 }
 
-fn encode(m: &DecoderModel, text: &str) -> Vec<u32> {
-    m.tokenizer()
-        .encode(text, false)
-        .unwrap()
-        .get_ids()
-        .to_vec()
-}
-
 /// The batched schedule (chunked prefill beside decoding sequences) on the whole model and
 /// on `tp` ranks: same greedy tokens, logits within `tol`.
 fn split_agrees(path: &Path, dtype: DTypeChoice, tp: usize, tol: f32, what: &str) {
@@ -42,15 +34,7 @@ fn split_agrees(path: &Path, dtype: DTypeChoice, tp: usize, tol: f32, what: &str
         whole.info().kv_bytes_per_token,
         "{what}: the ranks together hold the whole KV"
     );
-    let plans = three_plans(
-        encode(&whole, "Hi"),
-        encode(&whole, "The quick brown fox jumps"),
-        encode(
-            &whole,
-            "<|im_start|>user\nA much longer prompt, with punctuation and numbers 12345!<|im_end|>\n",
-        ),
-        8,
-    );
+    let plans = mixed_plans(&whole);
     let want = run_batched(&whole, &plans);
     let got = run_batched(&split, &plans);
     let worst = assert_same(&got, &want, tol);
@@ -104,20 +88,6 @@ fn a_vocabulary_that_does_not_divide_is_padded_per_rank() {
     (spec.hidden_size, spec.num_heads, spec.num_kv_heads) = (96, 6, 3);
     write_tiny_decoder(tmp.path(), &spec).unwrap();
     split_agrees(tmp.path(), DTypeChoice::F32, 3, 1e-4, "qwen2 6 heads");
-}
-
-/// Logits of `prompt` and then of each token of `forced` fed one at a time.
-fn forced_logits(m: &DecoderModel, prompt: &[u32], forced: &[u32]) -> Vec<Vec<f32>> {
-    let mut cache = m.new_sequence();
-    let mut out = Vec::new();
-    for toks in std::iter::once(prompt).chain(forced.chunks(1)) {
-        let item = StepItem {
-            tokens: toks,
-            cache: &mut cache,
-        };
-        out.extend(m.step(&mut [item]).unwrap());
-    }
-    out
 }
 
 #[test]

@@ -10,12 +10,16 @@ use serde_json::json;
 
 const EXE: &str = env!("CARGO_BIN_EXE_trident");
 
-fn check_config(models: serde_json::Value, extra: &[&str]) -> (bool, String) {
+/// `trident check-config` on `models` (entries without a `path` get an empty directory);
+/// whether it passed, and what it printed.
+pub(crate) fn check_config(models: serde_json::Value, extra: &[&str]) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("models.json");
     let mut models = models;
     for entry in models.as_object_mut().unwrap().values_mut() {
-        entry["path"] = json!(dir.path());
+        if entry.get("path").is_none() {
+            entry["path"] = json!(dir.path());
+        }
     }
     std::fs::write(&file, json!({ "models": models }).to_string()).unwrap();
     let out = Command::new(EXE)

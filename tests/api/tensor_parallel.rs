@@ -3,13 +3,13 @@
 //! engine's text, and `check-config` refuses the splits `serve` would refuse, naming the
 //! numbers (heads that do not divide, a `gpus` list of the wrong length, a non-chat model).
 
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::chat::{chat, chat_stream};
 use crate::common::chat::{start_engine, Engine};
+use crate::devices::check_config;
 use trident::models::testutil_decoder::{write_tiny_decoder, TinyDecoderSpec};
 
 async fn engine(dir: &std::path::Path, tp: usize) -> Engine {
@@ -50,29 +50,15 @@ async fn a_model_split_over_two_cpu_ranks_answers_as_the_whole_model() {
     assert_eq!(got, want);
 }
 
-fn check_config(models: Value) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("models.json");
-    std::fs::write(&file, json!({ "models": models }).to_string()).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_trident"))
-        .args(["check-config", "--config"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
-}
-
 #[test]
 fn check_config_refuses_splits_that_cannot_run() {
     let tmp = tempfile::tempdir().unwrap();
     // 4 attention heads, 2 KV heads, intermediate_size 96.
     write_tiny_decoder(tmp.path(), &TinyDecoderSpec::new("llama")).unwrap();
     let chat = |tp: usize| json!({"path": tmp.path(), "type": "chat", "port": 19101, "tensor_parallel_size": tp});
-    let (ok, text) = check_config(json!({"c": chat(2)}));
+    let (ok, text) = check_config(json!({"c": chat(2)}), &[]);
     assert!(ok, "{text}");
-    let (ok, text) = check_config(json!({"c": chat(4)}));
+    let (ok, text) = check_config(json!({"c": chat(4)}), &[]);
     assert!(!ok, "accepted: {text}");
     assert!(
         text.contains("models.c.tensor_parallel_size") && text.contains("KV heads 2"),
@@ -81,11 +67,11 @@ fn check_config_refuses_splits_that_cannot_run() {
     let mut listed = chat(2);
     listed["gpus"] = json!([0]);
     listed["device"] = json!("cuda");
-    let (ok, text) = check_config(json!({"c": listed}));
+    let (ok, text) = check_config(json!({"c": listed}), &[]);
     assert!(!ok && text.contains("lists 1 GPU(s)"), "{text}");
     let embed =
         json!({"path": tmp.path(), "type": "embedding", "port": 19102, "tensor_parallel_size": 2});
-    let (ok, text) = check_config(json!({"e": embed}));
+    let (ok, text) = check_config(json!({"e": embed}), &[]);
     assert!(
         !ok && text.contains("only applies to chat models"),
         "{text}"

@@ -150,3 +150,40 @@ pub fn assert_same(batched: &Outcome, solo: &Outcome, tol: f32) -> f32 {
     assert!(worst <= tol, "batched logits differ from solo by {worst}");
     worst
 }
+
+/// Logits of `prompt` and then of each token of `forced` fed one at a time.
+pub fn forced_logits(m: &DecoderModel, prompt: &[u32], forced: &[u32]) -> Vec<Vec<f32>> {
+    let mut cache = m.new_sequence();
+    let mut out = Vec::new();
+    for toks in std::iter::once(prompt).chain(forced.chunks(1)) {
+        let item = StepItem {
+            tokens: toks,
+            cache: &mut cache,
+        };
+        out.extend(m.step(&mut [item]).unwrap());
+    }
+    out
+}
+
+/// `text` in the model's tokens (no special tokens added).
+pub fn encode(m: &DecoderModel, text: &str) -> Vec<u32> {
+    m.tokenizer()
+        .encode(text, false)
+        .unwrap()
+        .get_ids()
+        .to_vec()
+}
+
+/// [`three_plans`] on a short, a middling and a chat-formatted longer prompt, 8 tokens each:
+/// the schedule the path-equivalence tests compare.
+pub fn mixed_plans(m: &DecoderModel) -> Vec<Plan> {
+    three_plans(
+        encode(m, "Hi"),
+        encode(m, "The quick brown fox jumps"),
+        encode(
+            m,
+            "<|im_start|>user\nA much longer prompt, with punctuation and numbers 12345!<|im_end|>\n",
+        ),
+        8,
+    )
+}
