@@ -15,8 +15,9 @@ use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
-use super::kernels::math::{fast_exp, swiglu_rows};
-use super::kernels::{multiversion, SharedMut};
+use super::kernels::attend::{attend, Heads};
+use super::kernels::math::swiglu_rows;
+use super::kernels::SharedMut;
 use super::quant::act::Q8Act;
 use super::quant::QLinear;
 use super::ModelError;
@@ -197,37 +198,6 @@ pub struct Llama {
 pub struct SeqStep<'a> {
     pub tokens: &'a [u32],
     pub cache: &'a mut KvCache,
-}
-
-/// Sum with eight independent partial sums, so it vectorises.
-#[inline(always)]
-fn lanes_sum(x: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let c = x.chunks_exact(8);
-    let tail: f32 = c.remainder().iter().sum();
-    for v in c {
-        for i in 0..8 {
-            acc[i] += v[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-/// Maximum with eight independent partial maxima, so it vectorises.
-#[inline(always)]
-fn lanes_max(x: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; 8];
-    let c = x.chunks_exact(8);
-    let tail = c
-        .remainder()
-        .iter()
-        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    for v in c {
-        for i in 0..8 {
-            acc[i] = acc[i].max(v[i]);
-        }
-    }
-    acc.iter().fold(tail, |m, &v| m.max(v))
 }
 
 /// Dot product with eight independent partial sums, so it vectorises.
@@ -470,8 +440,10 @@ impl Llama {
             .collect())
     }
 
-    /// Causal attention of every (sequence, head) of the step against the sequence's cache,
-    /// which already holds this step's keys and values.
+    /// Causal attention of every (sequence, kv head) of the step against the sequence's
+    /// cache, which already holds this step's keys and values. The query heads that share
+    /// a kv head (grouped-query attention) run together, so each key and value is read
+    /// from memory once for all of them.
     fn attention(&self, items: &[SeqStep<'_>], li: usize, qkv: &[f32], out: &mut [f32]) {
         let c = &self.cfg;
         let (hd, nh, nkv) = (c.head_dim, c.num_heads, c.num_kv_heads);
@@ -482,126 +454,43 @@ impl Llama {
         // Each sequence's keys and values: its shared blocks, then its own rows.
         let segs: Vec<Vec<(&[f32], &[f32])>> =
             items.iter().map(|it| it.cache.segments(li)).collect();
-        let mut units = Vec::with_capacity(items.len() * nh);
+        let mut units = Vec::with_capacity(items.len() * nkv);
         let mut off = 0;
         for (it, segs) in items.iter().zip(&segs) {
-            for h in 0..nh {
-                units.push((off, it.tokens.len(), it.cache.len, segs.as_slice(), h));
+            for g in 0..nkv {
+                units.push((off, it.tokens.len(), it.cache.len, segs.as_slice(), g));
             }
             off += it.tokens.len();
         }
         let ptr = SharedMut::new(out);
-        units.par_iter().for_each(|&(off, len, start, segs, h)| {
+        units.par_iter().for_each(|&(off, len, start, segs, g)| {
             let p = ptr;
-            let g = h / group;
-            let mut scores = Vec::with_capacity(start + len);
-            let mut acc = vec![0f32; hd];
+            let mut scores = Vec::with_capacity(group * (start + len));
+            let mut acc = vec![0f32; group * hd];
+            let q0 = g * group * hd;
             for t in 0..len {
                 let r = off + t;
-                let head = Head {
-                    q: &qkv[r * w + h * hd..r * w + (h + 1) * hd],
+                let heads = Heads {
+                    q: &qkv[r * w + q0..r * w + q0 + group * hd],
+                    hd,
                     segs,
                     ctx: start + t + 1,
                     kvd,
                     at: g * hd,
                     scale,
                 };
-                attend(&head, &mut scores, &mut acc);
-                for (i, a) in acc.iter().enumerate() {
-                    // SAFETY: (token r, head h) is written by this task only; in bounds.
-                    unsafe { *p.get().add(r * qd + h * hd + i) = *a };
-                }
+                attend(&heads, &mut scores, &mut acc);
+                // SAFETY: (token r, heads of kv head g) are written by this task only; the
+                // range `r·qd + q0 .. + group·hd` is inside `out`.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        acc.as_ptr(),
+                        p.get().add(r * qd + q0),
+                        group * hd,
+                    )
+                };
             }
         });
-    }
-}
-
-/// One query head of one token against its sequence's keys and values.
-struct Head<'a> {
-    q: &'a [f32],
-    /// The sequence's keys and values, as [`KvCache::segments`] gives them.
-    segs: &'a [(&'a [f32], &'a [f32])],
-    /// Positions it attends to (causal: up to and including its own).
-    ctx: usize,
-    /// Floats per cached position.
-    kvd: usize,
-    /// Offset of its kv head within a position.
-    at: usize,
-    scale: f32,
-}
-
-/// `q · k` for four keys at once with sixteen lanes each, so the four sums are independent
-/// chains (one dot product alone waits on its own additions).
-#[inline(always)]
-fn dot4(q: &[f32], k: [&[f32]; 4]) -> [f32; 4] {
-    let mut acc = [[0f32; 16]; 4];
-    let n = q.len() / 16 * 16;
-    for (c, qv) in q.chunks_exact(16).enumerate() {
-        for (a, k) in acc.iter_mut().zip(&k) {
-            let kv = &k[c * 16..c * 16 + 16];
-            for i in 0..16 {
-                a[i] += qv[i] * kv[i];
-            }
-        }
-    }
-    let mut out = [0f32; 4];
-    for ((o, a), k) in out.iter_mut().zip(&acc).zip(&k) {
-        *o = a.iter().sum::<f32>() + q[n..].iter().zip(&k[n..]).map(|(x, y)| x * y).sum::<f32>();
-    }
-    out
-}
-
-multiversion! {
-    /// `acc = softmax(q·Kᵀ·scale)·V` for one head (`scores` is scratch space), compiled for
-    /// AVX-512 where the CPU has it: keys are scored four at a time, the exponentials and
-    /// the weighted sum of values (four positions per pass over `acc`) vectorise.
-    fn attend(head: &Head<'_>, scores: &mut Vec<f32>, acc: &mut [f32]) {
-        let hd = head.q.len();
-        let (kvd, at, ctx) = (head.kvd, head.at, head.ctx);
-        scores.clear();
-        for (kc, _) in head.segs {
-            let rows = (kc.len() / kvd).min(ctx - scores.len());
-            let key = |j: usize| &kc[j * kvd + at..j * kvd + at + hd];
-            let mut j = 0;
-            while j + 4 <= rows {
-                let d = dot4(head.q, [key(j), key(j + 1), key(j + 2), key(j + 3)]);
-                scores.extend(d.iter().map(|v| v * head.scale));
-                j += 4;
-            }
-            for j in j..rows {
-                scores.push(dot(head.q, key(j)) * head.scale);
-            }
-        }
-        let max = lanes_max(scores);
-        for sc in scores.iter_mut() {
-            *sc = fast_exp(*sc - max);
-        }
-        let sum = lanes_sum(scores);
-        acc.iter_mut().for_each(|a| *a = 0.0);
-        let mut done = 0;
-        for (_, vc) in head.segs {
-            let rows = (vc.len() / kvd).min(ctx - done);
-            let val = |j: usize| &vc[j * kvd + at..j * kvd + at + hd];
-            let sc = &scores[done..done + rows];
-            let mut j = 0;
-            while j + 4 <= rows {
-                let (v0, v1, v2, v3) = (val(j), val(j + 1), val(j + 2), val(j + 3));
-                let (s0, s1, s2, s3) = (sc[j], sc[j + 1], sc[j + 2], sc[j + 3]);
-                let vs = v0.iter().zip(v1).zip(v2).zip(v3);
-                for (a, (((x0, x1), x2), x3)) in acc.iter_mut().zip(vs) {
-                    *a += s0 * x0 + s1 * x1 + s2 * x2 + s3 * x3;
-                }
-                j += 4;
-            }
-            for (j, w) in sc.iter().enumerate().skip(j) {
-                for (a, b) in acc.iter_mut().zip(val(j)) {
-                    *a += w * b;
-                }
-            }
-            done += rows;
-        }
-        let inv = 1.0 / sum;
-        acc.iter_mut().for_each(|a| *a *= inv);
     }
 }
 
@@ -632,73 +521,4 @@ pub(crate) fn check_tokens(
         )));
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Softmax attention in f64, one position at a time.
-    fn reference(q: &[f32], keys: &[&[f32]], vals: &[&[f32]], scale: f32) -> Vec<f64> {
-        let sc: Vec<f64> = keys
-            .iter()
-            .map(|k| q.iter().zip(*k).map(|(a, b)| (a * b) as f64).sum::<f64>() * scale as f64)
-            .collect();
-        let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        let e: Vec<f64> = sc.iter().map(|s| (s - m).exp()).collect();
-        let z: f64 = e.iter().sum();
-        (0..q.len())
-            .map(|i| {
-                e.iter()
-                    .zip(vals)
-                    .map(|(w, v)| w * v[i] as f64)
-                    .sum::<f64>()
-                    / z
-            })
-            .collect()
-    }
-
-    #[test]
-    fn attend_matches_softmax_attention_across_segments() {
-        let (hd, kvh) = (64, 2);
-        let kvd = hd * kvh;
-        let val = |i: usize| ((i * 7919 % 97) as f32 - 48.0) * 0.03;
-        // A shared block of 7 positions, then 6 own ones; the head reads kv head 1.
-        let (k1, v1): (Vec<f32>, Vec<f32>) = (
-            (0..7 * kvd).map(val).collect(),
-            (0..7 * kvd).map(|i| val(i + 5)).collect(),
-        );
-        let (k2, v2): (Vec<f32>, Vec<f32>) = (
-            (0..6 * kvd).map(|i| val(i + 11)).collect(),
-            (0..6 * kvd).map(|i| val(i + 3)).collect(),
-        );
-        let segs = [(&k1[..], &v1[..]), (&k2[..], &v2[..])];
-        let q: Vec<f32> = (0..hd).map(|i| val(i + 1) * 0.5).collect();
-        for ctx in [1, 3, 7, 9, 12, 13] {
-            let head = Head {
-                q: &q,
-                segs: &segs,
-                ctx,
-                kvd,
-                at: hd,
-                scale: 0.125,
-            };
-            let (mut scores, mut acc) = (Vec::new(), vec![0f32; hd]);
-            attend(&head, &mut scores, &mut acc);
-            let rows = |k: &[f32], n: usize| -> Vec<Vec<f32>> {
-                (0..n)
-                    .map(|j| k[j * kvd + hd..j * kvd + 2 * hd].to_vec())
-                    .collect()
-            };
-            let (mut keys, mut vals) = (rows(&k1, 7), rows(&v1, 7));
-            keys.extend(rows(&k2, 6));
-            vals.extend(rows(&v2, 6));
-            let keys: Vec<&[f32]> = keys[..ctx].iter().map(Vec::as_slice).collect();
-            let vals: Vec<&[f32]> = vals[..ctx].iter().map(Vec::as_slice).collect();
-            let want = reference(&q, &keys, &vals, 0.125);
-            for (g, w) in acc.iter().zip(&want) {
-                assert!((*g as f64 - w).abs() < 1e-5, "ctx {ctx}: {g} vs {w}");
-            }
-        }
-    }
 }

@@ -7,6 +7,7 @@
 //! AVX-512 FMA tile ([`packed_f32`]) or bf16 panels with AVX512_BF16 ([`bf16`]); the
 //! `gemm` crate (the one candle uses) serves attention and CPUs without AVX-512.
 
+pub mod attend;
 pub mod bf16;
 pub mod linear;
 pub mod math;

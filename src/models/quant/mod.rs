@@ -354,6 +354,11 @@ fn gemm_blocks(
         while t + 4 <= n {
             let x4 = [xs[t], xs[t + 1], xs[t + 2], xs[t + 3]];
             for r in r0..r1 {
+                // The first pass over the task's rows brings them from memory: ask for the
+                // next row while this one computes.
+                if t == 0 && r + 1 < r1 {
+                    prefetch(&w[(r + 1) * row_bytes..(r + 2) * row_bytes]);
+                }
                 let mut o = [0f32; 4];
                 dot4(isa, &w[r * row_bytes..(r + 1) * row_bytes], &x4, &mut o);
                 for (i, v) in o.iter().enumerate() {

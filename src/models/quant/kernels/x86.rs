@@ -261,6 +261,22 @@ unsafe fn tail512<const N: usize, const Q8: bool>(
     }
 }
 
+/// `TAIL_LANES[r][k] = k mod r`: the block that lane `k` of a partial group of `r` blocks
+/// belongs to ([`tail512`]), built once at compile time.
+static TAIL_LANES: [[i32; GROUP]; GROUP] = {
+    let mut t = [[0i32; GROUP]; GROUP];
+    let mut r = 1;
+    while r < GROUP {
+        let mut k = 0;
+        while k < GROUP {
+            t[r][k] = (k % r) as i32;
+            k += 1;
+        }
+        r += 1;
+    }
+    t
+};
+
 /// AVX-512 VNNI: a whole group per register, one block per 32-bit lane.
 ///
 /// # Safety
@@ -316,11 +332,7 @@ pub unsafe fn avx512<const N: usize, const Q8: bool>(
                 _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m16, mp.add(g)))
             };
             // Lane k of the integer sums belongs to block k mod r: spread the scales so.
-            let mut blocks = [0i32; GROUP];
-            for (k, b) in blocks.iter_mut().enumerate() {
-                *b = (k % r) as i32;
-            }
-            let idx = _mm512_loadu_si512(blocks.as_ptr() as *const _);
+            let idx = _mm512_loadu_si512(TAIL_LANES[r].as_ptr() as *const _);
             let dwp = _mm512_permutexvar_ps(idx, dw);
             let isum = tail512::<N, Q8>(qs.add(g * bpb) as *const i8, xs, g * QK, r);
             for n in 0..N {

@@ -1,0 +1,466 @@
+//! Decode-time attention of the CPU decoder: the query heads of one token that share a kv
+//! head (grouped-query attention) against that sequence's cached keys and values.
+//!
+//! [`attend`] picks the AVX-512 kernel where the CPU has it and the portable one otherwise;
+//! the tests hold both to an f64 reference. The AVX-512 kernel scores sixteen keys per pass
+//! for one head (sixteen dot products accumulated in sixteen registers, every key row read
+//! once per head from L1) and folds the sixteen sums into one register with a transposing
+//! add tree ([`x86::hsum16`]), so a score costs its multiply-adds and a fraction of a
+//! shuffle instead of a whole horizontal reduction; the weighted sum of values keeps each
+//! head's output in registers across all positions.
+
+/// The query heads of one token that share one kv head, against its sequence's keys and
+/// values.
+pub struct Heads<'a> {
+    /// The heads' queries, `hd` floats each, one after the other.
+    pub q: &'a [f32],
+    pub hd: usize,
+    /// The sequence's keys and values: segments of whole positions (shared prefix blocks,
+    /// then its own rows), `kvd` floats per position.
+    pub segs: &'a [(&'a [f32], &'a [f32])],
+    /// Positions it attends to (causal: up to and including its own).
+    pub ctx: usize,
+    /// Floats per cached position.
+    pub kvd: usize,
+    /// Offset of the kv head within a position.
+    pub at: usize,
+    pub scale: f32,
+}
+
+/// `acc[h] = softmax(q[h]·Kᵀ·scale)·V` for every head `h` of `heads` (`acc` holds
+/// `heads.q.len()` floats; `scores` is scratch space).
+pub fn attend(heads: &Heads<'_>, scores: &mut Vec<f32>, acc: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::has_avx512() {
+        // SAFETY: the CPU supports AVX-512 F (checked just above).
+        return unsafe { x86::attend(heads, scores, acc) };
+    }
+    portable(heads, scores, acc)
+}
+
+super::multiversion! {
+    /// Softmax over each head's `ctx` scores, in place (eight partial maxima and sums, so
+    /// the loops vectorise).
+    fn softmax_rows(scores: &mut [f32], ctx: usize) {
+        for sc in scores.chunks_exact_mut(ctx) {
+            let mut m8 = [f32::NEG_INFINITY; 8];
+            let chunks = sc.chunks_exact(8);
+            let mut max = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            for c in chunks {
+                for i in 0..8 {
+                    m8[i] = m8[i].max(c[i]);
+                }
+            }
+            max = m8.iter().fold(max, |m, &v| m.max(v));
+            for s in sc.iter_mut() {
+                *s = super::math::fast_exp(*s - max);
+            }
+            let mut s8 = [0f32; 8];
+            let chunks = sc.chunks_exact(8);
+            let tail: f32 = chunks.remainder().iter().sum();
+            for c in chunks {
+                for i in 0..8 {
+                    s8[i] += c[i];
+                }
+            }
+            let inv = 1.0 / (s8.iter().sum::<f32>() + tail);
+            sc.iter_mut().for_each(|s| *s *= inv);
+        }
+    }
+}
+
+/// The portable kernel: one dot product per (head, position), eight lanes each.
+pub fn portable(heads: &Heads<'_>, scores: &mut Vec<f32>, acc: &mut [f32]) {
+    let (hd, kvd, at, ctx) = (heads.hd, heads.kvd, heads.at, heads.ctx);
+    let nq = heads.q.len() / hd;
+    scores.clear();
+    scores.resize(nq * ctx, 0.0);
+    let mut done = 0;
+    for (kc, _) in heads.segs {
+        let rows = (kc.len() / kvd).min(ctx - done);
+        for j in 0..rows {
+            let key = &kc[j * kvd + at..j * kvd + at + hd];
+            for (h, q) in heads.q.chunks_exact(hd).enumerate() {
+                scores[h * ctx + done + j] = dot(q, key) * heads.scale;
+            }
+        }
+        done += rows;
+    }
+    softmax_rows(scores, ctx);
+    acc.iter_mut().for_each(|a| *a = 0.0);
+    let mut done = 0;
+    for (_, vc) in heads.segs {
+        let rows = (vc.len() / kvd).min(ctx - done);
+        for j in 0..rows {
+            let val = &vc[j * kvd + at..j * kvd + at + hd];
+            for (h, ah) in acc.chunks_exact_mut(hd).enumerate() {
+                let w = scores[h * ctx + done + j];
+                for (a, v) in ah.iter_mut().zip(val) {
+                    *a += w * v;
+                }
+            }
+        }
+        done += rows;
+    }
+}
+
+/// Dot product with eight independent partial sums, so it vectorises.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::Heads;
+    use std::arch::x86_64::*;
+
+    /// Lane `i` of the result is the sum of the lanes of `v[p(i)]`, where the inputs are
+    /// taken in the order `p(i) = 4·(i mod 4) + i / 4` (the tree's own order; the caller
+    /// passes them so, and gets lane `i` = sum of its `i`-th vector). Four levels of
+    /// shuffle + add, 45 instructions for sixteen sums.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tree16(v: &[__m512; 16]) -> __m512 {
+        // 256-bit halves: pair (a, b) -> [a.q0+a.q2, a.q1+a.q3, b.q0+b.q2, b.q1+b.q3].
+        let l1: [__m512; 8] = std::array::from_fn(|i| {
+            let (a, b) = (v[2 * i], v[2 * i + 1]);
+            _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
+                _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
+            )
+        });
+        // Quads: (x, y) -> one quad per input vector, four partials each.
+        let l2: [__m512; 4] = std::array::from_fn(|i| {
+            let (x, y) = (l1[2 * i], l1[2 * i + 1]);
+            _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y),
+                _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y),
+            )
+        });
+        // Within each quad: two partials per vector, then one.
+        let l3: [__m512; 2] = std::array::from_fn(|i| {
+            let (x, y) = (l2[2 * i], l2[2 * i + 1]);
+            _mm512_add_ps(
+                _mm512_shuffle_ps::<0b10_00_10_00>(x, y),
+                _mm512_shuffle_ps::<0b11_01_11_01>(x, y),
+            )
+        });
+        _mm512_add_ps(
+            _mm512_shuffle_ps::<0b10_00_10_00>(l3[0], l3[1]),
+            _mm512_shuffle_ps::<0b11_01_11_01>(l3[0], l3[1]),
+        )
+    }
+
+    /// The sums of sixteen vectors, lane `i` = sum of `v[i]`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn hsum16(v: &[__m512; 16]) -> __m512 {
+        let p: [__m512; 16] = std::array::from_fn(|i| v[4 * (i % 4) + i / 4]);
+        // SAFETY: AVX-512 F is enabled here (see # Safety).
+        unsafe { tree16(&p) }
+    }
+
+    /// The mask of the first `n` (≤ 16) lanes.
+    #[inline(always)]
+    fn lanes(n: usize) -> __mmask16 {
+        if n >= 16 {
+            !0
+        } else {
+            ((1u32 << n) - 1) as __mmask16
+        }
+    }
+
+    /// `scores[j] = scale · q · key(j)` for `rows` keys of `hd` floats.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F; `q` holds `hd` floats, `key(j)` points at `hd`
+    /// readable floats for every `j < rows`, `scores` holds `rows` floats.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn score_rows(
+        q: *const f32,
+        hd: usize,
+        key: impl Fn(usize) -> *const f32,
+        rows: usize,
+        scale: f32,
+        scores: *mut f32,
+    ) {
+        // SAFETY: every load reads `hd` floats of `q` or of a key below `rows`, every
+        // store `rows` floats of `scores` (see # Safety), masked where shorter than 16.
+        unsafe {
+            let mut j0 = 0;
+            while j0 < rows {
+                let n = (rows - j0).min(16);
+                // Always sixteen accumulators (so they stay in registers); past the last
+                // key a lane's loads are masked off and it sums zeros.
+                let mut acc = [_mm512_setzero_ps(); 16];
+                let mut c = 0;
+                while c < hd {
+                    let m = lanes(hd - c);
+                    let qv = _mm512_maskz_loadu_ps(m, q.add(c));
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        let (mj, row) = if j < n { (m, j0 + j) } else { (0, j0) };
+                        let kv = _mm512_maskz_loadu_ps(mj, key(row).add(c));
+                        *a = _mm512_fmadd_ps(qv, kv, *a);
+                    }
+                    c += 16;
+                }
+                let s = _mm512_mul_ps(hsum16(&acc), _mm512_set1_ps(scale));
+                _mm512_mask_storeu_ps(scores.add(j0), lanes(n), s);
+                j0 += 16;
+            }
+        }
+    }
+
+    /// `out[..16·R] += Σ_j w[j] · val(j)[..16·R]` over `rows` positions (`width` ≤ 16·R
+    /// floats, the rest masked), the output in `R` registers throughout.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F; `val(j)` points at `width` readable floats for every
+    /// `j < rows`, `w` holds `rows` floats and `out` `width`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn weigh<const R: usize>(
+        w: *const f32,
+        val: impl Fn(usize) -> *const f32,
+        rows: usize,
+        width: usize,
+        out: *mut f32,
+    ) {
+        // SAFETY: every access is masked to `width` floats of a value below `rows` or of
+        // `out`, and `w` is read below `rows` (see # Safety).
+        unsafe {
+            let m: [__mmask16; R] = std::array::from_fn(|r| lanes(width.saturating_sub(16 * r)));
+            let mut acc: [__m512; R] =
+                std::array::from_fn(|r| _mm512_maskz_loadu_ps(m[r], out.add(16 * r)));
+            for j in 0..rows {
+                let s = _mm512_set1_ps(*w.add(j));
+                let v = val(j);
+                for r in 0..R {
+                    let x = _mm512_maskz_loadu_ps(m[r], v.add(16 * r));
+                    acc[r] = _mm512_fmadd_ps(s, x, acc[r]);
+                }
+            }
+            for r in 0..R {
+                _mm512_mask_storeu_ps(out.add(16 * r), m[r], acc[r]);
+            }
+        }
+    }
+
+    /// `out += Σ_j w[j] · val(j)` over `rows` positions of `hd` floats, up to 128 floats
+    /// at a time in registers.
+    ///
+    /// # Safety
+    /// As for [`weigh`], with `hd` floats.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn weigh_rows(
+        w: *const f32,
+        val: impl Fn(usize) -> *const f32 + Copy,
+        rows: usize,
+        hd: usize,
+        out: *mut f32,
+    ) {
+        let mut c0 = 0;
+        while c0 < hd {
+            let width = (hd - c0).min(128);
+            let v = move |j: usize| val(j).wrapping_add(c0);
+            // SAFETY: the columns `c0 .. c0 + width` are inside every value and `out`.
+            unsafe {
+                let o = out.add(c0);
+                match width.div_ceil(16) {
+                    1 => weigh::<1>(w, v, rows, width, o),
+                    2 => weigh::<2>(w, v, rows, width, o),
+                    3 => weigh::<3>(w, v, rows, width, o),
+                    4 => weigh::<4>(w, v, rows, width, o),
+                    5 => weigh::<5>(w, v, rows, width, o),
+                    6 => weigh::<6>(w, v, rows, width, o),
+                    7 => weigh::<7>(w, v, rows, width, o),
+                    _ => weigh::<8>(w, v, rows, width, o),
+                }
+            }
+            c0 += width;
+        }
+    }
+
+    /// The AVX-512 form of [`super::attend`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F. (Every slice access is checked against the
+    /// [`Heads`] invariants by the slicing below: segments hold whole positions and
+    /// `at + hd ≤ kvd`.)
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn attend(heads: &Heads<'_>, scores: &mut Vec<f32>, acc: &mut [f32]) {
+        let (hd, kvd, at, ctx) = (heads.hd, heads.kvd, heads.at, heads.ctx);
+        assert!(at + hd <= kvd && acc.len() == heads.q.len());
+        let nq = heads.q.len() / hd;
+        scores.clear();
+        scores.resize(nq * ctx, 0.0);
+        let mut done = 0;
+        for (kc, _) in heads.segs {
+            let rows = (kc.len() / kvd).min(ctx - done);
+            let kp = kc.as_ptr();
+            for h in 0..nq {
+                // SAFETY: row j < rows of the segment spans `kvd` floats, of which
+                // `at..at + hd` are read; the head's query is `hd` floats; the scores of
+                // head h go to `h·ctx + done ..+ rows ≤ (h + 1)·ctx`.
+                unsafe {
+                    score_rows(
+                        heads.q.as_ptr().add(h * hd),
+                        hd,
+                        |j| kp.add(j * kvd + at),
+                        rows,
+                        heads.scale,
+                        scores.as_mut_ptr().add(h * ctx + done),
+                    )
+                };
+            }
+            done += rows;
+        }
+        super::softmax_rows(scores, ctx);
+        acc.iter_mut().for_each(|a| *a = 0.0);
+        let mut done = 0;
+        for (_, vc) in heads.segs {
+            let rows = (vc.len() / kvd).min(ctx - done);
+            let vp = vc.as_ptr();
+            for h in 0..nq {
+                // SAFETY: as for the keys; head h's output is `acc[h·hd ..+ hd]`.
+                unsafe {
+                    weigh_rows(
+                        scores.as_ptr().add(h * ctx + done),
+                        |j| vp.add(j * kvd + at),
+                        rows,
+                        hd,
+                        acc.as_mut_ptr().add(h * hd),
+                    )
+                };
+            }
+            done += rows;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Softmax attention in f64, one position at a time.
+    fn reference(q: &[f32], keys: &[&[f32]], vals: &[&[f32]], scale: f32) -> Vec<f64> {
+        let sc: Vec<f64> = keys
+            .iter()
+            .map(|k| q.iter().zip(*k).map(|(a, b)| (a * b) as f64).sum::<f64>() * scale as f64)
+            .collect();
+        let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = sc.iter().map(|s| (s - m).exp()).collect();
+        let z: f64 = e.iter().sum();
+        (0..q.len())
+            .map(|i| {
+                e.iter()
+                    .zip(vals)
+                    .map(|(w, v)| w * v[i] as f64)
+                    .sum::<f64>()
+                    / z
+            })
+            .collect()
+    }
+
+    #[test]
+    fn both_kernels_match_softmax_attention_across_segments() {
+        let val = |i: usize| ((i * 7919 % 97) as f32 - 48.0) * 0.03;
+        // Head sizes: whole registers, a partial one, and more than the 128 kept at once.
+        for hd in [64, 80, 136] {
+            let kvh = 2;
+            let kvd = hd * kvh;
+            // A shared block of 7 positions, then 20 own ones (more than one pass of 16);
+            // the heads read kv head 1.
+            let (n1, n2) = (7, 20);
+            let k1: Vec<f32> = (0..n1 * kvd).map(val).collect();
+            let v1: Vec<f32> = (0..n1 * kvd).map(|i| val(i + 5)).collect();
+            let k2: Vec<f32> = (0..n2 * kvd).map(|i| val(i + 11)).collect();
+            let v2: Vec<f32> = (0..n2 * kvd).map(|i| val(i + 3)).collect();
+            let segs = [(&k1[..], &v1[..]), (&k2[..], &v2[..])];
+            let rows = |k: &[f32], n: usize| -> Vec<Vec<f32>> {
+                (0..n)
+                    .map(|j| k[j * kvd + hd..j * kvd + 2 * hd].to_vec())
+                    .collect()
+            };
+            let (mut keys, mut vals) = (rows(&k1, n1), rows(&v1, n1));
+            keys.extend(rows(&k2, n2));
+            vals.extend(rows(&v2, n2));
+            for nq in [1, 3, 7] {
+                let q: Vec<f32> = (0..nq * hd).map(|i| val(i + 1) * 0.5).collect();
+                for ctx in [1, 3, 7, 9, 16, 23, 27] {
+                    let heads = Heads {
+                        q: &q,
+                        hd,
+                        segs: &segs,
+                        ctx,
+                        kvd,
+                        at: hd,
+                        scale: 0.125,
+                    };
+                    let keys: Vec<&[f32]> = keys[..ctx].iter().map(Vec::as_slice).collect();
+                    let vals: Vec<&[f32]> = vals[..ctx].iter().map(Vec::as_slice).collect();
+                    type Kernel = fn(&Heads<'_>, &mut Vec<f32>, &mut [f32]);
+                    for (name, kernel) in [("portable", portable as Kernel), ("best", attend)] {
+                        let (mut scores, mut acc) = (Vec::new(), vec![0f32; nq * hd]);
+                        kernel(&heads, &mut scores, &mut acc);
+                        for h in 0..nq {
+                            let want = reference(&q[h * hd..(h + 1) * hd], &keys, &vals, 0.125);
+                            for (g, w) in acc[h * hd..(h + 1) * hd].iter().zip(&want) {
+                                assert!(
+                                    (*g as f64 - w).abs() < 1e-5,
+                                    "{name}: hd {hd}, {nq} heads, ctx {ctx}: {g} vs {w}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_add_tree_sums_each_vector_into_its_lane() {
+        if !crate::models::kernels::has_avx512() {
+            return;
+        }
+        use std::arch::x86_64::*;
+        let vals: Vec<[f32; 16]> = (0..16)
+            .map(|i| {
+                std::array::from_fn(|l| (i * 16 + l) as f32 * if l % 3 == 0 { -1.0 } else { 1.0 })
+            })
+            .collect();
+        // SAFETY: AVX-512 F is present (checked above); each array holds 16 floats.
+        let got: [f32; 16] = unsafe {
+            let v: [__m512; 16] = std::array::from_fn(|i| _mm512_loadu_ps(vals[i].as_ptr()));
+            let mut out = [0f32; 16];
+            _mm512_storeu_ps(out.as_mut_ptr(), x86::hsum16(&v));
+            out
+        };
+        for (i, g) in got.iter().enumerate() {
+            assert_eq!(*g, vals[i].iter().sum::<f32>(), "lane {i}");
+        }
+    }
+}
