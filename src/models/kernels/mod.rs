@@ -1,4 +1,5 @@
-//! Fused CPU kernels for the encoder forward pass (see `models::bert`).
+//! Fused CPU kernels for the encoder forward pass (see `models::bert`) and the decoder's
+//! decode-time attention ([`attend`]).
 //!
 //! Everything here works on plain `f32` slices in row-major layout. Element-wise kernels
 //! are written so that LLVM vectorises them; each public entry point is compiled twice,
