@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use rayon::prelude::*;
 
 use super::kernels::attend::{attend, Heads};
-use super::kernels::math::swiglu_rows;
+use super::kernels::math::{dot, swiglu_rows};
 use super::kernels::SharedMut;
 use super::quant::act::Q8Act;
 use super::quant::QLinear;
@@ -198,25 +198,6 @@ pub struct Llama {
 pub struct SeqStep<'a> {
     pub tokens: &'a [u32],
     pub cache: &'a mut KvCache,
-}
-
-/// Dot product with eight independent partial sums, so it vectorises.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ac.zip(bc) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {

@@ -9,6 +9,8 @@
 //! shuffle instead of a whole horizontal reduction; the weighted sum of values keeps each
 //! head's output in registers across all positions.
 
+use super::math::dot;
+
 /// The query heads of one token that share one kv head, against its sequence's keys and
 /// values.
 pub struct Heads<'a> {
@@ -25,6 +27,19 @@ pub struct Heads<'a> {
     /// Offset of the kv head within a position.
     pub at: usize,
     pub scale: f32,
+}
+
+impl Heads<'_> {
+    /// The segments' keys and values with the position of their first row and how many of
+    /// their rows are inside the context.
+    fn rows(&self) -> impl Iterator<Item = (&[f32], &[f32], usize, usize)> + '_ {
+        let mut done = 0;
+        self.segs.iter().map(move |&(k, v)| {
+            let rows = (k.len() / self.kvd).min(self.ctx - done);
+            done += rows;
+            (k, v, done - rows, rows)
+        })
+    }
 }
 
 /// `acc[h] = softmax(q[h]·Kᵀ·scale)·V` for every head `h` of `heads` (`acc` holds
@@ -75,52 +90,27 @@ pub fn portable(heads: &Heads<'_>, scores: &mut Vec<f32>, acc: &mut [f32]) {
     let nq = heads.q.len() / hd;
     scores.clear();
     scores.resize(nq * ctx, 0.0);
-    let mut done = 0;
-    for (kc, _) in heads.segs {
-        let rows = (kc.len() / kvd).min(ctx - done);
+    for (kc, _, first, rows) in heads.rows() {
         for j in 0..rows {
             let key = &kc[j * kvd + at..j * kvd + at + hd];
             for (h, q) in heads.q.chunks_exact(hd).enumerate() {
-                scores[h * ctx + done + j] = dot(q, key) * heads.scale;
+                scores[h * ctx + first + j] = dot(q, key) * heads.scale;
             }
         }
-        done += rows;
     }
     softmax_rows(scores, ctx);
     acc.iter_mut().for_each(|a| *a = 0.0);
-    let mut done = 0;
-    for (_, vc) in heads.segs {
-        let rows = (vc.len() / kvd).min(ctx - done);
+    for (_, vc, first, rows) in heads.rows() {
         for j in 0..rows {
             let val = &vc[j * kvd + at..j * kvd + at + hd];
             for (h, ah) in acc.chunks_exact_mut(hd).enumerate() {
-                let w = scores[h * ctx + done + j];
+                let w = scores[h * ctx + first + j];
                 for (a, v) in ah.iter_mut().zip(val) {
                     *a += w * v;
                 }
             }
         }
-        done += rows;
     }
-}
-
-/// Dot product with eight independent partial sums, so it vectorises.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ac.zip(bc) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -306,9 +296,10 @@ mod x86 {
     /// The AVX-512 form of [`super::attend`].
     ///
     /// # Safety
-    /// The CPU must support AVX-512 F. (Every slice access is checked against the
-    /// [`Heads`] invariants by the slicing below: segments hold whole positions and
-    /// `at + hd ≤ kvd`.)
+    /// The CPU must support AVX-512 F. The raw accesses below stay in bounds because of
+    /// the `assert!` (each head reads `at..at + hd` of a `kvd`-float position; `acc` and the
+    /// queries hold `nq · hd` floats) and because [`Heads::rows`] counts only whole
+    /// positions of each segment, at most `ctx` in all.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn attend(heads: &Heads<'_>, scores: &mut Vec<f32>, acc: &mut [f32]) {
         let (hd, kvd, at, ctx) = (heads.hd, heads.kvd, heads.at, heads.ctx);
@@ -316,14 +307,11 @@ mod x86 {
         let nq = heads.q.len() / hd;
         scores.clear();
         scores.resize(nq * ctx, 0.0);
-        let mut done = 0;
-        for (kc, _) in heads.segs {
-            let rows = (kc.len() / kvd).min(ctx - done);
+        for (kc, _, first, rows) in heads.rows() {
             let kp = kc.as_ptr();
             for h in 0..nq {
-                // SAFETY: row j < rows of the segment spans `kvd` floats, of which
-                // `at..at + hd` are read; the head's query is `hd` floats; the scores of
-                // head h go to `h·ctx + done ..+ rows ≤ (h + 1)·ctx`.
+                // SAFETY: see # Safety; head h's scores go to `h·ctx + first ..+ rows`,
+                // inside `(h + 1)·ctx`.
                 unsafe {
                     score_rows(
                         heads.q.as_ptr().add(h * hd),
@@ -331,23 +319,20 @@ mod x86 {
                         |j| kp.add(j * kvd + at),
                         rows,
                         heads.scale,
-                        scores.as_mut_ptr().add(h * ctx + done),
+                        scores.as_mut_ptr().add(h * ctx + first),
                     )
                 };
             }
-            done += rows;
         }
         super::softmax_rows(scores, ctx);
         acc.iter_mut().for_each(|a| *a = 0.0);
-        let mut done = 0;
-        for (_, vc) in heads.segs {
-            let rows = (vc.len() / kvd).min(ctx - done);
+        for (_, vc, first, rows) in heads.rows() {
             let vp = vc.as_ptr();
             for h in 0..nq {
                 // SAFETY: as for the keys; head h's output is `acc[h·hd ..+ hd]`.
                 unsafe {
                     weigh_rows(
-                        scores.as_ptr().add(h * ctx + done),
+                        scores.as_ptr().add(h * ctx + first),
                         |j| vp.add(j * kvd + at),
                         rows,
                         hd,
@@ -355,7 +340,6 @@ mod x86 {
                     )
                 };
             }
-            done += rows;
         }
     }
 }

@@ -24,6 +24,25 @@ pub fn fast_exp(x: f32) -> f32 {
     p * scale
 }
 
+/// Dot product with eight independent partial sums, so it vectorises.
+#[inline(always)]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// erf(x) for f32 as an odd/even rational polynomial on [-4, 4] (|erf| = 1 in f32 outside).
 #[inline(always)]
 pub fn fast_erf(x: f32) -> f32 {
