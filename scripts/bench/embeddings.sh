@@ -3,6 +3,7 @@
 # the same MiniLM weights with the same thread count:
 #   * single short query (~12 words), concurrency 1: latency p50;
 #   * batches of 32 inputs x ~100 words: inputs/s.
+# Both sides encode the same texts: embed_texts.py writes the peer's own, in its order.
 #   [THREADS=2] [DTYPE=auto|float32] [ROUNDS=2] scripts/bench/embeddings.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -21,13 +22,16 @@ cat > "$WORK/models.json" <<JSON
                           "device": "cpu", "threads": $THREADS, "dtype": "${DTYPE:-auto}"}}}
 JSON
 bench_engine "$BIN" "$WORK/models.json" embedding "$PORT" "$WORK/engine.log"
+python3 scripts/bench/embed_texts.py "$WORK" --words 100 --n 512
 
 for round in $(seq "${ROUNDS:-2}"); do
   echo "== round $round: trident (dtype $(curl -s http://127.0.0.1:$PORT/v1/models | grep -o '"dtype":"[a-z0-9]*"'), $THREADS threads)"
   "$BIN" bench embeddings --url "http://127.0.0.1:$PORT" --model embedding \
-    --concurrency 1 --requests 300 --inputs-per-request 1 --words 12 --json
+    --concurrency 1 --requests 300 --inputs-per-request 1 --words 12 \
+    --texts-file "$WORK/queries.txt" --json
   "$BIN" bench embeddings --url "http://127.0.0.1:$PORT" --model embedding \
-    --concurrency 2 --requests 16 --inputs-per-request 32 --words 100 --json
+    --concurrency 2 --requests 16 --inputs-per-request 32 --words 100 \
+    --texts-file "$WORK/texts.txt" --json
   echo "== round $round: sentence-transformers ($THREADS threads)"
   if "$PY" -c 'import sentence_transformers' 2>/dev/null; then
     THREADS=$THREADS "$PY" "$PEERS/embed_peer.py" models/embedding --batch 32 --words 100 --n 512

@@ -21,6 +21,10 @@ pub struct EmbeddingBenchArgs {
     /// Words per input.
     #[arg(long, default_value_t = 100)]
     pub words: usize,
+    /// Inputs from this file instead (one per line, taken in order and cycled), so a peer
+    /// can be given exactly the same texts; `--words` is then only reported.
+    #[arg(long)]
+    pub texts_file: Option<std::path::PathBuf>,
     /// Requests sent before timing starts.
     #[arg(long, default_value_t = 3)]
     pub warmup: usize,
@@ -48,10 +52,26 @@ struct Report {
 /// Runs the benchmark; exit code 0 when no request failed.
 pub async fn run(args: &EmbeddingBenchArgs) -> anyhow::Result<u8> {
     let url = format!("{}/v1/embeddings", args.url.trim_end_matches('/'));
+    let texts: Vec<String> = match &args.texts_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("--texts-file {}: {e}", path.display()))?
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_owned)
+            .collect(),
+        None => Vec::new(),
+    };
+    if args.texts_file.is_some() && texts.is_empty() {
+        anyhow::bail!("--texts-file holds no texts");
+    }
+    let text = |k: usize| match texts.is_empty() {
+        true => filler_text(k, args.words),
+        false => texts[k % texts.len()].clone(),
+    };
     let bodies: Vec<String> = (0..args.requests.max(args.warmup).max(1))
         .map(|i| {
             let input: Vec<String> = (0..args.inputs_per_request)
-                .map(|j| filler_text(i * args.inputs_per_request + j, args.words))
+                .map(|j| text(i * args.inputs_per_request + j))
                 .collect();
             serde_json::json!({"model": args.model, "input": input}).to_string()
         })

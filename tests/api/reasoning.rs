@@ -31,12 +31,14 @@ async fn engine() -> Option<&'static Engine> {
     )
 }
 
-const THOUGHT: &str = "[a-z]+( [a-z]+){1,5}";
-const ANSWER: &str = "[A-Z][a-z]+( [a-z]+){0,3}";
+// Words of bounded length, so whatever greedy path the model's numerics take, the grammar
+// ends within `max_tokens` (an unbounded word once ran past it inside the thought).
+const THOUGHT: &str = "[a-z]{1,10}( [a-z]{1,10}){1,5}";
+const ANSWER: &str = "[A-Z][a-z]{0,10}( [a-z]{1,10}){0,3}";
 
 fn body(n: usize) -> Value {
     json!({"messages": question("What is the capital of France? Think first."),
-           "temperature": 0, "max_tokens": 60, "n": n,
+           "temperature": 0, "max_tokens": 160, "n": n,
            "guided_regex": format!("<think>{THOUGHT}</think>\n\n{ANSWER}")})
 }
 

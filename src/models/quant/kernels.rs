@@ -209,34 +209,33 @@ fn scalar<const N: usize, const Q8: bool>(row: &[u8], xs: &[ActRow<'_>; N], out:
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
+/// `out[i][n] = rows[i] · xs[n]` for packed rows of `Q8_0` (`Q8`) or `Q4_1`: the AVX-512
+/// kernel takes the rows as one tile, the others one row at a time.
 #[inline]
-fn dispatch<const N: usize, const Q8: bool>(
+pub fn dot<const R: usize, const N: usize, const Q8: bool>(
     isa: Isa,
-    row: &[u8],
+    rows: &[&[u8]; R],
     xs: &[ActRow<'_>; N],
-    out: &mut [f32; N],
+    out: &mut [[f32; N]; R],
 ) {
     match isa {
         // SAFETY: `Isa::detect` returned this level only when the CPU has these features;
         // row and activation lengths agree (checked by the caller, `QLinear::forward`).
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { x86::avx2::<N, Q8>(row, xs, out) },
+        Isa::Avx512Vnni => unsafe { x86::avx512::<R, N, Q8>(rows, xs, out) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => unsafe { x86::avx512::<N, Q8>(row, xs, out) },
-        _ => scalar::<N, Q8>(row, xs, out),
+        Isa::Avx2 => {
+            for (row, o) in rows.iter().zip(out.iter_mut()) {
+                // SAFETY: as above.
+                unsafe { x86::avx2::<N, Q8>(row, xs, o) }
+            }
+        }
+        _ => {
+            for (row, o) in rows.iter().zip(out.iter_mut()) {
+                scalar::<N, Q8>(row, xs, o)
+            }
+        }
     }
-}
-
-/// `out[n] = row · xs[n]` for a packed `Q4_1` row.
-#[inline]
-pub fn dot_q4_1<const N: usize>(isa: Isa, row: &[u8], xs: &[ActRow<'_>; N], out: &mut [f32; N]) {
-    dispatch::<N, false>(isa, row, xs, out)
-}
-
-/// `out[n] = row · xs[n]` for a packed `Q8_0` row.
-#[inline]
-pub fn dot_q8_0<const N: usize>(isa: Isa, row: &[u8], xs: &[ActRow<'_>; N], out: &mut [f32; N]) {
-    dispatch::<N, true>(isa, row, xs, out)
 }
 
 #[cfg(test)]
@@ -335,15 +334,74 @@ mod tests {
                 dequant_q8_0(&packed, &mut back);
             }
             assert_eq!(back, w, "{fmt}: packed dequantisation");
-            let mut got4 = [0f32; 4];
-            let mut got1 = [0f32; 1];
-            if fmt == "q4_1" {
-                dot_q4_1(isa, &packed, &xs4, &mut got4);
-                dot_q4_1(isa, &packed, &[rows[2]], &mut got1);
+            // The row alone, and as either row of a two-row tile (beside another row).
+            let block = if fmt == "q4_1" {
+                Q4_1_BYTES
             } else {
-                dot_q8_0(isa, &packed, &xs4, &mut got4);
-                dot_q8_0(isa, &packed, &[rows[2]], &mut got1);
+                Q8_0_BYTES
+            };
+            let scales = if fmt == "q4_1" { 4 } else { 2 };
+            let raw_other: Vec<u8> = raw
+                .chunks_exact(block)
+                .flat_map(|b| {
+                    let (s, q) = b.split_at(scales);
+                    s.iter().copied().chain(q.iter().map(|v| v.rotate_left(3)))
+                })
+                .collect();
+            let other = if fmt == "q4_1" {
+                pack_q4_1(&raw_other, raw_other.len())
+            } else {
+                pack_q8_0(&raw_other, raw_other.len())
+            };
+            let mut got4 = [[0f32; 4]];
+            let mut got1 = [[0f32; 1]];
+            let mut tile = [[0f32; 4]; 2];
+            let mut tile1 = [[0f32; 1]; 2];
+            let q8 = fmt == "q8_0";
+            let dot4 = if q8 {
+                dot::<1, 4, true>
+            } else {
+                dot::<1, 4, false>
+            };
+            let dot1 = if q8 {
+                dot::<1, 1, true>
+            } else {
+                dot::<1, 1, false>
+            };
+            let tile4 = if q8 {
+                dot::<2, 4, true>
+            } else {
+                dot::<2, 4, false>
+            };
+            let tile1f = if q8 {
+                dot::<2, 1, true>
+            } else {
+                dot::<2, 1, false>
+            };
+            dot4(isa, &[&packed], &xs4, &mut got4);
+            dot1(isa, &[&packed], &[rows[2]], &mut got1);
+            let mut other4 = [[0f32; 4]];
+            dot4(isa, &[&other], &xs4, &mut other4);
+            for (pair, me, them) in [([&packed, &other], 0, 1), ([&other, &packed], 1, 0)] {
+                let pair: [&[u8]; 2] = [pair[0], pair[1]];
+                tile4(isa, &pair, &xs4, &mut tile);
+                tile1f(isa, &pair, &[rows[2]], &mut tile1);
+                // Bit for bit: batched greedy decoding must equal solo decoding.
+                for r in 0..4 {
+                    assert_eq!(
+                        tile[me][r].to_bits(),
+                        got4[0][r].to_bits(),
+                        "{isa:?} {fmt} {cols}: tile row {me}, act {r}"
+                    );
+                    assert_eq!(
+                        tile[them][r].to_bits(),
+                        other4[0][r].to_bits(),
+                        "{isa:?} {fmt} {cols}: tile row {them}, act {r}"
+                    );
+                }
+                assert_eq!(tile1[me][0].to_bits(), got1[0][0].to_bits());
             }
+            let (got4, got1) = (got4[0], got1[0]);
             for r in 0..4 {
                 // The kernels must equal the dot product of the dequantised operands.
                 let (_, d, _) = a.row(r);
@@ -362,9 +420,10 @@ mod tests {
                     got4[r]
                 );
             }
-            assert!(
-                (got1[0] - got4[2]).abs() <= 1e-5 * got4[2].abs().max(1.0),
-                "{isa:?} {fmt}: N=1 vs N=4"
+            assert_eq!(
+                got1[0].to_bits(),
+                got4[2].to_bits(),
+                "{isa:?} {fmt} {cols}: N=1 vs N=4"
             );
         }
     }

@@ -267,27 +267,11 @@ impl QLinear {
         match &self.weights {
             Weights::Q4_1(b) => {
                 act.quantize(x, n, self.cols);
-                gemm_blocks(
-                    b,
-                    self.rows,
-                    self.cols / QK * Q4_1_BYTES,
-                    act,
-                    out,
-                    kernels::dot_q4_1::<4>,
-                    kernels::dot_q4_1::<1>,
-                );
+                gemm_blocks::<false>(b, self.rows, self.cols / QK * Q4_1_BYTES, act, out);
             }
             Weights::Q8_0(b) => {
                 act.quantize(x, n, self.cols);
-                gemm_blocks(
-                    b,
-                    self.rows,
-                    self.cols / QK * Q8_0_BYTES,
-                    act,
-                    out,
-                    kernels::dot_q8_0::<4>,
-                    kernels::dot_q8_0::<1>,
-                );
+                gemm_blocks::<true>(b, self.rows, self.cols / QK * Q8_0_BYTES, act, out);
             }
             Weights::Ggml { mm, .. } => {
                 let xt = Tensor::from_slice(x, (n, self.cols), &Device::Cpu).map_err(candle_err)?;
@@ -320,18 +304,14 @@ impl QLinear {
     }
 }
 
-type Dot4 = fn(Isa, &[u8], &[ActRow<'_>; 4], &mut [f32; 4]);
-type Dot1 = fn(Isa, &[u8], &[ActRow<'_>; 1], &mut [f32; 1]);
-
-/// Row-parallel quantised mat-mul: every weight row is dotted with every activation row.
-fn gemm_blocks(
+/// Row-parallel quantised mat-mul (`Q8_0` rows when `Q8`, else `Q4_1`): every weight row is
+/// dotted with every activation row.
+fn gemm_blocks<const Q8: bool>(
     w: &[u8],
     rows: usize,
     row_bytes: usize,
     act: &Q8Act,
     out: &mut [f32],
-    dot4: Dot4,
-    dot1: Dot1,
 ) {
     let isa = isa();
     let n = act.rows;
@@ -342,28 +322,45 @@ fn gemm_blocks(
         })
         .collect();
     let threads = rayon::current_num_threads().max(1);
-    let chunk = (rows / (threads * 8)).clamp(4, 64);
+    // An even chunk, so the two-row tiles never straddle tasks.
+    let chunk = (rows / (threads * 8)).clamp(4, 64).next_multiple_of(2);
     let nchunks = rows.div_ceil(chunk);
     let ptr = SharedMut::new(out);
-    // A task owns `chunk` weight rows and runs every activation row against them, four at a
-    // time, so its weights stay in L1/L2 while the activations stream once per task.
+    let row = |r: usize| &w[r * row_bytes..(r + 1) * row_bytes];
+    // A task owns `chunk` weight rows and runs every activation row against them: two weight
+    // rows by four activation rows at a time (so each load of either feeds several
+    // multiply-adds), its weights staying in L1/L2 while the activations stream once per task.
     let work = |c: usize| {
         let p = ptr;
+        // SAFETY: (t, r) is in bounds and row r belongs to this task only.
+        let put = |t: usize, r: usize, v: f32| unsafe { *p.get().add(t * rows + r) = v };
         let (r0, r1) = (c * chunk, ((c + 1) * chunk).min(rows));
         let mut t = 0;
         while t + 4 <= n {
             let x4 = [xs[t], xs[t + 1], xs[t + 2], xs[t + 3]];
-            for r in r0..r1 {
+            let mut r = r0;
+            while r < r1 {
                 // The first pass over the task's rows brings them from memory: ask for the
-                // next row while this one computes.
-                if t == 0 && r + 1 < r1 {
-                    prefetch(&w[(r + 1) * row_bytes..(r + 2) * row_bytes]);
+                // next rows while these compute.
+                if t == 0 && r + 2 < r1 {
+                    prefetch(&w[(r + 2) * row_bytes..(r + 4).min(r1) * row_bytes]);
                 }
-                let mut o = [0f32; 4];
-                dot4(isa, &w[r * row_bytes..(r + 1) * row_bytes], &x4, &mut o);
-                for (i, v) in o.iter().enumerate() {
-                    // SAFETY: (t+i, r) is in bounds and row r belongs to this task only.
-                    unsafe { *p.get().add((t + i) * rows + r) = *v };
+                if r + 1 < r1 {
+                    let mut o = [[0f32; 4]; 2];
+                    kernels::dot::<2, 4, Q8>(isa, &[row(r), row(r + 1)], &x4, &mut o);
+                    for (i, oi) in o.iter().enumerate() {
+                        for (k, v) in oi.iter().enumerate() {
+                            put(t + k, r + i, *v);
+                        }
+                    }
+                    r += 2;
+                } else {
+                    let mut o = [[0f32; 4]; 1];
+                    kernels::dot::<1, 4, Q8>(isa, &[row(r)], &x4, &mut o);
+                    for (k, v) in o[0].iter().enumerate() {
+                        put(t + k, r, *v);
+                    }
+                    r += 1;
                 }
             }
             t += 4;
@@ -371,12 +368,11 @@ fn gemm_blocks(
         for (t, x) in xs.iter().enumerate().skip(t) {
             for r in r0..r1 {
                 if t + 1 == n && r + 1 < r1 {
-                    prefetch(&w[(r + 1) * row_bytes..(r + 2) * row_bytes]);
+                    prefetch(row(r + 1));
                 }
-                let mut o = [0f32; 1];
-                dot1(isa, &w[r * row_bytes..(r + 1) * row_bytes], &[*x], &mut o);
-                // SAFETY: as above.
-                unsafe { *p.get().add(t * rows + r) = o[0] };
+                let mut o = [[0f32; 1]; 1];
+                kernels::dot::<1, 1, Q8>(isa, &[row(r)], &[*x], &mut o);
+                put(t, r, o[0][0]);
             }
         }
     };
