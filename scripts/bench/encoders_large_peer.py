@@ -11,7 +11,11 @@ Each prints one JSON object. The texts have `tokens` tokens each (specials inclu
 pair, query + document), which the script checks with the model's tokenizer before timing.
 With --check URL it first compares with a trident engine on the first inputs: cosine of
 the vectors (and, for scale, the cosine between two different inputs), or the largest
-score difference (both sides apply the sigmoid) and the spread of the scores."""
+score difference (both sides apply the sigmoid) and the spread of the scores. Random
+weights make every input's vector nearly the same and every score nearly equal, so it also
+reports the checks that see the differences between inputs: the cosine after subtracting
+the peer's mean vector from both sides (`centred_cosine_*`), and for scores their
+correlation across documents and the largest difference as a share of their spread."""
 import argparse, json, os, sys, time, urllib.request
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -33,6 +37,14 @@ def cos(a, b):
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
+def centred(ours, theirs):
+    """Both sides minus the peer's mean vector: what tells the inputs apart."""
+    import numpy as np
+    o, t = np.asarray(ours, dtype=np.float64), np.asarray(theirs, dtype=np.float64)
+    mu = o.mean(axis=0)
+    return o - mu, t - mu
+
+
 def embed(a, torch):
     from sentence_transformers import SentenceTransformer
     m = SentenceTransformer(a.model, device="cpu")
@@ -47,13 +59,16 @@ def embed(a, torch):
         return out
     m.encode(texts[:2], batch_size=2)
     if a.check:
-        k = 4
+        k = 8
         ours = m.encode(texts[:k], batch_size=k)
         res = post(a.check, "/v1/embeddings", {"model": a.check_model, "input": texts[:k]})
         theirs = [d["embedding"] for d in sorted(res["data"], key=lambda d: d["index"])]
         out["trident_tokens_per_input"] = res["usage"]["prompt_tokens"] / k
         out["cosine_vs_trident_min"] = min(cos(x, y) for x, y in zip(ours, theirs))
         out["cosine_between_inputs"] = cos(ours[0], ours[1])
+        co, ct = centred(ours, theirs)
+        out["centred_cosine_vs_trident_min"] = min(cos(x, y) for x, y in zip(co, ct))
+        out["centred_cosine_between_inputs"] = cos(co[0], co[1])
     t = time.perf_counter()
     m.encode(texts, batch_size=a.batch)
     dt = time.perf_counter() - t
@@ -88,6 +103,10 @@ def rerank(a, torch):
         theirs = {r["index"]: r["relevance_score"] for r in res["results"]}
         out["max_abs_diff_vs_trident"] = max(abs(float(ours[i]) - theirs[i]) for i in range(k))
         out["score_range"] = [float(min(ours)), float(max(ours))]
+        import numpy as np
+        mine = np.asarray([float(v) for v in ours]); other = np.asarray([theirs[i] for i in range(k)])
+        out["score_correlation"] = float(np.corrcoef(mine, other)[0, 1])
+        out["max_abs_diff_over_spread"] = out["max_abs_diff_vs_trident"] / float(np.ptp(mine))
     t = time.perf_counter()
     for i in range(a.requests):
         score(*request(i))
