@@ -128,6 +128,11 @@ if t16 and p16 and not any(x is None or "failed" in x for x in t16 + p16):
         ROWS[-4]["note"] = f"{errs} failed requests in these runs (see logs/batching.log)"
 else:
     not_run("batching", ["16 streams aggregate vs llama-server", "ITL p99, 16 streams, vs llama-server"])
+if t16 and t1 and not any(x is None or "failed" in x for x in t16 + t1):
+    # chat.sh's two runs send prompts of different lengths; here both send the same ones.
+    row("batching", "16 streams aggregate vs 1 stream, same prompts", "tok/s",
+        field(t16, lambda x: x["output_tok_per_s"]), field(t1, lambda x: x["output_tok_per_s"]),
+        "trident, 1 stream", (">=", 4))
 
 # prefix.sh: text lines "TTFT p50 cached: X ms …" / "TTFT p50 uncached: Y ms …".
 items = log("prefix")
