@@ -64,9 +64,12 @@ pub async fn run(args: &EmbeddingBenchArgs) -> anyhow::Result<u8> {
     if args.texts_file.is_some() && texts.is_empty() {
         anyhow::bail!("--texts-file holds no texts");
     }
-    let text = |k: usize| match texts.is_empty() {
-        true => filler_text(k, args.words),
-        false => texts[k % texts.len()].clone(),
+    let text = |k: usize| {
+        if texts.is_empty() {
+            filler_text(k, args.words)
+        } else {
+            texts[k % texts.len()].clone()
+        }
     };
     let bodies: Vec<String> = (0..args.requests.max(args.warmup).max(1))
         .map(|i| {

@@ -115,6 +115,7 @@ pub fn portable(heads: &Heads<'_>, scores: &mut Vec<f32>, acc: &mut [f32]) {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::super::fold;
     use super::Heads;
     use std::arch::x86_64::*;
 
@@ -128,22 +129,9 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn tree16(v: &[__m512; 16]) -> __m512 {
-        // 256-bit halves: pair (a, b) -> [a.q0+a.q2, a.q1+a.q3, b.q0+b.q2, b.q1+b.q3].
-        let l1: [__m512; 8] = std::array::from_fn(|i| {
-            let (a, b) = (v[2 * i], v[2 * i + 1]);
-            _mm512_add_ps(
-                _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
-                _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
-            )
-        });
-        // Quads: (x, y) -> one quad per input vector, four partials each.
-        let l2: [__m512; 4] = std::array::from_fn(|i| {
-            let (x, y) = (l1[2 * i], l1[2 * i + 1]);
-            _mm512_add_ps(
-                _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y),
-                _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y),
-            )
-        });
+        // 256-bit halves, then one quad per input vector, four partials each.
+        let l1: [__m512; 8] = std::array::from_fn(|i| fold::halves(v[2 * i], v[2 * i + 1]));
+        let l2: [__m512; 4] = std::array::from_fn(|i| fold::quads(l1[2 * i], l1[2 * i + 1]));
         // Within each quad: two partials per vector, then one.
         let l3: [__m512; 2] = std::array::from_fn(|i| {
             let (x, y) = (l2[2 * i], l2[2 * i + 1]);

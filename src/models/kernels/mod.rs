@@ -34,6 +34,35 @@ pub fn has_avx512() -> bool {
     })
 }
 
+/// The first two levels of the transposing add trees that reduce many AVX-512 vectors at
+/// once (attention's sixteen scores, the quantised kernel's eight tile sums): each level
+/// adds two vectors' 128-bit quads pairwise, so the later levels see half as many vectors.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod fold {
+    use std::arch::x86_64::*;
+
+    /// `(a, b)` → quads `[a.q0+a.q2, a.q1+a.q3, b.q0+b.q2, b.q1+b.q3]`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub fn halves(a: __m512, b: __m512) -> __m512 {
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
+            _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
+        )
+    }
+
+    /// Two [`halves`] results `(x, y)` → one quad per input vector of the pair of pairs
+    /// (four partial sums each): `[x.q0+x.q1, x.q2+x.q3, y.q0+y.q1, y.q2+y.q3]`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub fn quads(x: __m512, y: __m512) -> __m512 {
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y),
+        )
+    }
+}
+
 /// Defines `fn $name(args)` (with the given visibility) that runs `$body` compiled for AVX-512 when the CPU has
 /// it and for the baseline target otherwise.
 macro_rules! multiversion {

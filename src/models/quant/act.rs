@@ -61,10 +61,19 @@ impl Q8Act {
     }
 }
 
+/// Where the values of block `b` (counting over all rows of `cols`) go in the quantised
+/// buffer: slice `j` (values `4j..4j + 4`) at `base + j · stride`.
+#[inline]
+fn block_slices(b: usize, cols: usize) -> (usize, usize) {
+    let bpr = cols / QK;
+    let (r, rb) = (b / bpr, b % bpr);
+    let first = slot(bpr, rb, 0, QK);
+    (r * cols + first, slot(bpr, rb, 4, QK) - first)
+}
+
 /// The blocks of `x` (rows of `cols`) into interleaved values `qs`, scales `d` and scaled
 /// sums `s` (the portable form of [`x86::quantize_blocks`], which gives the same bytes).
 fn quantize_blocks(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], cols: usize) {
-    let bpr = cols / QK;
     let mut qb = [0i8; QK];
     for (b, xb) in x.chunks_exact(QK).enumerate() {
         // Lane-wise maxima and sums so the loops vectorise.
@@ -86,13 +95,9 @@ fn quantize_blocks(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], cols:
                 *sum += r;
             }
         }
-        // Slice j (4 values) of block rb goes to slot(.., 4j); the slices are `stride` apart.
-        let (r, rb) = (b / bpr, b % bpr);
-        let row = &mut qs[r * cols..(r + 1) * cols];
-        let base = slot(bpr, rb, 0, QK);
-        let stride = slot(bpr, rb, 4, QK) - base;
+        let (base, stride) = block_slices(b, cols);
         for (j, q4) in qb.chunks_exact(4).enumerate() {
-            row[base + j * stride..base + j * stride + 4].copy_from_slice(q4);
+            qs[base + j * stride..base + j * stride + 4].copy_from_slice(q4);
         }
         d[b] = db;
         s[b] = db * s8.iter().sum::<i32>() as f32;
@@ -102,7 +107,6 @@ fn quantize_blocks(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], cols:
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::QK;
-    use crate::models::quant::kernels::slot;
     use std::arch::x86_64::*;
 
     /// [`super::quantize_blocks`] with one block in two registers: it runs before every
@@ -120,7 +124,6 @@ mod x86 {
         s: &mut [f32],
         cols: usize,
     ) {
-        let bpr = cols / QK;
         for (b, xb) in x.chunks_exact(QK).enumerate() {
             // SAFETY: `xb` holds 32 floats; the stores below write 4 bytes at each of the
             // block's 8 slots, inside its row of `qs` (see # Safety).
@@ -134,10 +137,7 @@ mod x86 {
                 let qlo = _mm512_cvtps_epi32(_mm512_mul_ps(lo, id));
                 let qhi = _mm512_cvtps_epi32(_mm512_mul_ps(hi, id));
                 let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(qlo, qhi));
-                // Slice j (4 values) of block rb goes to slot(.., 4j); slices are `stride` apart.
-                let (r, rb) = (b / bpr, b % bpr);
-                let base = r * cols + slot(bpr, rb, 0, QK);
-                let stride = slot(bpr, rb, 4, QK) - slot(bpr, rb, 0, QK);
+                let (base, stride) = super::block_slices(b, cols);
                 let p = qs.as_mut_ptr().add(base);
                 let bytes = [_mm512_cvtepi32_epi8(qlo), _mm512_cvtepi32_epi8(qhi)];
                 for (h, v) in bytes.iter().enumerate() {

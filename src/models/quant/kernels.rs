@@ -299,6 +299,42 @@ mod tests {
         }
     }
 
+    /// `row` against four activation rows and against `x1` alone, after checking that
+    /// every tile holding it (beside `other`, in either place) gives the same bits as the
+    /// lone-row kernel: batched greedy decoding must equal solo decoding.
+    fn lone_and_tiled<const Q8: bool>(
+        isa: Isa,
+        row: &[u8],
+        other: &[u8],
+        xs4: &[ActRow<'_>; 4],
+        x1: ActRow<'_>,
+        cols: usize,
+    ) -> ([f32; 4], [f32; 1]) {
+        let (mut got4, mut got1, mut other4) = ([[0f32; 4]], [[0f32; 1]], [[0f32; 4]]);
+        dot::<1, 4, Q8>(isa, &[row], xs4, &mut got4);
+        dot::<1, 1, Q8>(isa, &[row], &[x1], &mut got1);
+        dot::<1, 4, Q8>(isa, &[other], xs4, &mut other4);
+        for (pair, me, them) in [([row, other], 0, 1), ([other, row], 1, 0)] {
+            let (mut tile, mut tile1) = ([[0f32; 4]; 2], [[0f32; 1]; 2]);
+            dot::<2, 4, Q8>(isa, &pair, xs4, &mut tile);
+            dot::<2, 1, Q8>(isa, &pair, &[x1], &mut tile1);
+            for r in 0..4 {
+                assert_eq!(
+                    tile[me][r].to_bits(),
+                    got4[0][r].to_bits(),
+                    "{isa:?} Q8={Q8} {cols}: tile row {me}, act {r}"
+                );
+                assert_eq!(
+                    tile[them][r].to_bits(),
+                    other4[0][r].to_bits(),
+                    "{isa:?} Q8={Q8} {cols}: tile row {them}, act {r}"
+                );
+            }
+            assert_eq!(tile1[me][0].to_bits(), got1[0][0].to_bits());
+        }
+        (got4[0], got1[0])
+    }
+
     fn check(isa: Isa, cols: usize) {
         let nb = cols / QK;
         let mut q4 = rand_bytes(nb * Q4_1_BYTES, 1);
@@ -353,55 +389,11 @@ mod tests {
             } else {
                 pack_q8_0(&raw_other, raw_other.len())
             };
-            let mut got4 = [[0f32; 4]];
-            let mut got1 = [[0f32; 1]];
-            let mut tile = [[0f32; 4]; 2];
-            let mut tile1 = [[0f32; 1]; 2];
-            let q8 = fmt == "q8_0";
-            let dot4 = if q8 {
-                dot::<1, 4, true>
+            let (got4, got1) = if fmt == "q8_0" {
+                lone_and_tiled::<true>(isa, &packed, &other, &xs4, rows[2], cols)
             } else {
-                dot::<1, 4, false>
+                lone_and_tiled::<false>(isa, &packed, &other, &xs4, rows[2], cols)
             };
-            let dot1 = if q8 {
-                dot::<1, 1, true>
-            } else {
-                dot::<1, 1, false>
-            };
-            let tile4 = if q8 {
-                dot::<2, 4, true>
-            } else {
-                dot::<2, 4, false>
-            };
-            let tile1f = if q8 {
-                dot::<2, 1, true>
-            } else {
-                dot::<2, 1, false>
-            };
-            dot4(isa, &[&packed], &xs4, &mut got4);
-            dot1(isa, &[&packed], &[rows[2]], &mut got1);
-            let mut other4 = [[0f32; 4]];
-            dot4(isa, &[&other], &xs4, &mut other4);
-            for (pair, me, them) in [([&packed, &other], 0, 1), ([&other, &packed], 1, 0)] {
-                let pair: [&[u8]; 2] = [pair[0], pair[1]];
-                tile4(isa, &pair, &xs4, &mut tile);
-                tile1f(isa, &pair, &[rows[2]], &mut tile1);
-                // Bit for bit: batched greedy decoding must equal solo decoding.
-                for r in 0..4 {
-                    assert_eq!(
-                        tile[me][r].to_bits(),
-                        got4[0][r].to_bits(),
-                        "{isa:?} {fmt} {cols}: tile row {me}, act {r}"
-                    );
-                    assert_eq!(
-                        tile[them][r].to_bits(),
-                        other4[0][r].to_bits(),
-                        "{isa:?} {fmt} {cols}: tile row {them}, act {r}"
-                    );
-                }
-                assert_eq!(tile1[me][0].to_bits(), got1[0][0].to_bits());
-            }
-            let (got4, got1) = (got4[0], got1[0]);
             for r in 0..4 {
                 // The kernels must equal the dot product of the dequantised operands.
                 let (_, d, _) = a.row(r);

@@ -322,7 +322,8 @@ fn gemm_blocks<const Q8: bool>(
         })
         .collect();
     let threads = rayon::current_num_threads().max(1);
-    // An even chunk, so the two-row tiles never straddle tasks.
+    // An even chunk, so a task's rows pair up into tiles (only the last task may end on a
+    // lone row).
     let chunk = (rows / (threads * 8)).clamp(4, 64).next_multiple_of(2);
     let nchunks = rows.div_ceil(chunk);
     let ptr = SharedMut::new(out);
@@ -332,9 +333,17 @@ fn gemm_blocks<const Q8: bool>(
     // multiply-adds), its weights staying in L1/L2 while the activations stream once per task.
     let work = |c: usize| {
         let p = ptr;
-        // SAFETY: (t, r) is in bounds and row r belongs to this task only.
-        let put = |t: usize, r: usize, v: f32| unsafe { *p.get().add(t * rows + r) = v };
         let (r0, r1) = (c * chunk, ((c + 1) * chunk).min(rows));
+        // Writes the tile at (t, r): activation row t + k, weight row r + i.
+        let put = |t: usize, r: usize| {
+            move |k: usize, i: usize, v: f32| {
+                debug_assert!(t + k < n && r + i < r1);
+                // SAFETY: (t + k, r + i) is in bounds (every caller passes a tile inside
+                // `n` activation rows and this task's rows) and row r + i belongs to this
+                // task only.
+                unsafe { *p.get().add((t + k) * rows + r + i) = v }
+            }
+        };
         let mut t = 0;
         while t + 4 <= n {
             let x4 = [xs[t], xs[t + 1], xs[t + 2], xs[t + 3]];
@@ -346,20 +355,10 @@ fn gemm_blocks<const Q8: bool>(
                     prefetch(&w[(r + 2) * row_bytes..(r + 4).min(r1) * row_bytes]);
                 }
                 if r + 1 < r1 {
-                    let mut o = [[0f32; 4]; 2];
-                    kernels::dot::<2, 4, Q8>(isa, &[row(r), row(r + 1)], &x4, &mut o);
-                    for (i, oi) in o.iter().enumerate() {
-                        for (k, v) in oi.iter().enumerate() {
-                            put(t + k, r + i, *v);
-                        }
-                    }
+                    tile::<2, 4, Q8>(isa, &[row(r), row(r + 1)], &x4, put(t, r));
                     r += 2;
                 } else {
-                    let mut o = [[0f32; 4]; 1];
-                    kernels::dot::<1, 4, Q8>(isa, &[row(r)], &x4, &mut o);
-                    for (k, v) in o[0].iter().enumerate() {
-                        put(t + k, r, *v);
-                    }
+                    tile::<1, 4, Q8>(isa, &[row(r)], &x4, put(t, r));
                     r += 1;
                 }
             }
@@ -370,9 +369,7 @@ fn gemm_blocks<const Q8: bool>(
                 if t + 1 == n && r + 1 < r1 {
                     prefetch(row(r + 1));
                 }
-                let mut o = [[0f32; 1]; 1];
-                kernels::dot::<1, 1, Q8>(isa, &[row(r)], &[*x], &mut o);
-                put(t, r, o[0][0]);
+                tile::<1, 1, Q8>(isa, &[row(r)], &[*x], put(t, r));
             }
         }
     };
@@ -380,6 +377,24 @@ fn gemm_blocks<const Q8: bool>(
         work(0);
     } else {
         (0..nchunks).into_par_iter().for_each(work);
+    }
+}
+
+/// One kernel call: `R` weight rows against `N` activation rows, each result handed to
+/// `put(activation k, row i, value)`.
+#[inline(always)]
+fn tile<const R: usize, const N: usize, const Q8: bool>(
+    isa: Isa,
+    rows: &[&[u8]; R],
+    xs: &[ActRow<'_>; N],
+    put: impl Fn(usize, usize, f32),
+) {
+    let mut o = [[0f32; N]; R];
+    kernels::dot::<R, N, Q8>(isa, rows, xs, &mut o);
+    for (i, oi) in o.iter().enumerate() {
+        for (k, v) in oi.iter().enumerate() {
+            put(k, i, *v);
+        }
     }
 }
 

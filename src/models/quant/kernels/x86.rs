@@ -2,6 +2,7 @@
 //! group per register) dot products of packed `Q4_1` / `Q8_0` rows with activation rows.
 
 use super::{ActRow, GROUP, Q4_1_BYTES, Q8_0_BYTES, QK};
+use crate::models::kernels::fold;
 use std::arch::x86_64::*;
 
 /// # Safety
@@ -332,22 +333,9 @@ unsafe fn hsum1(v: __m512) -> f32 {
 unsafe fn hsum8(v: &[__m512; 8]) -> [f32; 8] {
     // SAFETY: AVX-512 F is enabled here (see # Safety).
     unsafe {
-        // Pair (a, b) -> quads [a.q0+a.q2, a.q1+a.q3, b.q0+b.q2, b.q1+b.q3].
-        let l1: [__m512; 4] = std::array::from_fn(|i| {
-            let (a, b) = (v[2 * i], v[2 * i + 1]);
-            _mm512_add_ps(
-                _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
-                _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
-            )
-        });
-        // Quad k of l2[h] holds four partials of v[4h + k].
-        let l2: [__m512; 2] = std::array::from_fn(|i| {
-            let (x, y) = (l1[2 * i], l1[2 * i + 1]);
-            _mm512_add_ps(
-                _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y),
-                _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y),
-            )
-        });
+        // 256-bit halves, then quad k of l2[h] holds four partials of v[4h + k].
+        let l1: [__m512; 4] = std::array::from_fn(|i| fold::halves(v[2 * i], v[2 * i + 1]));
+        let l2: [__m512; 2] = std::array::from_fn(|i| fold::quads(l1[2 * i], l1[2 * i + 1]));
         // Quad k: [two partials of v[k], two of v[4 + k]] (lane i with lane i + 2, as
         // `hsum1` pairs them), then lane 0 and lane 2 the sums.
         let l3 = _mm512_add_ps(
