@@ -21,7 +21,7 @@ use axum::{Json, Router};
 use serde_json::Value;
 
 use super::backend::EncoderBackend;
-use super::embed::{self, blocking, input_error, EncoderState};
+use super::embed::{self, blocking_unless_small, input_error, EncoderState};
 use super::encoder_queue::{Job, Output};
 use crate::api::types::rerank::{
     cosine, from_value, rank, sigmoid, DocumentText, PairTask, RerankMeta, RerankRequest,
@@ -98,7 +98,7 @@ async fn cross_encoder(
     opts: ScoreOptions,
     max_len: usize,
 ) -> Result<Scored, ApiError> {
-    let (jobs, prompt_tokens) = blocking(move || {
+    let (jobs, prompt_tokens) = blocking_unless_small(task.text_bytes(), move || {
         let mut jobs = Vec::with_capacity(task.pairs.len());
         let mut tokens = 0;
         let many = task.seconds.len() > 1;
@@ -166,7 +166,7 @@ async fn bi_encoder(
 ) -> Result<Scored, ApiError> {
     let firsts = task.firsts.len();
     let pairs = task.pairs.clone();
-    let (jobs, prompt_tokens) = blocking(move || {
+    let (jobs, prompt_tokens) = blocking_unless_small(task.text_bytes(), move || {
         let mut jobs = Vec::with_capacity(task.firsts.len() + task.seconds.len());
         let mut tokens = 0;
         for (texts, param) in [

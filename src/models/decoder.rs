@@ -429,11 +429,7 @@ impl DecoderModel {
             num_layers: c.num_layers,
             num_kv_heads: c.num_kv_heads,
             head_dim: c.head_dim,
-            kv_bytes_per_token: 2
-                * c.num_layers
-                * c.num_kv_heads
-                * c.head_dim
-                * std::mem::size_of::<f32>(),
+            kv_bytes_per_token: model.kv_bytes_per_token(),
             eos_token_ids: eos,
             bos_token_id: bos_id,
             bos_token: bos,

@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
-use super::kernels::attend::{attend, Heads};
+use half::f16;
+
+use super::kernels::attend::{attend, Heads, KvElem};
 use super::kernels::math::{dot, swiglu_rows};
 use super::kernels::SharedMut;
 use super::quant::act::Q8Act;
@@ -98,25 +100,130 @@ pub struct Layer {
     pub down: QLinear,
 }
 
+/// The element type of a decoder's cached keys and values: `f32` where every weight is
+/// f32 (the cache adds no rounding to a full-precision model), `f16` otherwise (as
+/// llama.cpp's default cache): half the memory per position, so twice the positions in the
+/// same KV budget, and half the memory a decode step's attention reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvDtype {
+    F32,
+    F16,
+}
+
+impl KvDtype {
+    /// Bytes of one cached element.
+    pub fn size(self) -> usize {
+        match self {
+            KvDtype::F32 => 4,
+            KvDtype::F16 => 2,
+        }
+    }
+}
+
+/// Cached keys (or values) of one layer, `positions × kv_heads × head_dim` elements.
+#[derive(Debug, Clone)]
+pub enum KvRows {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+}
+
+impl KvRows {
+    fn new(dtype: KvDtype) -> Self {
+        match dtype {
+            KvDtype::F32 => KvRows::F32(Vec::new()),
+            KvDtype::F16 => KvRows::F16(Vec::new()),
+        }
+    }
+
+    fn dtype(&self) -> KvDtype {
+        match self {
+            KvRows::F32(_) => KvDtype::F32,
+            KvRows::F16(_) => KvDtype::F16,
+        }
+    }
+
+    /// Elements held.
+    pub fn len(&self) -> usize {
+        match self {
+            KvRows::F32(v) => v.len(),
+            KvRows::F16(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends `src`, rounded to the element type.
+    fn push(&mut self, src: &[f32]) {
+        match self {
+            KvRows::F32(v) => f32::extend_from_f32(v, src),
+            KvRows::F16(v) => f16::extend_from_f32(v, src),
+        }
+    }
+
+    /// Appends elements `from..to` of `src` (of the same type; `false` otherwise).
+    fn extend_from(&mut self, src: &KvRows, from: usize, to: usize) -> bool {
+        match (self, src) {
+            (KvRows::F32(d), KvRows::F32(s)) => d.extend_from_slice(&s[from..to]),
+            (KvRows::F16(d), KvRows::F16(s)) => d.extend_from_slice(&s[from..to]),
+            _ => return false,
+        }
+        true
+    }
+}
+
+/// The element types [`KvRows`] holds, for code generic over them.
+trait CacheElem: KvElem {
+    fn of(rows: &KvRows) -> Option<&[Self]>;
+}
+
+impl CacheElem for f32 {
+    fn of(rows: &KvRows) -> Option<&[f32]> {
+        match rows {
+            KvRows::F32(v) => Some(v),
+            KvRows::F16(_) => None,
+        }
+    }
+}
+
+impl CacheElem for f16 {
+    fn of(rows: &KvRows) -> Option<&[f16]> {
+        match rows {
+            KvRows::F16(v) => Some(v),
+            KvRows::F32(_) => None,
+        }
+    }
+}
+
+impl Layer {
+    /// True when every weight of the block is f32.
+    fn is_f32(&self) -> bool {
+        [&self.qkv, &self.o, &self.gate_up, &self.down]
+            .iter()
+            .all(|l| l.is_f32())
+    }
+}
+
 /// Keys and values of one sequence. The first positions may be blocks shared with other
 /// sequences (the chat engine's prefix cache; read-only); the rest are the sequence's own,
-/// per layer `(len - shared positions) × kv_heads × head_dim` f32. A clone shares the
-/// blocks and copies the rest.
+/// per layer `(len - shared positions) × kv_heads × head_dim` elements of the model's
+/// [`KvDtype`]. A clone shares the blocks and copies the rest.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
     pub len: usize,
     pub shared: Vec<Arc<KvBlock>>,
-    pub k: Vec<Vec<f32>>,
-    pub v: Vec<Vec<f32>>,
+    pub k: Vec<KvRows>,
+    pub v: Vec<KvRows>,
 }
 
 /// Keys and values of `len` consecutive positions, per layer `len × kv_heads × head_dim`
-/// f32: the unit caches share.
+/// elements: the unit caches share.
 #[derive(Debug)]
 pub struct KvBlock {
     pub len: usize,
-    pub k: Vec<Vec<f32>>,
-    pub v: Vec<Vec<f32>>,
+    pub k: Vec<KvRows>,
+    pub v: Vec<KvRows>,
 }
 
 impl KvCache {
@@ -127,19 +234,23 @@ impl KvCache {
 
     /// Layer `li`'s keys and values as contiguous runs of rows, in position order: each
     /// shared block, then the sequence's own rows.
-    fn segments(&self, li: usize) -> Vec<(&[f32], &[f32])> {
+    fn layer(&self, li: usize) -> impl Iterator<Item = (&KvRows, &KvRows)> + '_ {
         self.shared
             .iter()
-            .map(|b| (b.k[li].as_slice(), b.v[li].as_slice()))
-            .chain(std::iter::once((
-                self.k[li].as_slice(),
-                self.v[li].as_slice(),
-            )))
+            .map(move |b| (&b.k[li], &b.v[li]))
+            .chain(std::iter::once((&self.k[li], &self.v[li])))
+    }
+
+    /// [`Self::layer`] as slices of `T` (the step checked that every run holds `T`).
+    fn segments<T: CacheElem>(&self, li: usize) -> Vec<(&[T], &[T])> {
+        const WRONG: &str = "a cache of another element type passed validation. This is a bug.";
+        self.layer(li)
+            .map(|(k, v)| (T::of(k).expect(WRONG), T::of(v).expect(WRONG)))
             .collect()
     }
 
-    /// A copy of positions `start..start + len` (`kvd` floats per row and layer), or `None`
-    /// when they are not all cached.
+    /// A copy of positions `start..start + len` (`kvd` elements per row and layer), or
+    /// `None` when they are not all cached.
     pub fn export(&self, start: usize, len: usize, kvd: usize) -> Option<KvBlock> {
         if len == 0 || start + len > self.len {
             return None;
@@ -147,14 +258,19 @@ impl KvCache {
         let layers = self.k.len();
         let (mut k, mut v) = (Vec::with_capacity(layers), Vec::with_capacity(layers));
         for li in 0..layers {
-            let (mut kb, mut vb) = (Vec::with_capacity(len * kvd), Vec::with_capacity(len * kvd));
+            let (mut kb, mut vb) = (
+                KvRows::new(self.k[li].dtype()),
+                KvRows::new(self.v[li].dtype()),
+            );
             let mut pos = 0;
-            for (ks, vs) in self.segments(li) {
+            for (ks, vs) in self.layer(li) {
                 let rows = ks.len() / kvd;
                 let (from, to) = (start.max(pos), (start + len).min(pos + rows));
                 if from < to {
-                    kb.extend_from_slice(&ks[(from - pos) * kvd..(to - pos) * kvd]);
-                    vb.extend_from_slice(&vs[(from - pos) * kvd..(to - pos) * kvd]);
+                    let (a, b) = ((from - pos) * kvd, (to - pos) * kvd);
+                    if !kb.extend_from(ks, a, b) || !vb.extend_from(vs, a, b) {
+                        return None;
+                    }
                 }
                 pos += rows;
             }
@@ -188,6 +304,8 @@ pub struct Llama {
     pub layers: Vec<Layer>,
     pub norm: Vec<f32>,
     pub lm_head: QLinear,
+    /// What the caches of this model hold.
+    pub kv_dtype: KvDtype,
     scratch: Mutex<Scratch>,
     /// The step's threads: the caller's work runs on a worker, so nested parallel loops
     /// never wait on a thread outside the pool.
@@ -253,7 +371,13 @@ impl Llama {
             .thread_name(|i| format!("decoder-{i}"))
             .build()
             .ok();
+        let kv_dtype = if layers.iter().all(Layer::is_f32) && lm_head.is_f32() {
+            KvDtype::F32
+        } else {
+            KvDtype::F16
+        };
         Llama {
+            kv_dtype,
             cfg,
             embed,
             layers,
@@ -269,8 +393,8 @@ impl Llama {
         KvCache {
             len: 0,
             shared: Vec::new(),
-            k: vec![Vec::new(); self.cfg.num_layers],
-            v: vec![Vec::new(); self.cfg.num_layers],
+            k: vec![KvRows::new(self.kv_dtype); self.cfg.num_layers],
+            v: vec![KvRows::new(self.kv_dtype); self.cfg.num_layers],
         }
     }
 
@@ -282,7 +406,12 @@ impl Llama {
         c
     }
 
-    /// Floats of one position's keys (or values) in one layer.
+    /// Bytes one position takes in a cache (keys and values of every layer).
+    pub fn kv_bytes_per_token(&self) -> usize {
+        2 * self.cfg.num_layers * self.kv_dim() * self.kv_dtype.size()
+    }
+
+    /// Elements of one position's keys (or values) in one layer.
     pub fn kv_dim(&self) -> usize {
         self.cfg.num_kv_heads * self.cfg.head_dim
     }
@@ -293,11 +422,20 @@ impl Llama {
         for (i, it) in items.iter().enumerate() {
             check_tokens(&self.cfg, i, it.tokens, it.cache.len)?;
             let c = &it.cache;
+            let dt = self.kv_dtype;
+            let typed = |rows: &[KvRows]| rows.iter().all(|r| r.dtype() == dt);
             let foreign = c.k.len() != layers
+                || c.v.len() != layers
+                || !typed(&c.k)
+                || !typed(&c.v)
                 || c.shared_len() > c.len
-                || c.shared
-                    .iter()
-                    .any(|b| b.k.len() != layers || b.k.iter().any(|k| k.len() != b.len * kvd));
+                || c.shared.iter().any(|b| {
+                    b.k.len() != layers
+                        || b.v.len() != layers
+                        || !typed(&b.k)
+                        || !typed(&b.v)
+                        || b.k.iter().chain(&b.v).any(|k| k.len() != b.len * kvd)
+                });
             if foreign {
                 return Err(ModelError::Input("cache belongs to another model".into()));
             }
@@ -378,8 +516,8 @@ impl Llama {
             for it in items.iter_mut() {
                 let (kc, vc) = (&mut it.cache.k[li], &mut it.cache.v[li]);
                 for r in off..off + it.tokens.len() {
-                    kc.extend_from_slice(&s.qkv[r * w + qd..r * w + qd + kvd]);
-                    vc.extend_from_slice(&s.qkv[r * w + qd + kvd..(r + 1) * w]);
+                    kc.push(&s.qkv[r * w + qd..r * w + qd + kvd]);
+                    vc.push(&s.qkv[r * w + qd + kvd..(r + 1) * w]);
                 }
                 off += it.tokens.len();
             }
@@ -426,6 +564,19 @@ impl Llama {
     /// a kv head (grouped-query attention) run together, so each key and value is read
     /// from memory once for all of them.
     fn attention(&self, items: &[SeqStep<'_>], li: usize, qkv: &[f32], out: &mut [f32]) {
+        match self.kv_dtype {
+            KvDtype::F32 => self.attention_of::<f32>(items, li, qkv, out),
+            KvDtype::F16 => self.attention_of::<f16>(items, li, qkv, out),
+        }
+    }
+
+    fn attention_of<T: CacheElem>(
+        &self,
+        items: &[SeqStep<'_>],
+        li: usize,
+        qkv: &[f32],
+        out: &mut [f32],
+    ) {
         let c = &self.cfg;
         let (hd, nh, nkv) = (c.head_dim, c.num_heads, c.num_kv_heads);
         let (qd, kvd) = (nh * hd, nkv * hd);
@@ -433,8 +584,8 @@ impl Llama {
         let group = nh / nkv;
         let scale = 1.0 / (hd as f32).sqrt();
         // Each sequence's keys and values: its shared blocks, then its own rows.
-        let segs: Vec<Vec<(&[f32], &[f32])>> =
-            items.iter().map(|it| it.cache.segments(li)).collect();
+        let segs: Vec<Vec<(&[T], &[T])>> =
+            items.iter().map(|it| it.cache.segments::<T>(li)).collect();
         let mut units = Vec::with_capacity(items.len() * nkv);
         let mut off = 0;
         for (it, segs) in items.iter().zip(&segs) {

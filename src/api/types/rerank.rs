@@ -101,6 +101,15 @@ pub struct PairTask {
 }
 
 impl PairTask {
+    /// The size of every text of the task.
+    pub fn text_bytes(&self) -> usize {
+        self.firsts
+            .iter()
+            .chain(&self.seconds)
+            .map(String::len)
+            .sum()
+    }
+
     /// One query against every document.
     pub fn one_to_many(
         query: String,

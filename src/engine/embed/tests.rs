@@ -621,3 +621,12 @@ async fn error_tables_name_the_parameter_and_never_fail_the_server() {
     let (st, _) = post(&app, "/v2/embed", json!({"texts": ["fine"]})).await;
     assert_eq!(st, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn small_work_runs_in_place_and_large_work_off_the_worker() {
+    let here = std::thread::current().id();
+    let on =
+        |bytes| blocking_unless_small(bytes, || Ok::<_, ApiError>(std::thread::current().id()));
+    assert_eq!(on(INLINE_TEXT_BYTES).await.unwrap(), here);
+    assert_ne!(on(INLINE_TEXT_BYTES + 1).await.unwrap(), here);
+}

@@ -8,18 +8,57 @@
 //! add tree ([`x86::hsum16`]), so a score costs its multiply-adds and a fraction of a
 //! shuffle instead of a whole horizontal reduction; the weighted sum of values keeps each
 //! head's output in registers across all positions.
+//!
+//! Keys and values are cached as [`KvElem`]s: `f32`, or `f16`, which halves the memory
+//! attention reads (at batch 16 and a few hundred positions the cache a decode step reads
+//! is larger than the model's quantised weights) and what a sequence holds. Both kernels
+//! widen them to f32 as they load, so every sum is in f32 either way.
+
+use half::f16;
 
 use super::math::dot;
 
+/// The element type of cached keys and values.
+pub trait KvElem: Copy + Default + Send + Sync + std::fmt::Debug + 'static {
+    /// True for `f16` (the kernels load it with a widening load).
+    const HALF: bool;
+    fn to_f32(self) -> f32;
+    /// Appends `src`, rounded to this type (to nearest, ties to even).
+    fn extend_from_f32(dst: &mut Vec<Self>, src: &[f32]);
+}
+
+impl KvElem for f32 {
+    const HALF: bool = false;
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn extend_from_f32(dst: &mut Vec<f32>, src: &[f32]) {
+        dst.extend_from_slice(src);
+    }
+}
+
+impl KvElem for f16 {
+    const HALF: bool = true;
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    fn extend_from_f32(dst: &mut Vec<f16>, src: &[f32]) {
+        use half::slice::HalfFloatSliceExt;
+        let at = dst.len();
+        dst.resize(at + src.len(), f16::ZERO);
+        dst[at..].convert_from_f32_slice(src);
+    }
+}
+
 /// The query heads of one token that share one kv head, against its sequence's keys and
 /// values.
-pub struct Heads<'a> {
+pub struct Heads<'a, T: KvElem = f32> {
     /// The heads' queries, `hd` floats each, one after the other.
     pub q: &'a [f32],
     pub hd: usize,
     /// The sequence's keys and values: segments of whole positions (shared prefix blocks,
     /// then its own rows), `kvd` floats per position.
-    pub segs: &'a [(&'a [f32], &'a [f32])],
+    pub segs: &'a [(&'a [T], &'a [T])],
     /// Positions it attends to (causal: up to and including its own).
     pub ctx: usize,
     /// Floats per cached position.
@@ -29,10 +68,10 @@ pub struct Heads<'a> {
     pub scale: f32,
 }
 
-impl Heads<'_> {
+impl<T: KvElem> Heads<'_, T> {
     /// The segments' keys and values with the position of their first row and how many of
     /// their rows are inside the context.
-    fn rows(&self) -> impl Iterator<Item = (&[f32], &[f32], usize, usize)> + '_ {
+    fn rows(&self) -> impl Iterator<Item = (&[T], &[T], usize, usize)> + '_ {
         let mut done = 0;
         self.segs.iter().map(move |&(k, v)| {
             let rows = (k.len() / self.kvd).min(self.ctx - done);
@@ -44,10 +83,10 @@ impl Heads<'_> {
 
 /// `acc[h] = softmax(q[h]·Kᵀ·scale)·V` for every head `h` of `heads` (`acc` holds
 /// `heads.q.len()` floats; `scores` is scratch space).
-pub fn attend(heads: &Heads<'_>, scores: &mut Vec<f32>, acc: &mut [f32]) {
+pub fn attend<T: KvElem>(heads: &Heads<'_, T>, scores: &mut Vec<f32>, acc: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if super::has_avx512() {
-        // SAFETY: the CPU supports AVX-512 F (checked just above).
+        // SAFETY: the CPU supports AVX-512 F/BW/VL (checked just above).
         return unsafe { x86::attend(heads, scores, acc) };
     }
     portable(heads, scores, acc)
@@ -85,16 +124,18 @@ super::multiversion! {
 }
 
 /// The portable kernel: one dot product per (head, position), eight lanes each.
-pub fn portable(heads: &Heads<'_>, scores: &mut Vec<f32>, acc: &mut [f32]) {
+pub fn portable<T: KvElem>(heads: &Heads<'_, T>, scores: &mut Vec<f32>, acc: &mut [f32]) {
     let (hd, kvd, at, ctx) = (heads.hd, heads.kvd, heads.at, heads.ctx);
     let nq = heads.q.len() / hd;
     scores.clear();
     scores.resize(nq * ctx, 0.0);
+    let mut key = vec![0f32; hd];
     for (kc, _, first, rows) in heads.rows() {
         for j in 0..rows {
-            let key = &kc[j * kvd + at..j * kvd + at + hd];
+            let row = &kc[j * kvd + at..j * kvd + at + hd];
+            key.iter_mut().zip(row).for_each(|(k, r)| *k = r.to_f32());
             for (h, q) in heads.q.chunks_exact(hd).enumerate() {
-                scores[h * ctx + first + j] = dot(q, key) * heads.scale;
+                scores[h * ctx + first + j] = dot(q, &key) * heads.scale;
             }
         }
     }
@@ -106,7 +147,7 @@ pub fn portable(heads: &Heads<'_>, scores: &mut Vec<f32>, acc: &mut [f32]) {
             for (h, ah) in acc.chunks_exact_mut(hd).enumerate() {
                 let w = scores[h * ctx + first + j];
                 for (a, v) in ah.iter_mut().zip(val) {
-                    *a += w * v;
+                    *a += w * v.to_f32();
                 }
             }
         }
@@ -116,8 +157,25 @@ pub fn portable(heads: &Heads<'_>, scores: &mut Vec<f32>, acc: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::super::fold;
-    use super::Heads;
+    use super::{Heads, KvElem};
     use std::arch::x86_64::*;
+
+    /// The lanes of `m` from `p` as f32 (an `f16` load widens; the other lanes are zero).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F/BW/VL; the lanes of `m` at `p` must be readable.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn load<T: KvElem>(m: __mmask16, p: *const T) -> __m512 {
+        // SAFETY: only the lanes of `m` are read (see # Safety).
+        unsafe {
+            if T::HALF {
+                _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p as *const i16))
+            } else {
+                _mm512_maskz_loadu_ps(m, p as *const f32)
+            }
+        }
+    }
 
     /// Lane `i` of the result is the sum of the lanes of `v[p(i)]`, where the inputs are
     /// taken in the order `p(i) = 4·(i mod 4) + i / 4` (the tree's own order; the caller
@@ -168,17 +226,17 @@ mod x86 {
         }
     }
 
-    /// `scores[j] = scale · q · key(j)` for `rows` keys of `hd` floats.
+    /// `scores[j] = scale · q · key(j)` for `rows` keys of `hd` elements.
     ///
     /// # Safety
-    /// The CPU must support AVX-512 F; `q` holds `hd` floats, `key(j)` points at `hd`
-    /// readable floats for every `j < rows`, `scores` holds `rows` floats.
+    /// The CPU must support AVX-512 F/BW/VL; `q` holds `hd` floats, `key(j)` points at `hd`
+    /// readable elements for every `j < rows`, `scores` holds `rows` floats.
     #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn score_rows(
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn score_rows<T: KvElem>(
         q: *const f32,
         hd: usize,
-        key: impl Fn(usize) -> *const f32,
+        key: impl Fn(usize) -> *const T,
         rows: usize,
         scale: f32,
         scores: *mut f32,
@@ -193,12 +251,23 @@ mod x86 {
                 // key a lane's loads are masked off and it sums zeros.
                 let mut acc = [_mm512_setzero_ps(); 16];
                 let mut c = 0;
+                if n == 16 && hd.is_multiple_of(16) {
+                    // A whole pass of whole registers (most passes): no masks to build.
+                    let keys: [*const T; 16] = std::array::from_fn(|j| key(j0 + j));
+                    while c < hd {
+                        let qv = _mm512_loadu_ps(q.add(c));
+                        for (a, k) in acc.iter_mut().zip(keys) {
+                            *a = _mm512_fmadd_ps(qv, load(!0, k.add(c)), *a);
+                        }
+                        c += 16;
+                    }
+                }
                 while c < hd {
                     let m = lanes(hd - c);
                     let qv = _mm512_maskz_loadu_ps(m, q.add(c));
                     for (j, a) in acc.iter_mut().enumerate() {
                         let (mj, row) = if j < n { (m, j0 + j) } else { (0, j0) };
-                        let kv = _mm512_maskz_loadu_ps(mj, key(row).add(c));
+                        let kv = load(mj, key(row).add(c));
                         *a = _mm512_fmadd_ps(qv, kv, *a);
                     }
                     c += 16;
@@ -214,13 +283,13 @@ mod x86 {
     /// floats, the rest masked), the output in `R` registers throughout.
     ///
     /// # Safety
-    /// The CPU must support AVX-512 F; `val(j)` points at `width` readable floats for every
-    /// `j < rows`, `w` holds `rows` floats and `out` `width`.
+    /// The CPU must support AVX-512 F/BW/VL; `val(j)` points at `width` readable elements
+    /// for every `j < rows`, `w` holds `rows` floats and `out` `width`.
     #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn weigh<const R: usize>(
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn weigh<const R: usize, T: KvElem>(
         w: *const f32,
-        val: impl Fn(usize) -> *const f32,
+        val: impl Fn(usize) -> *const T,
         rows: usize,
         width: usize,
         out: *mut f32,
@@ -229,18 +298,33 @@ mod x86 {
         // `out`, and `w` is read below `rows` (see # Safety).
         unsafe {
             let m: [__mmask16; R] = std::array::from_fn(|r| lanes(width.saturating_sub(16 * r)));
-            let mut acc: [__m512; R] =
-                std::array::from_fn(|r| _mm512_maskz_loadu_ps(m[r], out.add(16 * r)));
-            for j in 0..rows {
+            // Even and odd positions in separate registers: 2·R independent chains, so the
+            // multiply-adds are not bound by their latency.
+            let mut acc: [[__m512; R]; 2] = [
+                std::array::from_fn(|r| _mm512_maskz_loadu_ps(m[r], out.add(16 * r))),
+                [_mm512_setzero_ps(); R],
+            ];
+            let mut j = 0;
+            while j + 1 < rows {
+                for (p, acc) in acc.iter_mut().enumerate() {
+                    let s = _mm512_set1_ps(*w.add(j + p));
+                    let v = val(j + p);
+                    for r in 0..R {
+                        acc[r] = _mm512_fmadd_ps(s, load(m[r], v.add(16 * r)), acc[r]);
+                    }
+                }
+                j += 2;
+            }
+            if j < rows {
                 let s = _mm512_set1_ps(*w.add(j));
                 let v = val(j);
                 for r in 0..R {
-                    let x = _mm512_maskz_loadu_ps(m[r], v.add(16 * r));
-                    acc[r] = _mm512_fmadd_ps(s, x, acc[r]);
+                    acc[0][r] = _mm512_fmadd_ps(s, load(m[r], v.add(16 * r)), acc[0][r]);
                 }
             }
             for r in 0..R {
-                _mm512_mask_storeu_ps(out.add(16 * r), m[r], acc[r]);
+                let sum = _mm512_add_ps(acc[0][r], acc[1][r]);
+                _mm512_mask_storeu_ps(out.add(16 * r), m[r], sum);
             }
         }
     }
@@ -251,10 +335,10 @@ mod x86 {
     /// # Safety
     /// As for [`weigh`], with `hd` floats.
     #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn weigh_rows(
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn weigh_rows<T: KvElem>(
         w: *const f32,
-        val: impl Fn(usize) -> *const f32 + Copy,
+        val: impl Fn(usize) -> *const T + Copy,
         rows: usize,
         hd: usize,
         out: *mut f32,
@@ -267,14 +351,14 @@ mod x86 {
             unsafe {
                 let o = out.add(c0);
                 match width.div_ceil(16) {
-                    1 => weigh::<1>(w, v, rows, width, o),
-                    2 => weigh::<2>(w, v, rows, width, o),
-                    3 => weigh::<3>(w, v, rows, width, o),
-                    4 => weigh::<4>(w, v, rows, width, o),
-                    5 => weigh::<5>(w, v, rows, width, o),
-                    6 => weigh::<6>(w, v, rows, width, o),
-                    7 => weigh::<7>(w, v, rows, width, o),
-                    _ => weigh::<8>(w, v, rows, width, o),
+                    1 => weigh::<1, T>(w, v, rows, width, o),
+                    2 => weigh::<2, T>(w, v, rows, width, o),
+                    3 => weigh::<3, T>(w, v, rows, width, o),
+                    4 => weigh::<4, T>(w, v, rows, width, o),
+                    5 => weigh::<5, T>(w, v, rows, width, o),
+                    6 => weigh::<6, T>(w, v, rows, width, o),
+                    7 => weigh::<7, T>(w, v, rows, width, o),
+                    _ => weigh::<8, T>(w, v, rows, width, o),
                 }
             }
             c0 += width;
@@ -284,12 +368,12 @@ mod x86 {
     /// The AVX-512 form of [`super::attend`].
     ///
     /// # Safety
-    /// The CPU must support AVX-512 F. The raw accesses below stay in bounds because of
+    /// The CPU must support AVX-512 F/BW/VL. The raw accesses below stay in bounds because of
     /// the `assert!` (each head reads `at..at + hd` of a `kvd`-float position; `acc` and the
     /// queries hold `nq · hd` floats) and because [`Heads::rows`] counts only whole
     /// positions of each segment, at most `ctx` in all.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn attend(heads: &Heads<'_>, scores: &mut Vec<f32>, acc: &mut [f32]) {
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn attend<T: KvElem>(heads: &Heads<'_, T>, scores: &mut Vec<f32>, acc: &mut [f32]) {
         let (hd, kvd, at, ctx) = (heads.hd, heads.kvd, heads.at, heads.ctx);
         assert!(at + hd <= kvd && acc.len() == heads.q.len());
         let nq = heads.q.len() / hd;
@@ -356,9 +440,18 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn both_kernels_match_softmax_attention_across_segments() {
+    /// Both kernels against [`reference`] on keys and values stored as `T` (the reference
+    /// reads the same stored values, widened).
+    fn kernels_match_reference<T: KvElem>() {
         let val = |i: usize| ((i * 7919 % 97) as f32 - 48.0) * 0.03;
+        let store = |n: usize, off: usize, kvd: usize| -> Vec<T> {
+            let mut v = Vec::new();
+            T::extend_from_f32(
+                &mut v,
+                &(0..n * kvd).map(|i| val(i + off)).collect::<Vec<_>>(),
+            );
+            v
+        };
         // Head sizes: whole registers, a partial one, and more than the 128 kept at once.
         for hd in [64, 80, 136] {
             let kvh = 2;
@@ -366,14 +459,17 @@ mod tests {
             // A shared block of 7 positions, then 20 own ones (more than one pass of 16);
             // the heads read kv head 1.
             let (n1, n2) = (7, 20);
-            let k1: Vec<f32> = (0..n1 * kvd).map(val).collect();
-            let v1: Vec<f32> = (0..n1 * kvd).map(|i| val(i + 5)).collect();
-            let k2: Vec<f32> = (0..n2 * kvd).map(|i| val(i + 11)).collect();
-            let v2: Vec<f32> = (0..n2 * kvd).map(|i| val(i + 3)).collect();
+            let (k1, v1) = (store(n1, 0, kvd), store(n1, 5, kvd));
+            let (k2, v2) = (store(n2, 11, kvd), store(n2, 3, kvd));
             let segs = [(&k1[..], &v1[..]), (&k2[..], &v2[..])];
-            let rows = |k: &[f32], n: usize| -> Vec<Vec<f32>> {
+            let rows = |k: &[T], n: usize| -> Vec<Vec<f32>> {
                 (0..n)
-                    .map(|j| k[j * kvd + hd..j * kvd + 2 * hd].to_vec())
+                    .map(|j| {
+                        k[j * kvd + hd..j * kvd + 2 * hd]
+                            .iter()
+                            .map(|x| x.to_f32())
+                            .collect()
+                    })
                     .collect()
             };
             let (mut keys, mut vals) = (rows(&k1, n1), rows(&v1, n1));
@@ -393,8 +489,11 @@ mod tests {
                     };
                     let keys: Vec<&[f32]> = keys[..ctx].iter().map(Vec::as_slice).collect();
                     let vals: Vec<&[f32]> = vals[..ctx].iter().map(Vec::as_slice).collect();
-                    type Kernel = fn(&Heads<'_>, &mut Vec<f32>, &mut [f32]);
-                    for (name, kernel) in [("portable", portable as Kernel), ("best", attend)] {
+                    type Kernel<T> = fn(&Heads<'_, T>, &mut Vec<f32>, &mut [f32]);
+                    for (name, kernel) in [
+                        ("portable", portable::<T> as Kernel<T>),
+                        ("best", attend::<T>),
+                    ] {
                         let (mut scores, mut acc) = (Vec::new(), vec![0f32; nq * hd]);
                         kernel(&heads, &mut scores, &mut acc);
                         for h in 0..nq {
@@ -402,13 +501,31 @@ mod tests {
                             for (g, w) in acc[h * hd..(h + 1) * hd].iter().zip(&want) {
                                 assert!(
                                     (*g as f64 - w).abs() < 1e-5,
-                                    "{name}: hd {hd}, {nq} heads, ctx {ctx}: {g} vs {w}"
+                                    "{name} {}: hd {hd}, {nq} heads, ctx {ctx}: {g} vs {w}",
+                                    std::any::type_name::<T>()
                                 );
                             }
                         }
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn both_kernels_match_softmax_attention_across_segments() {
+        kernels_match_reference::<f32>();
+        kernels_match_reference::<f16>();
+    }
+
+    #[test]
+    fn f16_storage_rounds_to_nearest() {
+        let mut v: Vec<f16> = Vec::new();
+        let src = [0.1f32, -2.71, 65504.0, 1e-8, 2049.0];
+        f16::extend_from_f32(&mut v, &src);
+        for (h, x) in v.iter().zip(src) {
+            assert_eq!(*h, f16::from_f32(x), "{x}");
+            assert!((h.to_f32() - x).abs() <= x.abs() * 1e-3 + 6e-8, "{x}: {h}");
         }
     }
 

@@ -50,6 +50,15 @@ fn candle_err(e: candle_core::Error) -> ModelError {
 }
 
 impl QLinear {
+    /// True when the weights are f32 (dense or ggml `F32`).
+    pub fn is_f32(&self) -> bool {
+        match &self.weights {
+            Weights::Dense(t) => t.dtype() == DType::F32,
+            Weights::Ggml { dtype, .. } => *dtype == GgmlDType::F32,
+            Weights::Q4_1(_) | Weights::Q8_0(_) => false,
+        }
+    }
+
     /// A linear layer from raw ggml bytes (`rows` rows of `cols` elements).
     pub fn from_ggml(
         dtype: GgmlDType,
