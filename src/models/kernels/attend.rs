@@ -298,33 +298,20 @@ mod x86 {
         // `out`, and `w` is read below `rows` (see # Safety).
         unsafe {
             let m: [__mmask16; R] = std::array::from_fn(|r| lanes(width.saturating_sub(16 * r)));
-            // Even and odd positions in separate registers: 2·R independent chains, so the
-            // multiply-adds are not bound by their latency.
-            let mut acc: [[__m512; R]; 2] = [
-                std::array::from_fn(|r| _mm512_maskz_loadu_ps(m[r], out.add(16 * r))),
-                [_mm512_setzero_ps(); R],
-            ];
-            let mut j = 0;
-            while j + 1 < rows {
-                for (p, acc) in acc.iter_mut().enumerate() {
-                    let s = _mm512_set1_ps(*w.add(j + p));
-                    let v = val(j + p);
-                    for r in 0..R {
-                        acc[r] = _mm512_fmadd_ps(s, load(m[r], v.add(16 * r)), acc[r]);
-                    }
-                }
-                j += 2;
-            }
-            if j < rows {
+            // One chain per register, positions in order: a segmented cache (shared prefix
+            // blocks, then own rows) sums in the same order as a contiguous one, so a
+            // prefix-cache hit gives the same answer to the bit.
+            let mut acc: [__m512; R] =
+                std::array::from_fn(|r| _mm512_maskz_loadu_ps(m[r], out.add(16 * r)));
+            for j in 0..rows {
                 let s = _mm512_set1_ps(*w.add(j));
                 let v = val(j);
                 for r in 0..R {
-                    acc[0][r] = _mm512_fmadd_ps(s, load(m[r], v.add(16 * r)), acc[0][r]);
+                    acc[r] = _mm512_fmadd_ps(s, load(m[r], v.add(16 * r)), acc[r]);
                 }
             }
             for r in 0..R {
-                let sum = _mm512_add_ps(acc[0][r], acc[1][r]);
-                _mm512_mask_storeu_ps(out.add(16 * r), m[r], sum);
+                _mm512_mask_storeu_ps(out.add(16 * r), m[r], acc[r]);
             }
         }
     }
@@ -516,6 +503,49 @@ mod tests {
     fn both_kernels_match_softmax_attention_across_segments() {
         kernels_match_reference::<f32>();
         kernels_match_reference::<f16>();
+    }
+
+    /// A cache cut into segments (prefix blocks, then own rows) attends to the bit like the
+    /// same rows in one run: a prefix-cache hit must not change a greedy answer.
+    fn segments_do_not_change_the_sums<T: KvElem>() {
+        let (hd, kvd, n) = (64, 128, 40);
+        let val = |i: usize| ((i * 7919 % 97) as f32 - 48.0) * 0.03;
+        let mut k = Vec::new();
+        let mut v = Vec::new();
+        T::extend_from_f32(&mut k, &(0..n * kvd).map(val).collect::<Vec<_>>());
+        T::extend_from_f32(
+            &mut v,
+            &(0..n * kvd).map(|i| val(i + 7)).collect::<Vec<_>>(),
+        );
+        let q: Vec<f32> = (0..3 * hd).map(|i| val(i + 1) * 0.5).collect();
+        let cut = 16 * kvd;
+        let whole = [(&k[..], &v[..])];
+        let split = [(&k[..cut], &v[..cut]), (&k[cut..], &v[cut..])];
+        type Kernel<T> = fn(&Heads<'_, T>, &mut Vec<f32>, &mut [f32]);
+        for kernel in [portable::<T> as Kernel<T>, attend::<T>] {
+            let run = |segs: &[(&[T], &[T])]| {
+                let heads = Heads {
+                    q: &q,
+                    hd,
+                    segs,
+                    ctx: n,
+                    kvd,
+                    at: hd,
+                    scale: 0.125,
+                };
+                let (mut scores, mut acc) = (Vec::new(), vec![0f32; 3 * hd]);
+                kernel(&heads, &mut scores, &mut acc);
+                acc
+            };
+            let (a, b) = (run(&whole), run(&split));
+            assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+        }
+    }
+
+    #[test]
+    fn segmented_caches_attend_to_the_bit_like_contiguous_ones() {
+        segments_do_not_change_the_sums::<f32>();
+        segments_do_not_change_the_sums::<f16>();
     }
 
     #[test]
