@@ -4,6 +4,10 @@
 //! prints what it saw). Each client is skipped with a message where it is not installed
 //! (`scripts/test.sh` installs them into venvs under `~/.cache/trident`).
 
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use serde_json::{json, Value};
 use tokio::sync::OnceCell;
 
@@ -14,6 +18,22 @@ const GGUF: &str = "models/chat/SmolLM2-135M-Instruct.Q4_1.gguf";
 const KEY: &str = "k-clients";
 
 static APP: OnceCell<Appliance> = OnceCell::const_new();
+
+/// The gateway process of [`APP`]. A static is never dropped, so `Appliance`'s `Drop` never
+/// stops this one: without [`stop_at_exit`] it and its engines outlived the test binary.
+static PID: AtomicI32 = AtomicI32::new(0);
+
+extern "C" {
+    fn atexit(f: extern "C" fn()) -> std::os::raw::c_int;
+}
+
+/// Runs as the test binary exits: SIGTERM makes the gateway stop its engines and exit.
+extern "C" fn stop_at_exit() {
+    let pid = PID.load(Ordering::SeqCst);
+    if pid > 0 {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    }
+}
 
 async fn appliance() -> Option<&'static Appliance> {
     if !repo(GGUF).exists() {
@@ -26,7 +46,7 @@ async fn appliance() -> Option<&'static Appliance> {
                 "chat": {"type": "chat", "path": repo(GGUF), "port": 1, "device": "cpu", "max_model_len": 2048},
                 "embedding": {"type": "embedding", "path": minilm(), "port": 2, "device": "cpu"}
             });
-            Appliance::start(
+            let app = Appliance::start(
                 models,
                 Opts {
                     real_engines: true,
@@ -34,7 +54,12 @@ async fn appliance() -> Option<&'static Appliance> {
                     ..Default::default()
                 },
             )
-            .await
+            .await;
+            PID.store(app.child.id() as i32, Ordering::SeqCst);
+            // SAFETY: `stop_at_exit` is a plain function that only reads an atomic and
+            // sends a signal; registering it has no other precondition.
+            unsafe { atexit(stop_at_exit) };
+            app
         })
         .await,
     )
