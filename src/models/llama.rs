@@ -143,15 +143,11 @@ impl KvRows {
     }
 
     /// Elements held.
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         match self {
             KvRows::F32(v) => v.len(),
             KvRows::F16(v) => v.len(),
         }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Appends `src`, rounded to the element type.
