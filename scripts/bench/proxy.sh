@@ -11,7 +11,7 @@
 # * workers: nginx runs PROXY_WORKERS worker processes (the peer script's
 #   `worker_processes`, 1) and the gateway as many event-loop threads
 #   (TRIDENT_GATEWAY_THREADS); neither writes an access log; both keep idle keep-alive
-#   connections to the backend (nginx `keepalive 64`, the gateway's per-worker hyper pool).
+#   connections to the backend (nginx `keepalive 64`, the gateway's per-worker upstream pool).
 # * cores: the proxy under test runs on PROXY_CPUS (default: the last core), wrk and the
 #   mock engine on CLIENT_CPUS (default: every other core), the same for both proxies; wrk
 #   uses one thread per client core.

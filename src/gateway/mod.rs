@@ -18,6 +18,7 @@ pub mod pinned;
 pub mod proxy;
 pub mod relay;
 pub mod status;
+pub mod upstream;
 
 use std::future::Future;
 use std::ops::Deref;
@@ -67,12 +68,6 @@ pub struct Shared {
     pub pinned: Arc<PinnedListeners>,
 }
 
-/// The client that carries proxied requests (`http://` and `https://`).
-pub type UpstreamClient = hyper_util::client::legacy::Client<
-    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-    http_body_util::Full<axum::body::Bytes>,
->;
-
 /// TLS of upstream connections, set once before serving (`upstream_ca_file`).
 static UPSTREAM_TLS: std::sync::OnceLock<rustls::ClientConfig> = std::sync::OnceLock::new();
 
@@ -82,40 +77,10 @@ pub fn set_upstream_tls(cfg: rustls::ClientConfig) {
 }
 
 /// The upstream TLS configuration: as set, else the system's roots.
-fn upstream_tls() -> rustls::ClientConfig {
+pub(crate) fn upstream_tls() -> rustls::ClientConfig {
     UPSTREAM_TLS.get().cloned().unwrap_or_else(|| {
         crate::tls::client_config(None).expect("TLS without a CA file builds. This is a bug.")
     })
-}
-
-/// Sends a proxied request with the calling thread's lean HTTP/1 client: each gateway
-/// worker keeps its own pool of keep-alive connections to the engines, so a request and
-/// its upstream connection live on one thread and never wake another. (The client is
-/// borrowed, not cloned: `request` takes the one clone the response future needs.)
-pub fn send_upstream(
-    req: axum::http::Request<http_body_util::Full<axum::body::Bytes>>,
-) -> hyper_util::client::legacy::ResponseFuture {
-    thread_local! {
-        static CLIENT: UpstreamClient = upstream_client();
-    }
-    CLIENT.with(|c| c.request(req))
-}
-
-fn upstream_client() -> UpstreamClient {
-    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(Duration::from_secs(2)));
-    http.enforce_http(false);
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(upstream_tls())
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(512)
-        .pool_timer(TokioTimer::new())
-        .build(connector)
 }
 
 /// Cheaply cloned handle on [`Shared`].

@@ -347,7 +347,7 @@ pub async fn forward(s: GatewayState, spec: RouteSpec, req: Request) -> Response
         let mut timer = Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(
             sent + limits.first,
         )));
-        let call = super::send_upstream(upstream_req);
+        let call = super::upstream::send(upstream_req);
         let result = tokio::select! {
             biased;
             r = call => r,
