@@ -124,8 +124,10 @@ fn new_request_id() -> HeaderValue {
 }
 
 /// The gateway's outermost layer: keeps a sane incoming `x-request-id` or makes one and
-/// echoes it on the response, records the body limit for the JSON extractor, and puts any
-/// error response that is not JSON yet (a framework rejection) in the envelope. A plain
+/// echoes it on the response, and puts any error response that is not JSON yet (a
+/// framework rejection) in the envelope, which states the body limit. (No gateway route
+/// uses the JSON extractor, so the limit is not put in the request's extensions: that
+/// map would be allocated for it on every request.) A plain
 /// tower service rather than `middleware::from_fn`, which boxes a future and clones the
 /// inner service on every request (both showed in the gateway's profile).
 #[derive(Debug, Clone, Copy)]
@@ -170,7 +172,6 @@ where
                 v
             }
         };
-        req.extensions_mut().insert(self.limit);
         FrontFuture {
             inner: self.inner.call(req),
             id: Some(id),

@@ -156,9 +156,12 @@ fn with_pool<R>(f: impl FnOnce(&mut Pool) -> R) -> R {
 }
 
 /// Sends `req` (absolute URI) on a pooled or new connection of the calling worker and
-/// returns the response head with its streaming body. Dropping the future before it
+/// returns the response head with its streaming body; `now` is the caller's clock reading. Dropping the future before it
 /// completes closes that connection (HTTP/1 has no other way to abandon a request).
-pub async fn send(mut req: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
+pub async fn send(
+    mut req: Request<Body>,
+    now: Instant,
+) -> Result<Response<Incoming>, UpstreamError> {
     let Some((i, origin)) = with_pool(|p| p.origin(req.uri())) else {
         return Err(UpstreamError::Uri(req.uri().clone()));
     };
@@ -167,11 +170,10 @@ pub async fn send(mut req: Request<Body>) -> Result<Response<Incoming>, Upstream
     *req.uri_mut() = path.map_or_else(|| Uri::from_static("/"), Uri::from);
     req.headers_mut().insert(header::HOST, origin.host.clone());
 
-    let started = Instant::now();
-    if let Some(mut tx) = with_pool(|p| p.checkout(i, started)) {
+    if let Some(mut tx) = with_pool(|p| p.checkout(i, now)) {
         match tx.try_send_request(req).await {
             Ok(resp) => {
-                with_pool(|p| p.checkin(i, tx, started));
+                with_pool(|p| p.checkin(i, tx, now));
                 return Ok(resp);
             }
             // Not written: the connection had closed meanwhile. A fresh one takes it.
@@ -181,9 +183,11 @@ pub async fn send(mut req: Request<Body>) -> Result<Response<Incoming>, Upstream
             },
         }
     }
-    let mut tx = connect(&origin).await?;
+    // Boxed: the connect and TLS futures are most of this one's size, and the whole
+    // request future is moved (copied) on every request while a connect is rare.
+    let mut tx = Box::pin(connect(&origin)).await?;
     let resp = tx.send_request(req).await?;
-    with_pool(|p| p.checkin(i, tx, started));
+    with_pool(|p| p.checkin(i, tx, now));
     Ok(resp)
 }
 
@@ -324,7 +328,7 @@ mod tests {
             .uri(format!("http://{addr}{path}"))
             .body(Body::new(Bytes::new()))
             .unwrap();
-        let resp = send(req).await?;
+        let resp = send(req, Instant::now()).await?;
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         Ok(String::from_utf8(body.to_vec()).unwrap())
     }
@@ -373,7 +377,7 @@ mod tests {
             .body(Body::new(Bytes::new()))
             .unwrap();
         // The first response's body has not ended: its connection is busy.
-        let mut held = send(req).await.unwrap().into_body();
+        let mut held = send(req, Instant::now()).await.unwrap().into_body();
         let first = held.frame().await.unwrap().unwrap().into_data().unwrap();
         assert!(first.starts_with(b"conn 1 GET /held "));
         assert!(get(addr, "/other")
