@@ -107,7 +107,11 @@ struct Pool {
 impl Pool {
     /// The origin's entry for `uri`, made on first use; `None` for a URI without one.
     fn origin(&mut self, uri: &Uri) -> Option<(usize, Origin)> {
-        let https = uri.scheme() == Some(&Scheme::HTTPS);
+        let https = match uri.scheme() {
+            Some(s) if *s == Scheme::HTTP => false,
+            Some(s) if *s == Scheme::HTTPS => true,
+            _ => return None,
+        };
         let authority = uri.authority()?;
         if let Some(i) = self
             .origins
@@ -254,6 +258,24 @@ mod tests {
         assert_eq!(o("http://10.0.0.2/").unwrap().address(), ("10.0.0.2", 80));
         assert!(o("/v1/embeddings").is_none());
         assert!(o("ftp://host/").is_none());
+        // The pool keys by scheme too: another scheme never finds a pooled http origin.
+        let mut pool = Pool::default();
+        let (i, _) = pool
+            .origin(&"http://engine:9001/a".parse().unwrap())
+            .unwrap();
+        let (j, _) = pool
+            .origin(&"https://engine:9001/b".parse().unwrap())
+            .unwrap();
+        assert_ne!(i, j);
+        assert_eq!(
+            pool.origin(&"http://engine:9001/c".parse().unwrap())
+                .unwrap()
+                .0,
+            i
+        );
+        assert!(pool
+            .origin(&"ftp://engine:9001/".parse().unwrap())
+            .is_none());
     }
 
     /// A server that answers `replies` requests per connection, then closes it; it
