@@ -98,7 +98,7 @@ CONF
 "${cg[@]}" --callgrind-out-file="$keep/nginx.%p" nginx -c "$work/nginx.conf" 2>"$work/nginx.vg" &
 vg=$!
 pids+=($vg)
-wait_http "http://127.0.0.1:$port/health" || true
+wait_http "http://127.0.0.1:$port/health"
 measure nginx "http://127.0.0.1:$port" "$vg" "$keep/nginx"
 kill "$vg"; wait "$vg" 2>/dev/null || true
 

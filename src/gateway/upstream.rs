@@ -57,13 +57,18 @@ struct Origin {
     host: HeaderValue,
 }
 
+/// Whether `uri` is https (`Some(true)`) or http; `None` for any other scheme or none.
+fn is_https(uri: &Uri) -> Option<bool> {
+    match uri.scheme() {
+        Some(s) if *s == Scheme::HTTP => Some(false),
+        Some(s) if *s == Scheme::HTTPS => Some(true),
+        _ => None,
+    }
+}
+
 impl Origin {
     fn of(uri: &Uri) -> Option<Origin> {
-        let https = match uri.scheme() {
-            Some(s) if *s == Scheme::HTTP => false,
-            Some(s) if *s == Scheme::HTTPS => true,
-            _ => return None,
-        };
+        let https = is_https(uri)?;
         let authority = uri.authority()?.clone();
         let host = HeaderValue::from_str(authority.as_str()).ok()?;
         Some(Origin {
@@ -105,24 +110,20 @@ struct Pool {
 }
 
 impl Pool {
-    /// The origin's entry for `uri`, made on first use; `None` for a URI without one.
-    fn origin(&mut self, uri: &Uri) -> Option<(usize, Origin)> {
-        let https = match uri.scheme() {
-            Some(s) if *s == Scheme::HTTP => false,
-            Some(s) if *s == Scheme::HTTPS => true,
-            _ => return None,
-        };
+    /// The index of the origin's entry for `uri`, made on first use; `None` for a URI
+    /// without an http(s) origin.
+    fn origin(&mut self, uri: &Uri) -> Option<usize> {
+        let https = is_https(uri)?;
         let authority = uri.authority()?;
         if let Some(i) = self
             .origins
             .iter()
             .position(|(o, _)| o.same(https, authority))
         {
-            return Some((i, self.origins[i].0.clone()));
+            return Some(i);
         }
-        let origin = Origin::of(uri)?;
-        self.origins.push((origin.clone(), Vec::new()));
-        Some((self.origins.len() - 1, origin))
+        self.origins.push((Origin::of(uri)?, Vec::new()));
+        Some(self.origins.len() - 1)
     }
 
     /// A ready connection of origin `i`, dropping closed and expired ones on the way;
@@ -160,19 +161,24 @@ fn with_pool<R>(f: impl FnOnce(&mut Pool) -> R) -> R {
 }
 
 /// Sends `req` (absolute URI) on a pooled or new connection of the calling worker and
-/// returns the response head with its streaming body; `now` is the caller's clock reading. Dropping the future before it
-/// completes closes that connection (HTTP/1 has no other way to abandon a request).
+/// returns the response head with its streaming body; `now` is the caller's clock
+/// reading. Dropping the future before it completes closes that connection (HTTP/1 has no
+/// other way to abandon a request).
 pub async fn send(
     mut req: Request<Body>,
     now: Instant,
 ) -> Result<Response<Incoming>, UpstreamError> {
-    let Some((i, origin)) = with_pool(|p| p.origin(req.uri())) else {
+    let found = with_pool(|p| {
+        let i = p.origin(req.uri())?;
+        Some((i, p.origins[i].0.host.clone()))
+    });
+    let Some((i, host)) = found else {
         return Err(UpstreamError::Uri(req.uri().clone()));
     };
     // Origin-form on the wire, the authority in `host`.
     let path = req.uri().path_and_query().cloned();
     *req.uri_mut() = path.map_or_else(|| Uri::from_static("/"), Uri::from);
-    req.headers_mut().insert(header::HOST, origin.host.clone());
+    req.headers_mut().insert(header::HOST, host);
 
     if let Some(mut tx) = with_pool(|p| p.checkout(i, now)) {
         match tx.try_send_request(req).await {
@@ -189,6 +195,7 @@ pub async fn send(
     }
     // Boxed: the connect and TLS futures are most of this one's size, and the whole
     // request future is moved (copied) on every request while a connect is rare.
+    let origin = with_pool(|p| p.origins[i].0.clone());
     let mut tx = Box::pin(connect(&origin)).await?;
     let resp = tx.send_request(req).await?;
     with_pool(|p| p.checkin(i, tx, now));
@@ -205,11 +212,7 @@ async fn connect(origin: &Origin) -> Result<SendRequest<Body>, UpstreamError> {
     // Requests are small writes answered at once: never hold them back (Nagle).
     let _ = tcp.set_nodelay(true);
     if !origin.https {
-        let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        return Ok(tx);
+        return handshake(tcp).await;
     }
     let server = rustls::pki_types::ServerName::try_from(origin.address().0.to_string())
         .map_err(|e| UpstreamError::Tls(name.clone(), std::io::Error::other(e)))?;
@@ -217,7 +220,15 @@ async fn connect(origin: &Origin) -> Result<SendRequest<Body>, UpstreamError> {
         .await
         .map_err(|_| UpstreamError::ConnectTimeout(name.clone()))?
         .map_err(|e| UpstreamError::Tls(name.clone(), e))?;
-    let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+    handshake(tls).await
+}
+
+/// HTTP/1 over `io`, its connection driven by a task on this worker.
+async fn handshake<IO>(io: IO) -> Result<SendRequest<Body>, UpstreamError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -260,19 +271,11 @@ mod tests {
         assert!(o("ftp://host/").is_none());
         // The pool keys by scheme too: another scheme never finds a pooled http origin.
         let mut pool = Pool::default();
-        let (i, _) = pool
-            .origin(&"http://engine:9001/a".parse().unwrap())
-            .unwrap();
-        let (j, _) = pool
-            .origin(&"https://engine:9001/b".parse().unwrap())
-            .unwrap();
+        let i = pool.origin(&"http://engine:9001/a".parse().unwrap());
+        let j = pool.origin(&"https://engine:9001/b".parse().unwrap());
+        assert!(i.is_some() && j.is_some());
         assert_ne!(i, j);
-        assert_eq!(
-            pool.origin(&"http://engine:9001/c".parse().unwrap())
-                .unwrap()
-                .0,
-            i
-        );
+        assert_eq!(pool.origin(&"http://engine:9001/c".parse().unwrap()), i);
         assert!(pool
             .origin(&"ftp://engine:9001/".parse().unwrap())
             .is_none());
